@@ -1,0 +1,1 @@
+"""skinlesion: an explainable skin-lesion (and steel-defect) image classifier."""

@@ -1,0 +1,140 @@
+"""Evaluation metrics, calibration (temperature scaling, ECE) and recall-first thresholds.
+
+Everything works on plain arrays: `probs` (N, K) rows summing to 1, `labels` (N,) class
+indices. Classes absent from a (small) split are reported with support 0, never a crash.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
+                             precision_recall_fscore_support, roc_auc_score)
+
+SENSITIVITY_TARGET = 0.90  # recall-first operating point for the high-risk classes
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Mean one-vs-rest ROC AUC over the classes that have both positives and negatives."""
+    aucs = [roc_auc_score(labels == k, probs[:, k]) for k in range(probs.shape[1])
+            if 0 < (labels == k).sum() < len(labels)]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def sensitivity_specificity(flagged: np.ndarray, positive: np.ndarray) -> tuple[float | None, float | None]:
+    pos, neg = positive.sum(), (~positive).sum()
+    sens = float((flagged & positive).sum() / pos) if pos else None
+    spec = float((~flagged & ~positive).sum() / neg) if neg else None
+    return sens, spec
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE: |accuracy − confidence| averaged over equal-width confidence bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises validation NLL (LBFGS on log T, so T stays > 0)."""
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def recall_first_thresholds(probs: np.ndarray, labels: np.ndarray, classes: Sequence[int],
+                            target: float = SENSITIVITY_TARGET) -> dict[int, float]:
+    """Per class, the highest probability threshold whose sensitivity is ≥ `target`.
+
+    Flag class k when p_k ≥ threshold. With n positives, the ⌈target·n⌉-th highest positive
+    score is that threshold; the highest keeps specificity as high as the target allows.
+    """
+    thresholds = {}
+    for k in classes:
+        scores = np.sort(probs[labels == k, k])[::-1]
+        if len(scores):
+            thresholds[k] = float(scores[int(np.ceil(target * len(scores))) - 1])
+    return thresholds
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str]) -> dict:
+    """Headline metrics, per-class figures and the confusion matrix, JSON-ready."""
+    k = len(codes)
+    predicted = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(k), zero_division=0)
+    present = support > 0
+    per_class = {}
+    for i, code in enumerate(codes):
+        sens, spec = sensitivity_specificity(predicted == i, labels == i)
+        per_class[code] = {"precision": float(precision[i]), "recall": float(recall[i]),
+                           "f1": float(f1[i]), "support": int(support[i]),
+                           "sensitivity": sens, "specificity": spec}
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_auc": macro_auc(probs, labels),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=range(k)).tolist(),
+    }
+
+
+def operating_point(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str],
+                    thresholds: dict[str, float]) -> dict[str, dict]:
+    """Sensitivity and specificity of each thresholded high-risk class on this split."""
+    result = {}
+    for code, threshold in thresholds.items():
+        i = list(codes).index(code)
+        sens, spec = sensitivity_specificity(probs[:, i] >= threshold, labels == i)
+        result[code] = {"threshold": threshold, "sensitivity": sens, "specificity": spec,
+                        "support": int((labels == i).sum())}
+    return result
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], codes: Sequence[str], path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix)
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(codes), 0.8 + 0.8 * len(codes)))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(m):
+        ax.text(j, i, f"{count}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(codes)), codes)
+    ax.set_yticks(range(len(codes)), codes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,99 @@
+"""What training and evaluation share: device and precision choice, datasets in memory,
+loaders, and a forward pass over a loader."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from skinlesion.classes import class_codes
+from skinlesion.data import (SPLITS, Record, ImageDataset, load_images, read_split,
+                             split_records, stratified_subset)
+from skinlesion.transforms import normalize, resizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitData:
+    records: list[Record]
+    images: list[np.ndarray]  # RGB uint8, already at the model's input size
+    labels: np.ndarray        # class indices in the task's label order
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """bf16 where the hardware has it (no loss scaling needed), else fp16 on CUDA; None = fp32.
+    `amp=None` means: on for CUDA, off for CPU (CPU autocast is slower on most CPUs)."""
+    if amp is None:
+        amp = device.type == "cuda"
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def prepare_splits(records: list[Record], image_size: int, seed: int, max_samples: int | None,
+                   task: str, split_file: Path | None = None,
+                   workers: int = 4) -> dict[str, SplitData]:
+    """Split (from a file, or lesion-grouped for `seed`), optionally subsample each split to
+    its share of `max_samples`, then decode and resize every image once."""
+    split = read_split(split_file) if split_file else split_records(records, seed)
+    codes = class_codes(task)
+    out = {}
+    for name in SPLITS:
+        members = [r for r in records if split.get(r.image_id) == name]
+        if max_samples:
+            members = stratified_subset(members, round(max_samples * len(members) / len(records)), seed)
+        kept, images = load_images(members, resizer(image_size), workers)
+        out[name] = SplitData(kept, images, np.array([codes.index(r.label) for r in kept], dtype=np.int64))
+    return out
+
+
+def seed_worker(_: int) -> None:
+    """Each loader worker draws its augmentations from its own seed (set by the loader)."""
+    info = get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+
+def make_loader(data: SplitData, transform, batch_size: int, workers: int, shuffle: bool,
+                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    dataset = ImageDataset(data.images, data.labels, transform)
+    transform.set_random_seed(seed)  # used as is when workers == 0
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=shuffle and len(dataset) > batch_size,
+                      persistent_workers=workers > 0, worker_init_fn=seed_worker,
+                      prefetch_factor=4 if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def to_input(batch: torch.Tensor, device: torch.device, mean, std, channels_last: bool) -> torch.Tensor:
+    x = normalize(batch.to(device, non_blocking=True), mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                   amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
+    """Float32 logits for every image in `loader`, in order."""
+    cfg = model.pretrained_cfg
+    model.eval()
+    outputs = []
+    for batch, _ in loader:
+        x = to_input(batch, device, cfg["mean"], cfg["std"], channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs.append(model(x).float().cpu())
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, model.num_classes), np.float32)

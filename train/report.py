@@ -1,0 +1,159 @@
+"""Human-readable results: report.md for a run, README.md (model card) for a model folder.
+Both render the same tables from metrics.json, so they cannot disagree."""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from skinlesion.classes import class_table
+
+CONFUSION_PNG = "confusion_matrix.png"
+CURVE_PNG = "validation_curve.png"
+HAM10000_CITATION = ("Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of "
+                     "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, "
+                     "180161 (2018). doi:10.1038/sdata.2018.161")
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_tables(metrics: dict) -> str:
+    splits, codes = metrics["splits"], metrics["labels"]
+    info = {c.code: c for c in class_table(metrics["task"])}
+    test = splits["test"]
+    parts = ["### Headline (temperature-scaled probabilities, arg-max decision)\n",
+             _table(["split", "images", "accuracy", "balanced accuracy", "macro F1",
+                     "macro AUC (one-vs-rest)", "ECE before → after temperature"],
+                    [[name, s["n"], _f(s["accuracy"]), _f(s["balanced_accuracy"]), _f(s["macro_f1"]),
+                      _f(s["macro_auc"]), f"{_f(s['ece_before_temperature'])} → {_f(s['ece_after_temperature'])}"]
+                     for name, s in splits.items()]),
+             f"\nTemperature fitted on the validation split: **{metrics['temperature']:.3f}**.\n",
+             "\n### Per class (test split)\n",
+             _table(["class", "name", "risk group", "precision", "recall (sensitivity)", "specificity", "F1", "support"],
+                    [[c, info[c].name, info[c].risk, _f(p["precision"]), _f(p["recall"]), _f(p["specificity"]),
+                      _f(p["f1"]), p["support"]] for c, p in test["per_class"].items()])]
+    if metrics["thresholds"]:
+        target = metrics["sensitivity_target"]
+        parts += [f"\n### Recall-first operating point (thresholds chosen on validation for sensitivity ≥ {target:.2f})\n",
+                  "A class is flagged when its probability reaches its threshold, whatever the top class is.\n\n",
+                  _table(["class", "threshold", "val sensitivity", "val specificity", "test sensitivity", "test specificity"],
+                         [[c, _f(t, 4), _f(splits["val"]["operating_point"][c]["sensitivity"]),
+                           _f(splits["val"]["operating_point"][c]["specificity"]),
+                           _f(test["operating_point"][c]["sensitivity"]), _f(test["operating_point"][c]["specificity"])]
+                          for c, t in metrics["thresholds"].items()])]
+    if "mel" in codes:
+        mel, op = test["per_class"]["mel"], test["operating_point"].get("mel", {})
+        parts.append(f"\n**Melanoma (test)**: sensitivity {_f(mel['sensitivity'])}, specificity "
+                     f"{_f(mel['specificity'])} at the arg-max decision; sensitivity {_f(op.get('sensitivity'))}, "
+                     f"specificity {_f(op.get('specificity'))} at the operating point.\n")
+    parts += ["\n### Confusion matrix (test split; rows = true class, columns = predicted)\n",
+              _table(["true \\ predicted", *codes], [[c, *row] for c, row in zip(codes, test["confusion_matrix"])]),
+              f"\n![confusion matrix]({CONFUSION_PNG})\n"]
+    return "".join(parts)
+
+
+def render_history(history: list[dict]) -> str:
+    keys = [k for k in history[0] if k.startswith("val_balanced_accuracy_")]
+    rows = [[h["epoch"], _f(h["train_loss"], 4), f"{h['lr']:.2e}", f"{h['images_per_s']:.0f}",
+             *(_f(h[k], 4) for k in keys)] for h in history]
+    return ("\n### Training (per epoch)\n"
+            + _table(["epoch", "train loss", "last lr", "images/s", *(f"val bal. acc. ({k.rsplit('_', 1)[1]})" for k in keys)], rows)
+            + f"\n![validation curve]({CURVE_PNG})\n")
+
+
+def render_report(metrics: dict) -> str:
+    t = metrics.get("training", {})
+    head = (f"# Evaluation report — {metrics['task']}\n\n"
+            f"Best epoch {t.get('best_epoch', '?')} ({t.get('weights', '?')} weights), selected on validation "
+            f"balanced accuracy; the test split was not used for any choice.\n\n")
+    return head + render_tables(metrics) + (render_history(metrics["history"]) if metrics.get("history") else "")
+
+
+def _card_metadata(metrics: dict) -> str:
+    test = metrics["splits"]["test"]
+    results = [("accuracy", "Accuracy", test["accuracy"]),
+               ("balanced_accuracy", "Balanced accuracy", test["balanced_accuracy"]),
+               ("f1", "Macro F1", test["macro_f1"]),
+               ("roc_auc", "Macro one-vs-rest AUC", test["macro_auc"])]
+    meta = {
+        "library_name": "timm", "license": "cc-by-nc-sa-4.0", "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "timm", "dermatology", "skin-lesion", "ham10000", "grad-cam"],
+        "datasets": ["HAM10000"], "metrics": ["accuracy", "balanced_accuracy", "f1", "roc_auc"],
+        "model-index": [{"name": "skinlesion-efficientnet_b0-ham10000", "results": [{
+            "task": {"type": "image-classification", "name": "Image Classification"},
+            "dataset": {"name": "HAM10000 (lesion-grouped test split)", "type": "HAM10000", "split": "test"},
+            "metrics": [{"type": k, "name": n, "value": round(v, 4)} for k, n, v in results if v is not None]}]}],
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def render_card(config: dict, metrics: dict) -> str:
+    t = config.get("training", {})
+    size = config["pretrained_cfg"]["input_size"][-1]
+    subset = (f"a stratified subset of {t['max_samples']} images" if t.get("max_samples")
+              else "the whole dataset")
+    init = "ImageNet weights" if t.get("pretrained") else "random initialisation (no pretrained weights)"
+    return (_card_metadata(metrics) + f"""
+# EfficientNet-B0 for HAM10000 skin-lesion classification (skinlesion)
+
+A {config['architecture']} that sorts a dermoscopic image into HAM10000's {config['num_classes']}
+classes ({", ".join(config['label_names'])}), trained from {init} on {subset}, input
+{size}×{size} (the whole image resized, no crop). Probabilities are divided by the temperature
+{metrics['temperature']:.3f} (fitted on validation) before use; the malignant and pre-malignant classes
+have recall-first thresholds in `config.json`.
+
+## Intended use
+Research and teaching: showing how a classifier of dermoscopic images behaves and where it
+looks (Grad-CAM). **Not a medical device and not a diagnosis.**
+
+## Out of scope
+Clinical decisions, screening of patients, photographs that are not dermoscopic, skin types
+and lesion kinds outside HAM10000, any use without a clinician.
+
+## Limitations of the data
+- HAM10000 comes from two centres (Vienna and Queensland) and is skewed to light skin types;
+  performance on darker skin is unknown.
+- Strong class imbalance (nv is 67 % of the images; df and vasc about 1 % each); the loss is
+  class-weighted ({t.get('class_weights', '?')}) and model selection uses balanced accuracy.
+- The images used here are 200×150 downscales; fine structure visible at full resolution is lost.
+- Splits are grouped by lesion (no lesion in two splits), stratified by class, 70/15/15.
+
+## Training
+Epochs {t.get('epochs', '?')} (best {t.get('best_epoch', '?')}, {t.get('weights', '?')} weights),
+batch {t.get('batch_size', '?')}, AdamW peak lr {t.get('lr', '?')} with warm-up and cosine decay,
+label smoothing {t.get('label_smoothing', '?')}, weight EMA decay {t.get('ema_decay', '?')},
+augmentation strength {t.get('aug_strength', '?')}, seed {t.get('seed', '?')}; on {t.get('device', '?')}
+in {t.get('precision', '?')}.
+
+## Evaluation
+""" + render_tables(metrics) + f"""
+## Licence and citation
+Weights: CC BY-NC-SA 4.0, inherited from the HAM10000 data (non-commercial, share-alike).
+Data: {HAM10000_CITATION}
+""")
+
+
+def plot_history(history: list[dict], path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    loss_ax.set(xlabel="epoch", ylabel="train loss")
+    for key in (k for k in history[0] if k.startswith("val_balanced_accuracy_")):
+        acc_ax.plot(epochs, [h[key] for h in history], marker="o", label=key.rsplit("_", 1)[1])
+    acc_ax.set(xlabel="epoch", ylabel="validation balanced accuracy")
+    acc_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
