@@ -10,6 +10,7 @@ import csv
 import logging
 import math
 import random
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,11 +105,18 @@ def split_records(records: Sequence[Record], seed: int = 0) -> dict[str, str]:
     n_folds = 20
     labels = [r.label for r in records]
     groups = [r.lesion_id for r in records]
+    if len(set(groups)) < n_folds or max(Counter(labels).values()) < n_folds:
+        raise DataError(f"too few images to split 70/15/15 by lesion: {len(records)} images of "
+                        f"{len(set(groups))} lesions; needs at least {n_folds} lesions and "
+                        f"{n_folds} images of the largest class")
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     n_test = round(SPLIT_FRACTIONS["test"] * n_folds)
     n_val = round(SPLIT_FRACTIONS["val"] * n_folds)
     assignment: dict[str, str] = {}
-    for fold, (_, held_out) in enumerate(folds.split(np.zeros(len(records)), labels, groups)):
+    with warnings.catch_warnings():  # rare classes with < 20 images are expected; still spread
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        fold_list = list(folds.split(np.zeros(len(records)), labels, groups))
+    for fold, (_, held_out) in enumerate(fold_list):
         split = "test" if fold < n_test else "val" if fold < n_test + n_val else "train"
         for i in held_out:
             assignment[records[i].image_id] = split

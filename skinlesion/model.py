@@ -73,17 +73,25 @@ def create_model(num_classes: int, architecture: str = ARCHITECTURE, pretrained:
     """A timm model; with `pretrained`, ImageNet weights when the Hub answers, else random
     initialisation and a message that says so (training still works, only slower to learn)."""
     overlay = data_config(image_size)
+    model = None
     if pretrained:
         try:
             with nullcontext() if hub_reachable() else hub_offline():  # the cache may have them
-                return timm.create_model(architecture, pretrained=True, num_classes=num_classes,
-                                         pretrained_cfg_overlay=overlay, **model_args)
+                model = timm.create_model(architecture, pretrained=True, num_classes=num_classes,
+                                          pretrained_cfg_overlay=overlay, **model_args)
         except Exception as error:  # offline, no cache, or the Hub refused: all mean the same
             log.warning("ImageNet weights for %s could not be loaded (%s: %s); "
                         "training from random initialisation instead.",
                         architecture, type(error).__name__, str(error).splitlines()[0][:200])
-    return timm.create_model(architecture, pretrained=False, num_classes=num_classes,
-                             pretrained_cfg_overlay=overlay, **model_args)
+    if model is None:
+        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes,
+                                  pretrained_cfg_overlay=overlay, **model_args)
+    # timm scales the head's init by 1/sqrt(num_classes): with 7 classes the first logits have
+    # a std near 5 and the first epochs only undo that. A zero head starts at log(K) loss.
+    head = model.get_classifier()
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return model
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

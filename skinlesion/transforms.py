@@ -10,7 +10,6 @@ from typing import Sequence
 
 import albumentations as A
 import cv2
-import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
@@ -55,8 +54,3 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     std_t = torch.tensor(std, device=batch.device).view(1, -1, 1, 1) * 255
     return (batch.float() - mean_t) / std_t
 
-
-def to_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """RGB uint8 arrays → one uint8 NCHW batch through the eval pipeline."""
-    transform = eval_transform(size)
-    return torch.stack([transform(image=image)["image"] for image in images])

@@ -4,7 +4,7 @@
 
 Fits the temperature (validation NLL) and the recall-first thresholds of the malignant and
 pre-malignant classes (validation sensitivity ≥ 0.90) and stores both in the model folder's
-config.json, so the app uses them. Writes metrics.json, report.md and the plots to --out
+config.json, so the app uses them. Writes metrics.json, report.md, predictions.csv and the plots to --out
 (default: the model folder) and the model card (README.md) into the model folder. Without
 --split, the split is made again from the data with the seed recorded at training time —
 the whole validation and test splits, also for a model trained on --max-samples.
@@ -12,6 +12,7 @@ the whole validation and test splits, also for a model trained on --max-samples.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import shutil
@@ -34,6 +35,19 @@ from .report import CONFUSION_PNG, CURVE_PNG, plot_history, render_card, render_
 
 log = logging.getLogger("train.evaluate")
 EVAL_SPLITS = ("val", "test")
+PREDICTIONS_CSV = "predictions.csv"
+
+
+def write_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str, np.ndarray],
+                      codes: list[str]) -> None:
+    """Per image calibrated probabilities, for error analysis and for checking a model later."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "split", "label", "predicted", *(f"p_{c}" for c in codes)])
+        for s in EVAL_SPLITS:
+            for record, row in zip(splits[s].records, probs[s]):
+                writer.writerow([record.image_id, s, record.label, codes[int(row.argmax())],
+                                 *(f"{p:.6f}" for p in row)])
 
 
 def evaluate(model: torch.nn.Module, config: dict, splits: dict[str, SplitData], model_dir: Path,
@@ -73,6 +87,7 @@ def evaluate(model: torch.nn.Module, config: dict, splits: dict[str, SplitData],
                           f"test split (n={metrics['splits']['test']['n']})")
     if metrics.get("history"):
         plot_history(metrics["history"], out / CURVE_PNG)
+    write_predictions(out / PREDICTIONS_CSV, splits, probs, codes)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(render_report(metrics))
     if out.resolve() != model_dir.resolve():  # the folder that ships carries its evidence

@@ -1,0 +1,74 @@
+"""Shared fixtures: a small synthetic HAM10000-like folder, and the real data when present."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinlesion.classes import class_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SKINLESION_SHARED_DATA", ROOT.parent / "shared" / "data"))
+REAL_HAM = SHARED_DATA / "ham10000"
+needs_real_ham = pytest.mark.skipif(not (REAL_HAM / "HAM10000_metadata.csv").is_file(),
+                                    reason=f"real HAM10000 not found at {REAL_HAM}")
+
+
+def make_ham_folder(root: Path, per_class: int = 20, images_per_lesion: int = 2,
+                    layout: str = "flat", size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
+    """A HAM10000-shaped folder: metadata CSV + JPEGs whose colour depends on the class,
+    `images_per_lesion` images per lesion. layout: 'flat' (images/) or 'official' (part_1/2)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, n = [], 0
+    classes = class_table()
+    for k, info in enumerate(classes):
+        for i in range(per_class):
+            image_id = f"ISIC_{9000000 + n:07d}"
+            lesion_id = f"HAM_{k:02d}{i // images_per_lesion:05d}"
+            rows.append({"lesion_id": lesion_id, "image_id": image_id, "dx": info.code,
+                         "dx_type": "histo", "age": "50.0", "sex": "male", "localization": "back"})
+            if layout == "flat":
+                folder = root / "images"
+            else:
+                folder = root / ("HAM10000_images_part_1" if n % 2 == 0 else "HAM10000_images_part_2")
+            folder.mkdir(exist_ok=True)
+            base = np.array([40 + 30 * k, 200 - 25 * k, 120 + (k % 3) * 40], dtype=np.float64)
+            pixels = np.clip(base + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=90)
+            n += 1
+    with (root / "HAM10000_metadata.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def ham_folder(tmp_path: Path) -> Path:
+    return make_ham_folder(tmp_path / "ham")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny CPU training run on synthetic data, shared by the tests that inspect its output."""
+    base = tmp_path_factory.mktemp("tiny")
+    data = make_ham_folder(base / "ham", per_class=20)
+    out = base / "run"
+    result = run_train("--data", data, "--out", out, "--epochs", "2", "--image-size", "32",
+                       "--batch-size", "16", "--workers", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def run_train(*args, module: str = "train", timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real command line, as a user runs it from the repository root."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -1,0 +1,170 @@
+"""The training and evaluation programs, run as a user runs them (python -m ...)."""
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REAL_HAM, ROOT, make_ham_folder, needs_real_ham, run_train
+from skinlesion.metrics import softmax
+from skinlesion.model import load_model_folder
+from train.__main__ import class_weights, learning_rate, parse_args
+from train.engine import make_loader, pick_device, predict_logits, prepare_splits
+from skinlesion.data import load_ham10000
+from skinlesion.transforms import eval_transform
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_has_everything(tiny_run):
+    for name in ("split.csv", "metrics.json", "report.md", "predictions.csv", "confusion_matrix.png",
+                 "validation_curve.png", "checkpoint.pt", "model/model.safetensors", "model/config.json",
+                 "model/README.md", "model/metrics.json", "model/confusion_matrix.png"):
+        assert (tiny_run / name).is_file(), name
+    split = read_csv(tiny_run / "split.csv")
+    assert list(split[0]) == ["image_id", "lesion_id", "label", "split"] and len(split) == 140
+    lesion_split = {}
+    for row in split:
+        assert lesion_split.setdefault(row["lesion_id"], row["split"]) == row["split"]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    for s in ("val", "test"):
+        m = metrics["splits"][s]
+        assert set(m) >= {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "per_class",
+                          "confusion_matrix", "ece_before_temperature", "ece_after_temperature",
+                          "operating_point"}
+        assert np.sum(m["confusion_matrix"]) == m["n"]
+    assert set(metrics["splits"]["test"]["per_class"]["mel"]) >= {"sensitivity", "specificity", "precision", "f1"}
+    config = json.loads((tiny_run / "model/config.json").read_text())
+    assert config["temperature"] == metrics["temperature"] > 0
+    assert set(config["thresholds"]) == {"akiec", "bcc", "mel"}
+    assert all(0 < t <= 1 for t in config["thresholds"].values())
+    for code in config["thresholds"]:
+        assert metrics["splits"]["val"]["operating_point"][code]["sensitivity"] >= 0.9
+    report = (tiny_run / "report.md").read_text()
+    assert "balanced accuracy" in report and "Recall-first operating point" in report
+
+
+def test_reloaded_model_predicts_what_training_measured(tiny_run, tmp_path):
+    model, config = load_model_folder(tiny_run / "model")
+    data = tiny_run.parent / "ham"
+    splits = prepare_splits(load_ham10000(data), 32, 0, None, "ham10000", split_file=tiny_run / "split.csv")
+    logits = predict_logits(model, make_loader(splits["val"], eval_transform(32), 64, 0, shuffle=False),
+                            pick_device("cpu"))
+    probs = softmax(logits, config["temperature"])
+    rows = [r for r in read_csv(tiny_run / "predictions.csv") if r["split"] == "val"]
+    assert [r["image_id"] for r in rows] == [r.image_id for r in splits["val"].records]
+    saved = np.array([[float(r[f"p_{c}"]) for c in config["label_names"]] for r in rows])
+    assert np.allclose(probs, saved, atol=2e-6)
+    assert np.allclose(probs.sum(axis=1), 1)
+    # measured on the in-memory model before saving == measured after loading it back
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert config["training"]["val_balanced_accuracy"] == pytest.approx(metrics["splits"]["val"]["balanced_accuracy"])
+
+
+def test_model_card_carries_hub_metadata_and_the_measured_results(tiny_run):
+    card = (tiny_run / "model/README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "timm" and meta["license"] == "cc-by-nc-sa-4.0"
+    assert meta["datasets"] == ["HAM10000"]
+    results = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    test = json.loads((tiny_run / "metrics.json").read_text())["splits"]["test"]
+    assert results["balanced_accuracy"] == round(test["balanced_accuracy"], 4)
+    assert results["accuracy"] == round(test["accuracy"], 4)
+    for text in ("Not a medical device", "light skin types", "CC BY-NC-SA 4.0", "doi:10.1038/sdata.2018.161",
+                 "trained from random initialisation (no pretrained weights) on the whole dataset"):
+        assert text in card
+
+
+def test_evaluate_program_reproduces_the_training_evaluation(tiny_run, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_run / "model", model_dir)
+    result = run_train("--model", model_dir, "--data", tiny_run.parent / "ham", "--split",
+                       tiny_run / "split.csv", "--out", tmp_path / "eval", "--workers", "0",
+                       module="train.evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test: balanced accuracy" in result.stderr
+    before = json.loads((tiny_run / "metrics.json").read_text())
+    after = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert after["splits"]["test"]["balanced_accuracy"] == before["splits"]["test"]["balanced_accuracy"]
+    assert after["temperature"] == pytest.approx(before["temperature"], rel=1e-4)
+    assert (tmp_path / "eval/report.md").is_file() and (model_dir / "README.md").is_file()
+
+
+def test_resume_after_an_interrupted_epoch(tmp_path):
+    data = make_ham_folder(tmp_path / "ham")
+    out = tmp_path / "run"
+    args = ["--data", data, "--out", out, "--epochs", "4", "--image-size", "48", "--batch-size", "16",
+            "--workers", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "train", *map(str, args)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # as a power cut would, in the middle of the next epoch
+    process.wait()
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+
+    mismatched = run_train(*args[:-6], "--image-size", "32", "--batch-size", "16", "--workers", "0", "--resume")
+    assert mismatched.returncode == 2 and "made with different settings" in mismatched.stderr
+
+    resumed = run_train(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = int(resumed.stderr.split("after epoch ")[1].split()[0])
+    assert 1 <= done < 4
+    assert f"epoch {done + 1}/4" in resumed.stderr and f"epoch {done}/4 " not in resumed.stderr
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_bad_data_folder_gives_a_message_not_a_traceback(tmp_path):
+    result = run_train("--data", tmp_path / "nothing", "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert "metadata file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_yaml_config_with_command_line_overrides(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 7\nlr: 0.01\nclass_weights: inverse\ndata: /d\n")
+    args = parse_args(["--config", str(config), "--out", "o", "--lr", "0.5"])
+    assert (args.epochs, args.lr, args.class_weights, str(args.data)) == (7, 0.5, "inverse", "/d")
+    config.write_text("epoch: 7\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config), "--data", "d", "--out", "o"])
+
+
+def test_class_weights_schemes_keep_the_loss_scale():
+    labels = np.array([0] * 80 + [1] * 16 + [2] * 4)
+    for scheme, ratio in (("inverse", 20.0), ("inverse-sqrt", np.sqrt(20)), ("none", 1.0)):
+        w = class_weights(labels, 3, scheme).numpy()
+        assert w[2] / w[0] == pytest.approx(ratio)
+        assert (w[labels]).mean() == pytest.approx(1.0)
+
+
+def test_learning_rate_warms_up_then_decays():
+    lrs = [learning_rate(s, 100, 10, 1.0, 0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+@needs_real_ham
+def test_tiny_real_training_run(tmp_path):
+    out = tmp_path / "run"
+    result = run_train("--data", REAL_HAM, "--out", out, "--max-samples", "300", "--image-size", "64",
+                       "--epochs", "2", "--workers", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = read_csv(out / "split.csv")
+    assert 290 <= len(split) <= 300 and {r["label"] for r in split} == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
+    model, config = load_model_folder(out / "model")
+    assert config["training"]["max_samples"] == 300 and config["pretrained_cfg"]["input_size"] == [3, 64, 64]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["splits"]["test"]["n"] == sum(r["split"] == "test" for r in split)

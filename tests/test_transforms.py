@@ -1,0 +1,30 @@
+import numpy as np
+import torch
+
+from skinlesion.transforms import eval_transform, normalize, resizer, train_transform
+
+
+def test_train_transform_keeps_size_and_dtype_and_varies():
+    image = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    transform = train_transform(64)
+    transform.set_random_seed(0)
+    outputs = [transform(image=image)["image"] for _ in range(4)]
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.uint8 for o in outputs)
+    assert any(not torch.equal(outputs[0], o) for o in outputs[1:])
+
+
+def test_eval_transform_squashes_the_whole_image_without_crop():
+    image = np.zeros((150, 200, 3), np.uint8)
+    image[:, :10] = 255   # a bright stripe on the left border survives (no centre crop)
+    out = eval_transform(64)(image=image)["image"]
+    assert out.shape == (3, 64, 64)
+    assert out[:, :, 0].float().mean() > 200 and out[:, :, -1].float().mean() < 5
+    # the cache's resize is the same pixels as the eval pipeline's
+    assert np.array_equal(resizer(64)(image), out.permute(1, 2, 0).numpy())
+
+
+def test_normalize_matches_the_formula():
+    batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = (batch.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(normalize(batch, mean, std), expected, atol=1e-5)
