@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import safetensors.torch
 import timm
 import torch
+import yaml
 from huggingface_hub import constants as hub_constants
 from timm.models import save_for_hf
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 ARCHITECTURE = "efficientnet_b0"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.png"]  # what a model folder holds
 LICENSE = "cc-by-nc-sa-4.0"  # HAM10000's licence; trained weights inherit it (share-alike)
 REQUIRED_CONFIG = ("architecture", "num_classes", "label_names", "pretrained_cfg")
 
@@ -118,6 +121,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a model folder is meant to be shared
     os.replace(tmp, path)
 
 
@@ -148,7 +152,18 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, label_names: l
         save_for_hf(model, tmp, model_config={**own, **(extra or {})},
                     safe_serialization=True, data_config=data_config(image_size))
         for name in (WEIGHTS_FILE, CONFIG_FILE):
+            os.chmod(Path(tmp) / name, 0o644)
             os.replace(Path(tmp) / name, folder / name)
+
+
+def read_card(folder: str | Path) -> tuple[dict[str, Any], str]:
+    """The model card's metadata (YAML front matter) and Markdown body; empty when absent."""
+    path = Path(folder) / CARD_FILE
+    text = path.read_text() if path.is_file() else ""
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        head, body = text[4:].split("\n---\n", 1)
+        return yaml.safe_load(head) or {}, body
+    return {}, text
 
 
 def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

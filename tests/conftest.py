@@ -67,8 +67,36 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
-def run_train(*args, module: str = "train", timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real command line, as a user runs it from the repository root."""
+def run_train(*args, module: str = "train", env: dict | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real command line (python -m train...), as a user runs it from the repository root."""
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env=env or {**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def trained_looking(model):
+    """A new head starts at zero (every class equal); random head weights make outputs differ."""
+    import torch
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
+    torch.nn.init.normal_(model.get_classifier().bias, std=0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory) -> Path:
+    """A small model folder (64 px) with calibration, as training writes it."""
+    from skinlesion.classes import class_codes
+    from skinlesion.model import create_model, save_model_folder
+    folder = tmp_path_factory.mktemp("model") / "m"
+    model = trained_looking(create_model(7, image_size=64))
+    save_model_folder(model, folder, class_codes(), extra={
+        "task": "ham10000", "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2}})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def predictor(model_folder):
+    from skinlesion import Predictor
+    return Predictor.from_pretrained(model_folder)

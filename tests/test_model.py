@@ -7,18 +7,12 @@ import safetensors.torch
 import timm
 import torch
 
+from conftest import trained_looking
 from skinlesion.classes import class_codes
 from skinlesion.model import (ModelFolderError, create_model, load_model_folder, read_config,
                               save_model_folder, update_config)
 
 CODES = class_codes()
-
-
-def trained_looking(model):
-    """The head starts at zero (all classes equal); give it weights so outputs differ."""
-    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
-    torch.nn.init.normal_(model.get_classifier().bias, std=0.1)
-    return model
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from skinlesion.data import DataError, load_ham10000
 from skinlesion.metrics import (SENSITIVITY_TARGET, classification_report,
                                 expected_calibration_error, fit_temperature, operating_point,
                                 plot_confusion_matrix, recall_first_thresholds, softmax)
-from skinlesion.model import ModelFolderError, load_model_folder, update_config
+from skinlesion.model import CARD_FILE, ModelFolderError, load_model_folder, update_config
 from skinlesion.transforms import eval_transform
 
 from .engine import SplitData, autocast_dtype, make_loader, pick_device, predict_logits, prepare_splits
@@ -93,7 +93,7 @@ def evaluate(model: torch.nn.Module, config: dict, splits: dict[str, SplitData],
     if out.resolve() != model_dir.resolve():  # the folder that ships carries its evidence
         shutil.copy(out / "metrics.json", model_dir / "metrics.json")
         shutil.copy(out / CONFUSION_PNG, model_dir / CONFUSION_PNG)
-    (model_dir / "README.md").write_text(render_card(config, metrics))
+    (model_dir / CARD_FILE).write_text(render_card(config, metrics))
     return metrics
 
 

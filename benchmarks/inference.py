@@ -1,0 +1,154 @@
+"""Inference benchmark: python -m benchmarks.inference [--model DIR] [--runs 30] [--clients 16]
+
+Prints a Markdown table, medians over --runs after warm-up, on whatever machine runs it:
+a plain forward pass, predict (image in → probabilities), predict + Grad-CAM (one shared
+pass), the app's cold start (process start → first /classify answer through gradio_client),
+the app's peak RSS, and --clients concurrent /classify requests (success count, p50, p95).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from skinlesion import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "ham10000" / "images" / "ISIC_0024306.jpg"
+
+
+def timed(fn, runs: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def sample_image(folder: Path) -> Path:
+    """A real HAM10000 image when the data is here, else a synthetic 200×150 one."""
+    if SAMPLE.is_file():
+        return SAMPLE
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(150, 30, (150, 200, 3)), 0, 255).astype(np.uint8)
+    path = folder / "sample.jpg"
+    Image.fromarray(image).save(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def app_benchmark(image: Path, model: str | None, clients: int) -> dict:
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    if model:
+        env["SKINLESION_MODEL"] = model
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise SystemExit("app.py exited during start-up")
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                client.predict(handle_file(image), api_name="/classify")
+                break
+            except Exception:
+                if time.perf_counter() - started > 180:
+                    raise SystemExit("app.py did not answer within 180 s")
+                time.sleep(0.2)
+        cold_start = time.perf_counter() - started
+
+        def one_request(_):
+            t = time.perf_counter()
+            try:
+                Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(image), api_name="/classify")
+                return True, time.perf_counter() - t
+            except Exception:
+                return False, time.perf_counter() - t
+
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(one_request, range(clients)))
+        latencies = sorted(t for ok, t in results if ok)
+        return {"cold_start": cold_start, "rss": peak_rss_mb(process.pid),
+                "ok": sum(ok for ok, _ in results), "p50": np.percentile(latencies, 50) if latencies else float("nan"),
+                "p95": np.percentile(latencies, 95) if latencies else float("nan")}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model folder or Hub repo id (default: the bundled model)")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--clients", type=int, default=16)
+    args = p.parse_args(argv)
+
+    predictor = Predictor.from_pretrained(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = sample_image(Path(tmp))
+        image = Image.open(path).convert("RGB")
+        _, x = predictor.preprocess(image)
+        with torch.no_grad():
+            forward = statistics.median(timed(lambda: predictor.model(x), args.runs))
+        predict = statistics.median(timed(lambda: predictor.predict(image), args.runs))
+        explain = statistics.median(timed(lambda: predictor.explain(image), args.runs))
+        app = app_benchmark(path, args.model, args.clients)
+
+    size = predictor.size
+    print(f"Model: {predictor.folder} ({predictor.config['architecture']}, {size}×{size}); "
+          f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+          f"medians of {args.runs} runs after 5 warm-up runs; image {image.size[0]}×{image.size[1]}.\n")
+    rows = [
+        ("plain forward pass (tensor in, no_grad)", ms(forward), ""),
+        ("predict (image in → 7 probabilities)", ms(predict), "p50 ≤ 40 ms"),
+        ("predict + Grad-CAM (one shared pass)", f"{ms(explain)} = {explain / forward:.2f} × forward",
+         "≤ 1.3 × forward"),
+        ("app cold start (process start → first /classify answer)", f"{app['cold_start']:.1f} s", "≤ 15 s"),
+        ("app peak RSS", f"{app['rss']:.0f} MB", "≤ 1.5 GB"),
+        (f"{args.clients} concurrent /classify requests (gradio_client)",
+         f"{app['ok']}/{args.clients} ok, p50 {ms(app['p50'])}, p95 {ms(app['p95'])}", f"{args.clients}/{args.clients}"),
+    ]
+    print("| measure | result | goal |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Grad-CAM through captum, and the heat-map overlay.
+
+The forward function handed to captum returns the explained class's logit and keeps the
+logits, so one forward/backward pass gives both the heat-map and the probabilities. With the
+model's parameters frozen, autograd records only from the hooked stage on: the backward pass
+runs through the head alone and costs little next to the forward pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from matplotlib import colormaps
+from PIL import Image
+
+
+def last_stage(model: torch.nn.Module) -> torch.nn.Module:
+    """The last convolutional stage, as timm's feature_info names it (blocks.6 for B0)."""
+    return model.get_submodule(model.feature_info[-1]["module"])
+
+
+def grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
+             index: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """ReLU'd Grad-CAM (1, 1, h, w) of class `index` (None: the top class) for one image,
+    in float32, with the logits of the same pass and the index explained."""
+    seen: dict = {}
+
+    def explained_logit(inputs: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs)
+        seen["logits"] = logits.detach()
+        seen["index"] = int(logits[0].argmax()) if index is None else index
+        return logits[:, seen["index"]]
+
+    with torch.autocast(x.device.type, enabled=False):
+        cam = LayerGradCam(explained_logit, layer).attribute(x.float(), relu_attributions=True)
+    return cam.detach(), seen["logits"], seen["index"]
+
+
+def upsample_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(1, 1, h, w) → (H, W) float32 in 0..1: bilinear, scaled by its maximum (zeros stay zero)."""
+    up = LayerAttribution.interpolate(cam.float(), size, interpolate_mode="bilinear")[0, 0]
+    peak = float(up.max())
+    return (up / peak if peak > 0 else torch.zeros_like(up)).clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> Image.Image:
+    """The colour-mapped heat-map blended over the image; weak attributions stay see-through."""
+    colours = colormaps["jet"](heatmap)[..., :3]
+    alpha = float(np.clip(opacity, 0, 1)) * np.sqrt(heatmap)[..., None]
+    blended = rgb / 255.0 * (1 - alpha) + colours * alpha
+    return Image.fromarray((blended * 255).round().astype(np.uint8))

@@ -1,0 +1,224 @@
+"""Predictor: checked input → calibrated probabilities → triage; Grad-CAM from the same pass.
+
+Every way an input can be bad (not an image, truncated, a decompression bomb, too small, an
+odd colour mode) ends in an `InputError` whose message can be shown to a user as is.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .classes import DEFAULT_TASK, HIGH_RISK, class_table
+from .explain import grad_cam, last_stage, overlay, upsample_heatmap
+from .model import HUB_FILES, ModelFolderError, hub_offline, hub_reachable, load_model_folder
+from .transforms import eval_transform, normalize
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_MODEL = ASSETS / "model"
+MAX_PIXELS = 40_000_000   # larger images are refused before decoding (decompression bombs)
+MIN_SIDE = 16             # smaller images carry no usable detail
+UNCERTAIN_TOP_PROBABILITY = 0.5   # below it (or above the entropy bound) the verdict is "uncertain"
+UNCERTAIN_ENTROPY = 0.75          # normalised entropy, 0 (one class) .. 1 (all classes equal)
+DISCLAIMER = "This is a research demo, not a diagnosis: only a clinician can assess a skin lesion."
+
+ImageInput = Union[Image.Image, np.ndarray, str, Path, bytes]
+
+
+class InputError(ValueError):
+    """The input cannot be classified; the message says why, for the person who sent it."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB. Transparency is flattened onto white; 16-bit and float grey
+    images are scaled from their own range so they do not come out black or white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+        image = Image.fromarray(scaled.astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise InputError(f"an image array must be H×W, H×W×3 or H×W×4; got shape {a.shape}")
+    if a.dtype != np.uint8:
+        if np.issubdtype(a.dtype, np.floating) and a.size and 0 <= a.min() and a.max() <= 1:
+            a = a * 255
+        a = np.clip(np.nan_to_num(a.astype(np.float64)), 0, 255).astype(np.uint8)
+    return Image.fromarray(a, "RGBA" if a.ndim == 3 and a.shape[2] == 4 else None)
+
+
+def load_image(image: ImageInput) -> np.ndarray:
+    """A PIL image, an array or a file (path or bytes) → upright RGB uint8 array, or InputError."""
+    if isinstance(image, np.ndarray):
+        image = _from_array(image)
+    if not isinstance(image, Image.Image):
+        if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
+            raise InputError(f"file not found: {Path(image).name}")
+        source = io.BytesIO(image) if isinstance(image, bytes) else image
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                opened = Image.open(source)
+        except UnidentifiedImageError:
+            raise InputError("this file is not an image that can be read (use JPEG, PNG, WebP, "
+                             "BMP or TIFF)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(f"the image is too large (more than {MAX_PIXELS // 1_000_000} million pixels)") from None
+        image = opened
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise InputError(f"the image is too large: {width}×{height} pixels; the limit is "
+                         f"{MAX_PIXELS // 1_000_000} million pixels")
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"the image is too small: {width}×{height} pixels; each side needs at least {MIN_SIDE}")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return np.asarray(_to_rgb(image))
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise InputError(f"the image file is damaged or incomplete ({error})") from None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: str      # "refer", "uncertain" or "clear"
+    headline: str
+    detail: str
+
+
+@dataclass
+class Explanation:
+    image: np.ndarray            # the checked RGB input, H×W×3 uint8
+    heatmap: np.ndarray          # H×W float32 in 0..1, the input image's size
+    overlay: Image.Image         # the image with the colour-mapped heat-map blended in
+    target: str                  # the class explained
+    probabilities: dict[str, float]
+
+
+def normalised_entropy(probs: np.ndarray) -> float:
+    p = probs[probs > 0]
+    return float(-(p * np.log(p)).sum() / math.log(len(probs)))
+
+
+class Predictor:
+    """A loaded model folder plus what it needs to answer: input size, normalisation,
+    temperature, thresholds and the task's class table, all read from its config.json."""
+
+    def __init__(self, model: torch.nn.Module, config: dict[str, Any], folder: str | Path | None = None,
+                 device: str | torch.device = "cpu", tta: bool = False):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():  # Grad-CAM needs gradients of activations only
+            p.requires_grad_(False)
+        self.config, self.tta = config, tta
+        self.folder = Path(folder) if folder is not None else None  # the card and plots live there
+        self.task = config.get("task", DEFAULT_TASK)
+        self.codes: list[str] = list(config["label_names"])
+        self.classes = {c.code: c for c in class_table(self.task)}
+        if set(self.codes) != set(self.classes):
+            raise ModelFolderError(f"{folder}: labels {self.codes} are not the classes of task {self.task!r}")
+        cfg = config["pretrained_cfg"]
+        self.size, self.mean, self.std = cfg["input_size"][-1], cfg["mean"], cfg["std"]
+        self.temperature = float(config.get("temperature", 1.0))
+        self.thresholds: dict[str, float] = dict(config.get("thresholds", {}))
+        self._transform = eval_transform(self.size)
+        self._layer = last_stage(self.model)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
+                        tta: bool = False) -> "Predictor":
+        """`source`: a model folder, a Hub repo id ("user/name", cached copies work offline), or
+        None for the bundled default model."""
+        folder = Path(source) if source is not None else BUNDLED_MODEL
+        if source is not None and not folder.exists() and _looks_like_repo_id(str(source)):
+            folder = _download(str(source))
+        model, config = load_model_folder(folder)
+        return cls(model, config, folder=folder, device=device, tta=tta)
+
+    def preprocess(self, image: ImageInput) -> tuple[np.ndarray, torch.Tensor]:
+        rgb = load_image(image)
+        batch = self._transform(image=rgb)["image"].unsqueeze(0).to(self.device)
+        return rgb, normalize(batch, self.mean, self.std)
+
+    def _probabilities(self, logits: torch.Tensor) -> dict[str, float]:
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1).mean(0)
+        return {code: float(p) for code, p in zip(self.codes, probs)}
+
+    @torch.no_grad()
+    def predict(self, image: ImageInput, tta: bool | None = None) -> dict[str, float]:
+        """Calibrated probability of every class (summing to 1); with `tta`, averaged over
+        the image and its horizontal and vertical mirror images."""
+        _, x = self.preprocess(image)
+        if self.tta if tta is None else tta:
+            x = torch.cat([x, x.flip(-1), x.flip(-2)])
+        return self._probabilities(self.model(x))
+
+    def explain(self, image: ImageInput, target: str | None = None, opacity: float = 0.45) -> Explanation:
+        """Grad-CAM for `target` or the top class, and the probabilities, from one pass."""
+        if target is not None and target not in self.codes:
+            raise InputError(f"unknown class {target!r}; choose one of {', '.join(self.codes)}")
+        rgb, x = self.preprocess(image)
+        cam, logits, index = grad_cam(self.model, self._layer, x,
+                                      None if target is None else self.codes.index(target))
+        heatmap = upsample_heatmap(cam, rgb.shape[:2])
+        return Explanation(rgb, heatmap, overlay(rgb, heatmap, opacity), self.codes[index],
+                           self._probabilities(logits))
+
+    def triage(self, probabilities: dict[str, float]) -> Verdict:
+        """Recall-first: any malignant / pre-malignant class at or over its threshold refers;
+        else a flat distribution is 'uncertain'; else no high-risk pattern was found."""
+        flagged = [c for c in self.codes if self.classes[c].risk in HIGH_RISK
+                   and probabilities[c] >= self.thresholds.get(c, 0.5)]
+        if flagged:
+            names = ", ".join(f"{self.classes[c].name} ({probabilities[c]:.0%})" for c in flagged)
+            return Verdict("refer", "Refer to a dermatologist",
+                           f"Probability at or above the high-sensitivity threshold for: {names}. {DISCLAIMER}")
+        probs = np.array([probabilities[c] for c in self.codes])
+        if probs.max() < UNCERTAIN_TOP_PROBABILITY or normalised_entropy(probs) > UNCERTAIN_ENTROPY:
+            return Verdict("uncertain", "Uncertain — have it checked",
+                           f"No class is clearly ahead (top probability {probs.max():.0%}). {DISCLAIMER}")
+        top = self.codes[int(probs.argmax())]
+        return Verdict("clear", "No high-risk pattern found",
+                       f"Most likely {self.classes[top].name} ({probs.max():.0%}); no malignant or "
+                       f"pre-malignant class reached its threshold. {DISCLAIMER}")
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/"))
+
+
+def _download(repo_id: str) -> Path:
+    """The model folder of a Hub repo: from the Hub when it answers, else from the local cache
+    (so HF_HUB_OFFLINE=1 works once downloaded); a clear error when neither has it."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        if hub_reachable():
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        with hub_offline():
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as error:
+        raise ModelFolderError(f"could not get the model {repo_id!r} from the Hugging Face Hub or its "
+                               f"local cache ({type(error).__name__}); check the name, the network, "
+                               f"or pass a local folder") from None

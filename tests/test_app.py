@@ -1,0 +1,203 @@
+"""The app as people meet it: a real server on localhost, called through gradio_client and
+driven in a real headless Chromium (Debian's package) through Playwright."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REAL_HAM, ROOT
+from skinlesion.classes import class_codes
+from skinlesion.inference import DISCLAIMER
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic"]
+CODES = class_codes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"app.py exited: {log.read_text()[-3000:] if log else process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"app.py did not answer within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`python app.py` with the bundled model, on a free port; yields (url, temp dir)."""
+    temp = tmp_path_factory.mktemp("gradio-tmp")
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1"}
+    env.pop("SKINLESION_MODEL", None)
+    log = (temp.parent / "server.log").open("w")
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(url, process, temp.parent / "server.log")
+    yield url, temp
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def test_nothing_is_left_behind_after_the_app_stops(tmp_path, lesion):
+    """Uploads and outputs live in the app's own temporary folder, removed when it stops."""
+    from gradio_client import Client, handle_file
+    temp = tmp_path / "gradio-tmp"
+    temp.mkdir()
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "SKINLESION_EXAMPLES": ""}
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", process)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(handle_file(lesion), "top", 0.5, api_name="/explain")
+        assert any(p.is_file() for p in temp.rglob("*")), "the upload should be in the app's temp folder"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    left = [p for p in temp.rglob("*") if p.is_file()]
+    assert not left, left
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+    return Client(server[0], verbose=False)
+
+
+@pytest.fixture
+def lesion(tmp_path) -> Path:
+    if REAL_HAM.is_dir():
+        return REAL_HAM / "images" / "ISIC_0024306.jpg"
+    rng = np.random.default_rng(0)
+    image = np.full((150, 200, 3), (190, 140, 120), np.uint8)
+    image[50:100, 70:130] = (90, 50, 40)
+    path = tmp_path / "lesion.jpg"
+    Image.fromarray(np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def probabilities(label: dict) -> dict[str, float]:
+    return {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def test_classify_endpoint_gives_every_class(client, lesion):
+    from gradio_client import handle_file
+    result = probabilities(client.predict(handle_file(lesion), api_name="/classify"))
+    assert sorted(result) == sorted(CODES)
+    assert sum(result.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_explain_endpoint_gives_an_overlay_of_the_input_size(client, lesion):
+    from gradio_client import handle_file
+    for target in ("top", "mel"):
+        path = client.predict(handle_file(lesion), target, 0.5, api_name="/explain")
+        with Image.open(path) as overlay, Image.open(lesion) as original:
+            assert overlay.size == original.size
+
+
+def test_analyse_endpoint_gives_verdict_probabilities_and_overlay(client, lesion):
+    from gradio_client import handle_file
+    verdict, label, overlay = client.predict(handle_file(lesion), "top", 0.45, api_name="/analyse")
+    assert DISCLAIMER in verdict and "data-level=" in verdict
+    assert sorted(probabilities(label)) == sorted(CODES)
+    assert Path(overlay).is_file()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"definitely not an image", "this file is not an image that can be read"),
+    ("truncated", "damaged or incomplete"),
+])
+def test_bad_files_get_an_error_and_the_next_request_succeeds(client, lesion, tmp_path, content, message):
+    from gradio_client import handle_file
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(lesion.read_bytes()[:3000] if content == "truncated" else content)
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(bad), api_name="/classify")
+    result = probabilities(client.predict(handle_file(lesion), api_name="/classify"))
+    assert sum(result.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_page_in_a_real_browser(server, lesion, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+    url, _ = server
+    screenshot = Path(os.environ.get("SKINLESION_SCREENSHOT", tmp_path / "page.png"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.locator("#input-image input[type=file]").set_input_files(str(lesion))
+        page.locator("#analyse").click()
+        expect(page.locator("#verdict")).to_be_visible(timeout=60_000)
+        expect(page.locator("#gradcam img")).to_be_visible(timeout=60_000)
+        labels = page.locator("#probabilities").inner_text()
+        assert all(code in labels for code in CODES), labels
+        assert "research demo, not a diagnosis" in page.locator("#verdict").inner_text()
+        page.get_by_text("Data & ethics").click()
+        expect(page.get_by_text("skewed to light skin types")).to_be_visible()
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_model_tab_and_placeholder_notice_follow_the_model_card(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    from skinlesion.inference import BUNDLED_MODEL
+    from skinlesion.model import read_card
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    meta, _ = read_card(BUNDLED_MODEL)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.goto(server[0])
+        notice = page.locator("#model-notice")
+        if meta.get("model_status") == "placeholder":
+            expect(notice).to_contain_text("low-accuracy placeholder")
+        else:
+            expect(notice).to_have_count(0)
+        page.get_by_role("tab", name="Model").click()
+        expect(page.get_by_text("Recall-first operating point").first).to_be_visible()
+        expect(page.get_by_text("Limitations of the data").first).to_be_visible()
+        browser.close()
+
+
+def test_benchmark_script_prints_its_table(capsys):
+    from benchmarks.inference import main
+    assert main(["--runs", "2", "--clients", "2"]) == 0
+    table = capsys.readouterr().out
+    for row in ("plain forward pass", "predict + Grad-CAM", "app cold start", "app peak RSS", "2/2 ok"):
+        assert row in table, table

@@ -1,0 +1,69 @@
+"""Grad-CAM: captum's result against an independent plain-PyTorch implementation."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skinlesion.explain import last_stage, overlay
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(1)
+    image = np.full((75, 100, 3), (190, 140, 120), np.uint8)
+    image[20:55, 30:70] = (80, 40, 30)
+    return np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+
+
+def plain_grad_cam(model, layer, x, index, size):
+    """Textbook Grad-CAM with hooks: ReLU(Σ_k mean(dy/dA_k) · A_k), bilinear, scaled to max 1."""
+    saved = {}
+    handle = layer.register_forward_hook(lambda m, i, o: saved.update(a=o))
+    try:
+        x = x.clone().requires_grad_(True)  # parameters are frozen: the graph starts at the input
+        logits = model(x)
+        (grads,) = torch.autograd.grad(logits[0, index], saved["a"])
+    finally:
+        handle.remove()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * saved["a"]).sum(1, keepdim=True))
+    up = F.interpolate(cam, size, mode="bilinear")[0, 0]
+    return (up / up.max()).detach().numpy(), logits.detach()
+
+
+@pytest.mark.parametrize("target", [None, "mel", "df"])
+def test_captum_grad_cam_matches_a_plain_implementation(predictor, photo, target):
+    result = predictor.explain(photo, target=target)
+    _, x = predictor.preprocess(photo)
+    index = predictor.codes.index(result.target)
+    reference, logits = plain_grad_cam(predictor.model, last_stage(predictor.model), x, index, photo.shape[:2])
+    if target is None:
+        assert index == int(logits[0].argmax())
+    assert result.heatmap.shape == photo.shape[:2] and result.heatmap.dtype == np.float32
+    assert result.heatmap.max() == pytest.approx(1) and result.heatmap.min() >= 0
+    assert np.abs(result.heatmap - reference).max() < 1e-4
+
+
+def test_explain_returns_the_probabilities_of_the_same_pass(predictor, photo):
+    result = predictor.explain(photo, target="bcc")
+    assert result.target == "bcc"
+    assert result.probabilities == pytest.approx(predictor.predict(photo), abs=1e-6)
+
+
+def test_last_stage_is_the_last_block_of_efficientnet(predictor):
+    assert last_stage(predictor.model) is predictor.model.blocks[-1]
+
+
+def test_overlay_keeps_the_image_size_and_follows_opacity(predictor, photo):
+    result = predictor.explain(photo, opacity=0.6)
+    assert result.overlay.size == (100, 75) and result.overlay.mode == "RGB"
+    assert np.array_equal(np.asarray(overlay(photo, result.heatmap, 0.0)), photo)
+    hot = result.heatmap > 0.8
+    changed = np.abs(np.asarray(result.overlay).astype(int) - photo).sum(-1)
+    assert changed[hot].mean() > changed[result.heatmap < 0.05].mean()
+
+
+def test_unknown_target_is_a_clear_error(predictor, photo):
+    from skinlesion.inference import InputError
+    with pytest.raises(InputError, match="unknown class 'xyz'; choose one of akiec"):
+        predictor.explain(photo, target="xyz")
