@@ -125,25 +125,22 @@ def build_demo(predictor: Predictor, examples_folder: str | None = None) -> gr.B
         except InputError as error:
             raise user_error(error) from None
 
+    def explained(image: dict | None, target: str | None, opacity: float):
+        source = image_source(image)
+        if source is None:
+            raise gr.Error("Upload an image first.")
+        try:
+            return predictor.explain(source, None if target in (None, "", TOP_CLASS) else target, opacity)
+        except InputError as error:
+            raise user_error(error) from None
+
     def explain(image: dict | None, target: str | None = TOP_CLASS, opacity: float = 0.45):
         """Grad-CAM overlay for one image: the top class, or the class given."""
-        source = image_source(image)
-        if source is None:
-            raise gr.Error("Upload an image first.")
-        try:
-            result = predictor.explain(source, None if target in (None, "", TOP_CLASS) else target, opacity)
-        except InputError as error:
-            raise user_error(error) from None
-        return result.overlay
+        return explained(image, target, opacity).overlay
 
     def analyse(image: dict | None, target: str | None, opacity: float):
-        source = image_source(image)
-        if source is None:
-            raise gr.Error("Upload an image first.")
-        try:
-            result = predictor.explain(source, None if target in (None, "", TOP_CLASS) else target, opacity)
-        except InputError as error:
-            raise user_error(error) from None
+        """Verdict, probabilities and Grad-CAM overlay, from one forward/backward pass."""
+        result = explained(image, target, opacity)
         verdict = predictor.triage(result.probabilities)
         return (verdict_html(verdict.level, verdict.headline, verdict.detail), result.probabilities,
                 result.overlay, (result.image, result.heatmap))
