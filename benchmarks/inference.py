@@ -28,15 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "ham10000" / "images" / "ISIC_0024306.jpg"
 
 
-def timed(fn, runs: int, warmup: int = 5) -> list[float]:
+def medians(functions: dict, runs: int, warmup: int = 5) -> dict[str, float]:
+    """Median seconds of each function, run in turn (round-robin), so that a slow patch of
+    the machine weighs on all of them alike instead of on whichever ran then."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in functions.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
+        for name, fn in functions.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def ms(seconds: float) -> str:
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder or Hub repo id (default: the bundled model)")
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runs", type=int, default=50)
     p.add_argument("--clients", type=int, default=16)
     args = p.parse_args(argv)
 
@@ -124,16 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         path = sample_image(Path(tmp))
         image = Image.open(path).convert("RGB")
         _, x = predictor.preprocess(image)
-        with torch.no_grad():
-            forward = statistics.median(timed(lambda: predictor.model(x), args.runs))
-        predict = statistics.median(timed(lambda: predictor.predict(image), args.runs))
-        explain = statistics.median(timed(lambda: predictor.explain(image), args.runs))
+
+        def forward_pass():
+            with torch.no_grad():
+                predictor.model(x)
+
+        times = medians({"forward": forward_pass, "predict": lambda: predictor.predict(image),
+                         "explain": lambda: predictor.explain(image)}, args.runs)
+        forward, predict, explain = times["forward"], times["predict"], times["explain"]
         app = app_benchmark(path, args.model, args.clients)
 
     size = predictor.size
     print(f"Model: {predictor.folder} ({predictor.config['architecture']}, {size}×{size}); "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
-          f"medians of {args.runs} runs after 5 warm-up runs; image {image.size[0]}×{image.size[1]}.\n")
+          f"medians of {args.runs} runs of each, taken in turn, after 5 warm-up rounds; image {image.size[0]}×{image.size[1]}.\n")
     rows = [
         ("plain forward pass (tensor in, no_grad)", ms(forward), ""),
         ("predict (image in → 7 probabilities)", ms(predict), "p50 ≤ 40 ms"),

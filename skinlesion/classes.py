@@ -2,13 +2,15 @@
 
 A task's classes are a table (a tuple of `ClassInfo`); everything else — label order in the
 model, colours on the page, which classes get a recall-first threshold — is read from it.
-A second task is a second table in `TASKS`, not a fork of the code.
+A second task is a second table in `CLASS_TABLES`, not a fork of the code; the rest of a
+task (its data reader, model folder, texts) is in tasks.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 MALIGNANT, PRE_MALIGNANT, BENIGN = "malignant", "pre-malignant", "benign"
+DEFECT = "defect"  # steel: every class is a defect; what matters is naming it right
 # Risk groups whose classes get a recall-first operating threshold (a miss costs most).
 HIGH_RISK = (MALIGNANT, PRE_MALIGNANT)
 
@@ -46,15 +48,26 @@ HAM10000 = (
               BENIGN, "#8e44ad"),
 )
 
-TASKS: dict[str, tuple[ClassInfo, ...]] = {"ham10000": HAM10000}
+NEU = (  # NEU surface defect database, hot-rolled steel strip
+    ClassInfo("crazing", "Crazing", "A network of fine surface cracks.", DEFECT, "#6d4c41"),
+    ClassInfo("inclusion", "Inclusion", "Non-metallic particles rolled into the surface.", DEFECT, "#5e35b1"),
+    ClassInfo("patches", "Patches", "Irregular darker or lighter areas of the surface.", DEFECT, "#00897b"),
+    ClassInfo("pitted_surface", "Pitted surface", "Small pits and craters scattered over the surface.",
+              DEFECT, "#c0ca33"),
+    ClassInfo("rolled-in_scale", "Rolled-in scale", "Oxide scale pressed into the strip during rolling.",
+              DEFECT, "#f4511e"),
+    ClassInfo("scratches", "Scratches", "Straight grooves along the rolling direction.", DEFECT, "#1e88e5"),
+)
+
+CLASS_TABLES: dict[str, tuple[ClassInfo, ...]] = {"ham10000": HAM10000, "neu": NEU}
 DEFAULT_TASK = "ham10000"
 
 
 def class_table(task: str = DEFAULT_TASK) -> tuple[ClassInfo, ...]:
     try:
-        return TASKS[task]
+        return CLASS_TABLES[task]
     except KeyError:
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}") from None
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(CLASS_TABLES)}") from None
 
 
 def class_codes(task: str = DEFAULT_TASK) -> list[str]:

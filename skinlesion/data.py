@@ -7,6 +7,7 @@ and augmentation then works on small uint8 arrays held in memory.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import random
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+from xml.etree import ElementTree
 
 import numpy as np
 import torch
@@ -95,6 +97,62 @@ def load_ham10000(root: str | Path, metadata: str | Path | None = None,
         raise DataError(f"{root}: " + _offenders(absent, "metadata row(s) without an image file")
                         + f" (looked in {', '.join(IMAGE_FOLDERS)})")
     return [Record(r["image_id"], r["lesion_id"], r["dx"], images[r["image_id"]]) for r in rows]
+
+
+NEU_IMAGES = "images"
+NEU_ANNOTATIONS = "annotations"
+
+
+def load_neu(root: str | Path, task: str = "neu") -> list[Record]:
+    """NEU surface defects: `images/<class>_<n>.jpg`, the class is the file-name prefix.
+    Byte-identical files share a group (the `lesion_id` column), so a duplicate pair can
+    never straddle two splits (the database has one: patches_101 = patches_105)."""
+    folder = Path(root) / NEU_IMAGES
+    if not folder.is_dir():
+        raise DataError(f"NEU image folder not found: {folder}")
+    known = set(class_codes(task))
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(f"{folder} holds no images")
+    unknown = [p.name for p in paths if p.stem.rsplit("_", 1)[0] not in known]
+    if unknown:
+        raise DataError(f"{folder}: " + _offenders(unknown, "file(s) whose name starts with no known class")
+                        + f"; known classes: {', '.join(sorted(known))}")
+    groups: dict[str, str] = {}
+    records = []
+    for p in paths:
+        digest = hashlib.sha1(p.read_bytes()).hexdigest()
+        groups.setdefault(digest, p.stem)  # the group is named after its first file
+        records.append(Record(p.stem, groups[digest], p.stem.rsplit("_", 1)[0], p))
+    return records
+
+
+def neu_box_mask(root: str | Path, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The union of the Pascal-VOC defect boxes of one NEU image, as a boolean H×W mask."""
+    path = Path(root) / NEU_ANNOTATIONS / f"{image_id}.xml"
+    if not path.is_file():
+        return None
+    tree = ElementTree.parse(path).getroot()
+    size = tree.find("size")
+    sx = shape[1] / float(size.findtext("width")) if size is not None else 1.0
+    sy = shape[0] / float(size.findtext("height")) if size is not None else 1.0
+    mask = np.zeros(shape, bool)
+    for box in tree.iter("bndbox"):
+        x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        mask[int(y0 * sy):int(np.ceil(y1 * sy)), int(x0 * sx):int(np.ceil(x1 * sx))] = True
+    return mask
+
+
+def ham_lesion_mask(root: str | Path, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The HAM10000 lesion segmentation (lesion = pixel > 127), resized to `shape` if needed."""
+    path = Path(root) / "masks" / f"{image_id}_segmentation.png"
+    if not path.is_file():
+        return None
+    with Image.open(path) as mask:
+        mask = mask.convert("L")
+        if mask.size != (shape[1], shape[0]):
+            mask = mask.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+        return np.asarray(mask) > 127
 
 
 def split_records(records: Sequence[Record], seed: int = 0) -> dict[str, str]:

@@ -43,9 +43,22 @@ def upsample_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return (up / peak if peak > 0 else torch.zeros_like(up)).clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
+COLOURS = colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)  # a lookup table
+
+
 def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> Image.Image:
     """The colour-mapped heat-map blended over the image; weak attributions stay see-through."""
-    colours = colormaps["jet"](heatmap)[..., :3]
+    colours = COLOURS[(heatmap * 255).round().astype(np.uint8)]
     alpha = float(np.clip(opacity, 0, 1)) * np.sqrt(heatmap)[..., None]
-    blended = rgb / 255.0 * (1 - alpha) + colours * alpha
+    blended = rgb.astype(np.float32) / 255 * (1 - alpha) + colours * alpha
     return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
+def energy_inside(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of the heat-map's total energy that falls inside the annotated region."""
+    total = float(heatmap.sum())
+    return float(heatmap[mask].sum()) / total if total > 0 else None
+
+
+def peak_inside(heatmap: np.ndarray, mask: np.ndarray) -> bool:
+    return bool(mask[np.unravel_index(int(heatmap.argmax()), heatmap.shape)])

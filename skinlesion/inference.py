@@ -20,15 +20,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .classes import DEFAULT_TASK, HIGH_RISK, class_table
 from .explain import grad_cam, last_stage, overlay, upsample_heatmap
 from .model import HUB_FILES, ModelFolderError, hub_offline, hub_reachable, load_model_folder
+from .tasks import get_task
 from .transforms import eval_transform, normalize
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_MODEL = ASSETS / "model"
+BUNDLED_MODEL = get_task(DEFAULT_TASK).model_folder
 MAX_PIXELS = 40_000_000   # larger images are refused before decoding (decompression bombs)
 MIN_SIDE = 16             # smaller images carry no usable detail
 UNCERTAIN_TOP_PROBABILITY = 0.5   # below it (or above the entropy bound) the verdict is "uncertain"
 UNCERTAIN_ENTROPY = 0.75          # normalised entropy, 0 (one class) .. 1 (all classes equal)
-DISCLAIMER = "This is a research demo, not a diagnosis: only a clinician can assess a skin lesion."
 
 ImageInput = Union[Image.Image, np.ndarray, str, Path, bytes]
 
@@ -101,7 +100,7 @@ def load_image(image: ImageInput) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Verdict:
-    level: str      # "refer", "uncertain" or "clear"
+    level: str      # dermoscopy: "refer", "uncertain", "clear"; inspection: "review", "defect"
     headline: str
     detail: str
 
@@ -133,6 +132,7 @@ class Predictor:
         self.config, self.tta = config, tta
         self.folder = Path(folder) if folder is not None else None  # the card and plots live there
         self.task = config.get("task", DEFAULT_TASK)
+        self.task_info = get_task(self.task)
         self.codes: list[str] = list(config["label_names"])
         self.classes = {c.code: c for c in class_table(self.task)}
         if set(self.codes) != set(self.classes):
@@ -140,16 +140,17 @@ class Predictor:
         cfg = config["pretrained_cfg"]
         self.size, self.mean, self.std = cfg["input_size"][-1], cfg["mean"], cfg["std"]
         self.temperature = float(config.get("temperature", 1.0))
-        self.thresholds: dict[str, float] = dict(config.get("thresholds", {}))
+        self.thresholds: dict[str, float] = dict(config.get("thresholds") or {})
+        self.review_threshold = float(config.get("review_threshold") or UNCERTAIN_TOP_PROBABILITY)
         self._transform = eval_transform(self.size)
         self._layer = last_stage(self.model)
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
-                        tta: bool = False) -> "Predictor":
+                        tta: bool = False, task: str = DEFAULT_TASK) -> "Predictor":
         """`source`: a model folder, a Hub repo id ("user/name", cached copies work offline), or
-        None for the bundled default model."""
-        folder = Path(source) if source is not None else BUNDLED_MODEL
+        None for the bundled model of `task` (dermoscopy by default)."""
+        folder = Path(source) if source is not None else get_task(task).model_folder
         if source is not None and not folder.exists() and _looks_like_repo_id(str(source)):
             folder = _download(str(source))
         model, config = load_model_folder(folder)
@@ -185,22 +186,33 @@ class Predictor:
                            self._probabilities(logits))
 
     def triage(self, probabilities: dict[str, float]) -> Verdict:
-        """Recall-first: any malignant / pre-malignant class at or over its threshold refers;
-        else a flat distribution is 'uncertain'; else no high-risk pattern was found."""
+        """Dermoscopy, recall-first: a malignant or pre-malignant class at or over its threshold
+        refers; else a flat distribution is 'uncertain'; else no high-risk pattern was found.
+        Inspection (no high-risk classes): under the review threshold a person looks; else the
+        defect is named (the Grad-CAM overlay shows where)."""
+        disclaimer = self.task_info.disclaimer
+        probs = np.array([probabilities[c] for c in self.codes])
+        top = self.codes[int(probs.argmax())]
+        top_text = f"{self.classes[top].name} ({probs.max():.0%})"
+        if not any(self.classes[c].risk in HIGH_RISK for c in self.codes):
+            if probs.max() < self.review_threshold:
+                return Verdict("review", "Manual review",
+                               f"Not sure enough for an automatic label: most likely {top_text}, under the "
+                               f"review threshold of {self.review_threshold:.0%}. {disclaimer}")
+            return Verdict("defect", f"Defect: {self.classes[top].name}",
+                           f"{top_text}. The Grad-CAM overlay shows where the model found it. {disclaimer}")
         flagged = [c for c in self.codes if self.classes[c].risk in HIGH_RISK
                    and probabilities[c] >= self.thresholds.get(c, 0.5)]
         if flagged:
             names = ", ".join(f"{self.classes[c].name} ({probabilities[c]:.0%})" for c in flagged)
             return Verdict("refer", "Refer to a dermatologist",
-                           f"Probability at or above the high-sensitivity threshold for: {names}. {DISCLAIMER}")
-        probs = np.array([probabilities[c] for c in self.codes])
+                           f"Probability at or above the high-sensitivity threshold for: {names}. {disclaimer}")
         if probs.max() < UNCERTAIN_TOP_PROBABILITY or normalised_entropy(probs) > UNCERTAIN_ENTROPY:
             return Verdict("uncertain", "Uncertain — have it checked",
-                           f"No class is clearly ahead (top probability {probs.max():.0%}). {DISCLAIMER}")
-        top = self.codes[int(probs.argmax())]
+                           f"No class is clearly ahead (top probability {probs.max():.0%}). {disclaimer}")
         return Verdict("clear", "No high-risk pattern found",
-                       f"Most likely {self.classes[top].name} ({probs.max():.0%}); no malignant or "
-                       f"pre-malignant class reached its threshold. {DISCLAIMER}")
+                       f"Most likely {top_text}; no malignant or pre-malignant class reached its "
+                       f"threshold. {disclaimer}")
 
 
 def _looks_like_repo_id(text: str) -> bool:

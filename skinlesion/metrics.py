@@ -81,6 +81,27 @@ def recall_first_thresholds(probs: np.ndarray, labels: np.ndarray, classes: Sequ
     return thresholds
 
 
+def review_threshold(probs: np.ndarray, labels: np.ndarray, target: float = SENSITIVITY_TARGET) -> float:
+    """Top-probability threshold under which an answer goes to a person: the lowest one that
+    sends at least `target` of the validation mistakes to review (recall-first on mistakes).
+    With no mistake on validation, 0.5."""
+    wrong = probs.argmax(axis=1) != labels
+    if not wrong.any():
+        return 0.5
+    confidences = np.sort(probs.max(axis=1)[wrong])
+    return float(np.nextafter(confidences[int(np.ceil(target * len(confidences))) - 1], 1.0))
+
+
+def review_report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """What the review threshold does on a split: how much goes to a person, how good the
+    automatic answers are, and which share of the mistakes the review catches."""
+    review = probs.max(axis=1) < threshold
+    correct = probs.argmax(axis=1) == labels
+    return {"threshold": threshold, "review_rate": float(review.mean()) if len(labels) else 0.0,
+            "auto_accuracy": float(correct[~review].mean()) if (~review).any() else None,
+            "mistakes_caught": float(review[~correct].mean()) if (~correct).any() else None}
+
+
 def classification_report(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str]) -> dict:
     """Headline metrics, per-class figures and the confusion matrix, JSON-ready."""
     k = len(codes)

@@ -18,6 +18,8 @@ SHARED_DATA = Path(os.environ.get("SKINLESION_SHARED_DATA", ROOT.parent / "share
 REAL_HAM = SHARED_DATA / "ham10000"
 needs_real_ham = pytest.mark.skipif(not (REAL_HAM / "HAM10000_metadata.csv").is_file(),
                                     reason=f"real HAM10000 not found at {REAL_HAM}")
+REAL_NEU = SHARED_DATA / "neu_det"
+needs_real_neu = pytest.mark.skipif(not (REAL_NEU / "images").is_dir(), reason=f"NEU data not found at {REAL_NEU}")
 
 
 def make_ham_folder(root: Path, per_class: int = 20, images_per_lesion: int = 2,
@@ -89,7 +91,9 @@ def model_folder(tmp_path_factory) -> Path:
     """A small model folder (64 px) with calibration, as training writes it."""
     from skinlesion.classes import class_codes
     from skinlesion.model import create_model, save_model_folder
+    import torch
     folder = tmp_path_factory.mktemp("model") / "m"
+    torch.manual_seed(0)  # the same body weights in every run, so the tests see the same maps
     model = trained_looking(create_model(7, image_size=64))
     save_model_folder(model, folder, class_codes(), extra={
         "task": "ham10000", "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2}})

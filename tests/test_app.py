@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REAL_HAM, ROOT
+from conftest import REAL_HAM, ROOT, SHARED_DATA
 from skinlesion.classes import class_codes
-from skinlesion.inference import DISCLAIMER
+from skinlesion.tasks import RESEARCH_DEMO as DISCLAIMER
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
 CODES = class_codes()
+NEU_CODES = class_codes("neu")
 
 
 def free_port() -> int:
@@ -107,6 +108,19 @@ def lesion(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def steel(tmp_path) -> Path:
+    real = SHARED_DATA / "neu_det" / "images" / "scratches_1.jpg"
+    if real.is_file():
+        return real
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(120, 20, (200, 200)), 0, 255).astype(np.uint8)
+    image[:, 90:95] = 40  # a long dark groove
+    path = tmp_path / "steel.jpg"
+    Image.fromarray(image).convert("RGB").save(path)
+    return path
+
+
 def probabilities(label: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label["confidences"]}
 
@@ -116,6 +130,17 @@ def test_classify_endpoint_gives_every_class(client, lesion):
     result = probabilities(client.predict(handle_file(lesion), api_name="/classify"))
     assert sorted(result) == sorted(CODES)
     assert sum(result.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_classify_takes_the_task(client, steel):
+    from gradio_client import handle_file
+    result = probabilities(client.predict(handle_file(steel), task="neu", api_name="/classify"))
+    assert sorted(result) == sorted(NEU_CODES)
+    assert sum(result.values()) == pytest.approx(1, abs=1e-5)
+    verdict, label, overlay = client.predict(handle_file(steel), "top", 0.45, "neu", api_name="/analyse")
+    assert ("Manual review" in verdict) != ("Defect: " in verdict)
+    with pytest.raises(Exception, match="Unknown task 'x'"):
+        client.predict(handle_file(steel), task="x", api_name="/classify")
 
 
 def test_explain_endpoint_gives_an_overlay_of_the_input_size(client, lesion):
@@ -148,7 +173,7 @@ def test_bad_files_get_an_error_and_the_next_request_succeeds(client, lesion, tm
     assert sum(result.values()) == pytest.approx(1, abs=1e-5)
 
 
-def test_page_in_a_real_browser(server, lesion, tmp_path):
+def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
@@ -168,6 +193,18 @@ def test_page_in_a_real_browser(server, lesion, tmp_path):
         page.get_by_text("Data & ethics").click()
         expect(page.get_by_text("skewed to light skin types")).to_be_visible()
         page.screenshot(path=str(screenshot), full_page=True)
+
+        page.get_by_label("Steel surface").check()  # the task switch: everything follows
+        expect(page.get_by_text("no defect-free class")).to_be_visible()
+        expect(page.locator("#verdict")).to_have_count(0)
+        page.get_by_text("About the classes").click()
+        expect(page.locator("#about-classes")).to_contain_text("Rolled-in scale")
+        page.locator("#input-image input[type=file]").set_input_files(str(steel))
+        page.locator("#analyse").click()
+        expect(page.locator("#verdict")).to_contain_text("Decision support only", timeout=60_000)
+        labels = page.locator("#probabilities").inner_text()
+        assert all(code in labels for code in NEU_CODES) and "akiec" not in labels, labels
+        page.screenshot(path=str(screenshot.with_name(screenshot.stem + "-steel.png")), full_page=True)
         browser.close()
     assert screenshot.stat().st_size > 10_000
 
@@ -188,7 +225,7 @@ def test_model_tab_and_placeholder_notice_follow_the_model_card(server):
         if meta.get("model_status") == "placeholder":
             expect(notice).to_contain_text("low-accuracy placeholder")
         else:
-            expect(notice).to_have_count(0)
+            expect(notice).to_be_hidden()
         page.get_by_role("tab", name="Model").click()
         expect(page.get_by_text("Recall-first operating point").first).to_be_visible()
         expect(page.get_by_text("Limitations of the data").first).to_be_visible()

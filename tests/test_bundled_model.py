@@ -1,6 +1,6 @@
-"""The bundled default model (assets/model): it loads on the CPU, carries its calibration,
-and its card tells the truth — checked on a fixed, committed list of test-split images."""
-import csv
+"""The bundled models (assets/model for dermoscopy, assets/models/neu for steel): they load on
+the CPU, carry their calibration, and their cards tell the truth — checked on a fixed,
+committed list of test-split images per task."""
 import json
 from pathlib import Path
 
@@ -8,52 +8,64 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from conftest import REAL_HAM, needs_real_ham
+from conftest import SHARED_DATA
 from skinlesion import Predictor
-from skinlesion.inference import BUNDLED_MODEL
+from skinlesion.classes import class_codes
 from skinlesion.model import read_card
+from skinlesion.tasks import TASKS, get_task
 
-TEST_IDS = Path(__file__).parent / "fixtures" / "bundled_model_test_ids.txt"
-
-
-@pytest.fixture(scope="module")
-def bundled():
-    return Predictor.from_pretrained()
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def card_results() -> dict[str, float]:
-    meta, _ = read_card(BUNDLED_MODEL)
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def bundled(request):
+    return Predictor.from_pretrained(task=request.param)
+
+
+def card_results(predictor) -> dict[str, float]:
+    meta, _ = read_card(predictor.folder)
     return {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
 
 
+def test_default_is_the_dermoscopy_model():
+    assert Predictor.from_pretrained().folder == get_task("ham10000").model_folder
+
+
 def test_bundled_model_loads_with_its_calibration(bundled):
-    assert bundled.folder == BUNDLED_MODEL and bundled.device.type == "cpu"
-    assert bundled.codes == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-    assert bundled.temperature > 0 and set(bundled.thresholds) == {"akiec", "bcc", "mel"}
-    meta, body = read_card(BUNDLED_MODEL)
-    assert meta["library_name"] == "timm" and meta["license"] == "cc-by-nc-sa-4.0"
+    assert bundled.folder == get_task(bundled.task).model_folder and bundled.device.type == "cpu"
+    assert bundled.codes == class_codes(bundled.task) and bundled.temperature > 0
+    if bundled.task == "ham10000":
+        assert set(bundled.thresholds) == {"akiec", "bcc", "mel"}
+    else:
+        assert not bundled.thresholds and 0.5 <= bundled.review_threshold < 1
+    meta, body = read_card(bundled.folder)
+    assert meta["library_name"] == "timm" and meta["license"] == get_task(bundled.task).license
     assert meta["model_status"] in ("placeholder", "release")
-    assert "Intended use" in body and "Limitations of the data" in body
+    assert "Intended use" in body and "Limitations of the data" in body and "Where Grad-CAM looks" in body
 
 
-def test_card_and_metrics_json_give_the_same_numbers():
-    test = json.loads((BUNDLED_MODEL / "metrics.json").read_text())["splits"]["test"]
-    results = card_results()
+def test_card_and_metrics_json_give_the_same_numbers(bundled):
+    metrics = json.loads((bundled.folder / "metrics.json").read_text())
+    test, results = metrics["splits"]["test"], card_results(bundled)
     assert results["balanced_accuracy"] == round(test["balanced_accuracy"], 4)
     assert results["accuracy"] == round(test["accuracy"], 4)
-    assert len(TEST_IDS.read_text().split()) == test["n"]
+    assert len((FIXTURES / f"{bundled.task}_test_ids.txt").read_text().split()) == test["n"]
+    assert metrics["explanations"]["n"] == test["n"]
 
 
-@needs_real_ham
-def test_balanced_accuracy_on_the_committed_test_ids_matches_the_card(bundled):
-    with (REAL_HAM / "HAM10000_metadata.csv").open(newline="") as f:
-        labels = {row["image_id"]: row["dx"] for row in csv.DictReader(f)}
-    ids = TEST_IDS.read_text().split()
-    truth = [labels[i] for i in ids]
-    predicted = []
+def test_scores_on_the_committed_test_ids_match_the_card(bundled):
+    task = get_task(bundled.task)
+    root = SHARED_DATA / task.data_folder
+    if not root.is_dir():
+        pytest.skip(f"{task.dataset} not found at {root}")
+    labels = {r.image_id: (r.label, r.path) for r in task.load(root)}
+    ids = (FIXTURES / f"{bundled.task}_test_ids.txt").read_text().split()
+    truth, predicted = [], []
     for image_id in ids:
-        probs = bundled.predict(REAL_HAM / "images" / f"{image_id}.jpg")
+        label, path = labels[image_id]
+        probs = bundled.predict(path)
+        truth.append(label)
         predicted.append(max(probs, key=probs.get))
-    score = balanced_accuracy_score(truth, predicted)
-    assert score == pytest.approx(card_results()["balanced_accuracy"], abs=0.01)
-    assert np.mean(np.array(truth) == np.array(predicted)) == pytest.approx(card_results()["accuracy"], abs=0.01)
+    results = card_results(bundled)
+    assert balanced_accuracy_score(truth, predicted) == pytest.approx(results["balanced_accuracy"], abs=0.01)
+    assert np.mean(np.array(truth) == np.array(predicted)) == pytest.approx(results["accuracy"], abs=0.01)

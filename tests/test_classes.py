@@ -1,4 +1,4 @@
-from skinlesion.classes import (BENIGN, HIGH_RISK, MALIGNANT, PRE_MALIGNANT, TASKS, class_codes,
+from skinlesion.classes import (BENIGN, HIGH_RISK, MALIGNANT, PRE_MALIGNANT, CLASS_TABLES, class_codes,
                                 class_table, high_risk_codes)
 import pytest
 
@@ -20,7 +20,7 @@ def test_high_risk_classes_come_from_the_risk_groups():
 
 
 def test_every_task_has_unique_codes_and_unknown_task_is_named():
-    for task in TASKS:
+    for task in CLASS_TABLES:
         assert len(set(class_codes(task))) == len(class_codes(task))
     with pytest.raises(ValueError, match="unknown task 'x'.*ham10000"):
         class_table("x")

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_HAM, make_ham_folder, needs_real_ham
-from skinlesion.data import (SPLITS, DataError, ImageDataset, load_ham10000, load_images,
-                             read_split, split_records, stratified_subset, write_split)
+from PIL import Image
+
+from conftest import REAL_HAM, REAL_NEU as NEU, make_ham_folder, needs_real_ham, needs_real_neu
+from skinlesion.classes import class_codes
+from skinlesion.data import (SPLITS, DataError, ImageDataset, ham_lesion_mask, load_ham10000, load_images,
+                             load_neu, neu_box_mask, read_split, split_records, stratified_subset,
+                             write_split)
 from skinlesion.transforms import eval_transform, resizer
 
 
@@ -163,3 +167,37 @@ def test_too_small_dataset_gets_a_clear_split_error(tmp_path):
     records = load_ham10000(make_ham_folder(tmp_path / "h", per_class=4))
     with pytest.raises(DataError, match="too few images to split 70/15/15 by lesion: 28 images of 14 lesions"):
         split_records(records)
+
+
+@needs_real_neu
+def test_neu_reader_counts_balance_and_duplicate_pair():
+    records = load_neu(NEU)
+    assert len(records) == 1800
+    assert Counter(r.label for r in records) == {c: 300 for c in class_codes("neu")}
+    duplicate = {r.image_id: r.lesion_id for r in records if r.image_id in ("patches_101", "patches_105")}
+    assert duplicate["patches_101"] == duplicate["patches_105"]
+    assert len({r.lesion_id for r in records}) == 1799
+    split = split_records(records, seed=0)
+    assert split["patches_101"] == split["patches_105"]
+    for name, share in (("train", 0.70), ("val", 0.15), ("test", 0.15)):
+        counts = Counter(r.label for r in records if split[r.image_id] == name)
+        assert all(abs(n / 300 - share) < 0.02 for n in counts.values()), (name, counts)
+
+
+@needs_real_neu
+def test_neu_boxes_and_ham_masks_become_masks():
+    mask = neu_box_mask(NEU, "crazing_1", (100, 100))  # box 2..193 of 200 px, at half size
+    assert mask.shape == (100, 100) and mask[1:96, 1:96].all() and not mask[98:, :].any()
+    if REAL_HAM.is_dir():
+        lesion = ham_lesion_mask(REAL_HAM, "ISIC_0024306", (150, 200))
+        assert lesion.dtype == bool and 0.05 < lesion.mean() < 0.95
+
+
+def test_neu_reader_rejects_unknown_file_names(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "crazing_1.jpg")
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "dents_1.jpg")
+    with pytest.raises(DataError, match=r"1 file\(s\) whose name starts with no known class: dents_1.jpg"):
+        load_neu(tmp_path)
+    with pytest.raises(DataError, match="NEU image folder not found"):
+        load_neu(tmp_path / "nothing")

@@ -14,7 +14,8 @@ from PIL import Image
 
 from conftest import ROOT
 from skinlesion import Predictor
-from skinlesion.inference import DISCLAIMER, InputError, load_image
+from skinlesion.inference import InputError, load_image
+from skinlesion.tasks import RESEARCH_DEMO as DISCLAIMER
 from skinlesion.model import ModelFolderError
 
 

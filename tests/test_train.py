@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REAL_HAM, ROOT, make_ham_folder, needs_real_ham, run_train
+from conftest import REAL_HAM, REAL_NEU, ROOT, make_ham_folder, needs_real_ham, needs_real_neu, run_train
 from skinlesion.metrics import softmax
 from skinlesion.model import load_model_folder
 from train.__main__ import class_weights, learning_rate, parse_args
@@ -168,3 +168,24 @@ def test_tiny_real_training_run(tmp_path):
     assert config["training"]["max_samples"] == 300 and config["pretrained_cfg"]["input_size"] == [3, 64, 64]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["splits"]["test"]["n"] == sum(r["split"] == "test" for r in split)
+
+
+@needs_real_neu
+def test_short_cpu_training_on_neu_beats_chance_by_far(tmp_path):
+    out = tmp_path / "neu"
+    result = run_train("--task", "neu", "--data", REAL_NEU, "--out", out, "--max-samples", "600",
+                       "--image-size", "64", "--epochs", "5", "--batch-size", "32", "--workers", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["splits"]["test"]
+    assert test["accuracy"] >= 0.45, test["accuracy"]  # chance is 1/6
+    assert metrics["thresholds"] == {} and 0 < metrics["review_threshold"] <= 1
+    assert set(test["review"]) == {"threshold", "review_rate", "auto_accuracy", "mistakes_caught"}
+    quality = metrics["explanations"]
+    assert quality["annotation"] == "defect boxes" and quality["n"] == test["n"]
+    assert 0 <= quality["trained"]["energy_inside"] <= 1
+    card = (out / "model" / "README.md").read_text()
+    assert "license: other" in card and "Song K., Yan Y." in card and "Manual review" in card
+    split = read_csv(out / "split.csv")
+    assert {r["label"] for r in split} == {"crazing", "inclusion", "patches", "pitted_surface",
+                                           "rolled-in_scale", "scratches"}

@@ -1,4 +1,4 @@
-"""Train an EfficientNet-B0 on HAM10000: python -m train --data DIR --out DIR [options].
+"""Train an EfficientNet-B0: python -m train --data DIR --out DIR [--task ham10000|neu] [options].
 
 Writes OUT/model/ (the model folder), OUT/split.csv, OUT/checkpoint.pt (every epoch, atomic;
 --resume continues from it), then evaluates the best epoch on validation + test:
@@ -23,9 +23,10 @@ from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from skinlesion.classes import DEFAULT_TASK, TASKS, class_codes
-from skinlesion.data import DataError, load_ham10000, write_split
+from skinlesion.classes import DEFAULT_TASK, class_codes
+from skinlesion.data import DataError, write_split
 from skinlesion.model import create_model, load_model_folder, save_model_folder
+from skinlesion.tasks import TASKS, get_task
 from skinlesion.transforms import eval_transform, train_transform
 
 from .engine import (autocast_dtype, make_loader, pick_device, predict_logits, prepare_splits,
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="YAML file of option: value (names as below, '_' for '-')")
-    p.add_argument("--data", type=Path, help="HAM10000 folder (metadata CSV + images)")
+    p.add_argument("--data", type=Path, help="the task's data folder (HAM10000: metadata CSV + images; "
+                   "NEU: images/ and annotations/)")
     p.add_argument("--out", type=Path, help="run folder to write")
     p.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS))
     p.add_argument("--epochs", type=int, default=30)
@@ -125,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     codes = class_codes(args.task)
 
     try:
-        records = load_ham10000(args.data, task=args.task)
-        log.info("%d images, %d lesions in %s", len(records), len({r.lesion_id for r in records}), args.data)
+        records = get_task(args.task).load(args.data)
+        log.info("%d images, %d groups (lesions / duplicates) in %s", len(records),
+                 len({r.lesion_id for r in records}), args.data)
         splits = prepare_splits(records, args.image_size, args.seed, args.max_samples, args.task,
                                 workers=args.workers + 1)
     except DataError as error:
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     best, config = load_model_folder(model_dir)
     best.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     metrics = evaluate(best, config, splits, model_dir, out, device, amp_dtype, channels_last,
-                       args.batch_size * 2, args.workers, extra={"history": history})
+                       args.batch_size * 2, args.workers, extra={"history": history}, data_root=args.data)
     test = metrics["splits"]["test"]
     log.info("best epoch %d: test balanced accuracy %.4f, accuracy %.4f, macro AUC %s; wrote %s",
              config["training"]["best_epoch"], test["balanced_accuracy"], test["accuracy"],

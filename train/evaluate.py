@@ -21,13 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from skinlesion.classes import DEFAULT_TASK, high_risk_codes
-from skinlesion.data import DataError, load_ham10000
+from skinlesion.data import DataError
 from skinlesion.metrics import (SENSITIVITY_TARGET, classification_report,
                                 expected_calibration_error, fit_temperature, operating_point,
-                                plot_confusion_matrix, recall_first_thresholds, softmax)
-from skinlesion.model import CARD_FILE, ModelFolderError, load_model_folder, update_config
+                                plot_confusion_matrix, recall_first_thresholds, review_report,
+                                review_threshold, softmax)
+from skinlesion.explain import energy_inside, peak_inside
+from skinlesion.inference import Predictor
+from skinlesion.model import CARD_FILE, ModelFolderError, create_model, load_model_folder, update_config
+from skinlesion.tasks import get_task
 from skinlesion.transforms import eval_transform
 
 from .engine import SplitData, autocast_dtype, make_loader, pick_device, predict_logits, prepare_splits
@@ -50,10 +55,45 @@ def write_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str,
                                  *(f"{p:.6f}" for p in row)])
 
 
+def explanation_quality(model: torch.nn.Module, config: dict, data: SplitData, data_root: Path) -> dict | None:
+    """Where Grad-CAM looks, against the task's annotations (HAM10000 lesion masks, NEU defect
+    boxes): the mean share of heat-map energy inside, and how often the peak is inside — for
+    this model and for the same architecture with random weights (a map that does not depend
+    on what was learned would score the same)."""
+    task = get_task(config.get("task", DEFAULT_TASK))
+    masks = {}
+    for record, image in zip(data.records, data.images):
+        with Image.open(record.path) as original:
+            shape = (original.height, original.width)
+        mask = task.annotation(data_root, record.image_id, shape)
+        if mask is not None and mask.any():
+            masks[record.image_id] = (record.path, mask)
+    if not masks:
+        return None
+    random_model = create_model(config["num_classes"], architecture=config["architecture"],
+                                image_size=config["pretrained_cfg"]["input_size"][-1])
+    torch.nn.init.normal_(random_model.get_classifier().weight, std=0.01)  # a zero head has no gradient
+    result = {"annotation": task.annotation_name, "n": len(masks),
+              "annotated_area": float(np.mean([m.mean() for _, m in masks.values()]))}
+    device = next(model.parameters()).device
+    for name, m in (("trained", model), ("random_weights", random_model)):
+        predictor = Predictor(m, config, device=device)
+        energy, peak = [], []
+        for path, mask in masks.values():
+            heatmap = predictor.explain(path).heatmap
+            share = energy_inside(heatmap, mask)
+            if share is not None:
+                energy.append(share)
+            peak.append(peak_inside(heatmap, mask))
+        result[name] = {"energy_inside": float(np.mean(energy)) if energy else None,
+                        "peak_inside": float(np.mean(peak))}
+    return result
+
+
 def evaluate(model: torch.nn.Module, config: dict, splits: dict[str, SplitData], model_dir: Path,
              out: Path, device: torch.device, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False, batch_size: int = 128, workers: int = 0,
-             extra: dict | None = None) -> dict:
+             extra: dict | None = None, data_root: Path | None = None) -> dict:
     """Calibrate on validation, measure validation and test, store calibration in the config."""
     codes = config["label_names"]
     size = config["pretrained_cfg"]["input_size"][-1]
@@ -67,22 +107,28 @@ def evaluate(model: torch.nn.Module, config: dict, splits: dict[str, SplitData],
     risky = [c for c in high_risk_codes(config.get("task", DEFAULT_TASK)) if c in codes]
     by_index = recall_first_thresholds(probs["val"], labels["val"], [codes.index(c) for c in risky])
     thresholds = {codes[i]: t for i, t in by_index.items()}
+    # Tasks without high-risk classes (steel) send doubtful answers to a person instead.
+    review = None if risky else review_threshold(probs["val"], labels["val"])
 
     metrics = {"task": config.get("task", DEFAULT_TASK), "labels": codes,
                "temperature": temperature, "sensitivity_target": SENSITIVITY_TARGET,
-               "thresholds": thresholds, "training": config.get("training", {}), "splits": {}}
+               "thresholds": thresholds, "review_threshold": review,
+               "training": config.get("training", {}), "splits": {}}
     for s in EVAL_SPLITS:
         metrics["splits"][s] = {
             **classification_report(probs[s], labels[s], codes),
             "ece_before_temperature": expected_calibration_error(softmax(logits[s]), labels[s]),
             "ece_after_temperature": expected_calibration_error(probs[s], labels[s]),
             "operating_point": operating_point(probs[s], labels[s], codes, thresholds),
+            **({"review": review_report(probs[s], labels[s], review)} if review is not None else {}),
         }
+    if data_root is not None:
+        metrics["explanations"] = explanation_quality(model, config, splits["test"], Path(data_root))
     metrics.update(extra or {})
 
     out.mkdir(parents=True, exist_ok=True)
     config = update_config(model_dir, temperature=temperature, thresholds=thresholds,
-                           sensitivity_target=SENSITIVITY_TARGET)
+                           review_threshold=review, sensitivity_target=SENSITIVITY_TARGET)
     plot_confusion_matrix(metrics["splits"]["test"]["confusion_matrix"], codes, out / CONFUSION_PNG,
                           f"test split (n={metrics['splits']['test']['n']})")
     if metrics.get("history"):
@@ -101,19 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help="model folder")
-    p.add_argument("--data", type=Path, required=True, help="HAM10000 folder")
+    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
     p.add_argument("--split", type=Path, help="split.csv of the training run (default: remake it)")
     p.add_argument("--out", type=Path, help="where reports go (default: the model folder)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-explanations", action="store_true",
+                   help="skip the Grad-CAM localisation check against the task's annotations")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
     try:
         model, config = load_model_folder(args.model)
         task = config.get("task", DEFAULT_TASK)
-        records = load_ham10000(args.data, task=task)
+        records = get_task(task).load(args.data)
         splits = prepare_splits(records, config["pretrained_cfg"]["input_size"][-1],
                                 config.get("training", {}).get("seed", 0), None, task,
                                 split_file=args.split, workers=args.workers + 1)
@@ -126,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = pick_device(args.device)
     metrics = evaluate(model.to(device), config, splits, args.model, args.out or args.model, device,
-                       autocast_dtype(device, None), batch_size=args.batch_size, workers=args.workers)
+                       autocast_dtype(device, None), batch_size=args.batch_size, workers=args.workers,
+                       data_root=None if args.no_explanations else args.data)
     test = metrics["splits"]["test"]
     log.info("test: balanced accuracy %.4f, accuracy %.4f, macro F1 %.4f; temperature %.3f",
              test["balanced_accuracy"], test["accuracy"], test["macro_f1"], metrics["temperature"])

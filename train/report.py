@@ -7,15 +7,13 @@ from typing import Any
 import yaml
 
 from skinlesion.classes import class_table
+from skinlesion.tasks import get_task
 
 CONFUSION_PNG = "confusion_matrix.png"
 CURVE_PNG = "validation_curve.png"
 # A model whose test balanced accuracy is below this is marked a placeholder in its card, and
 # the app says so on the page.
 PLACEHOLDER_BELOW = 0.5
-HAM10000_CITATION = ("Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of "
-                     "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, "
-                     "180161 (2018). doi:10.1038/sdata.2018.161")
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -52,11 +50,25 @@ def render_tables(metrics: dict) -> str:
                            _f(splits["val"]["operating_point"][c]["specificity"]),
                            _f(test["operating_point"][c]["sensitivity"]), _f(test["operating_point"][c]["specificity"])]
                           for c, t in metrics["thresholds"].items()])]
+    if metrics.get("review_threshold") is not None:
+        parts += [f"\n### Manual review (threshold {metrics['review_threshold']:.4f} on the top probability, "
+                  f"chosen on validation so that ≥ {metrics['sensitivity_target']:.0%} of its mistakes go to a person)\n",
+                  _table(["split", "sent to review", "accuracy of automatic answers", "mistakes caught by review"],
+                         [[name, _f(s["review"]["review_rate"]), _f(s["review"]["auto_accuracy"]),
+                           _f(s["review"]["mistakes_caught"])] for name, s in splits.items()])]
     if "mel" in codes:
         mel, op = test["per_class"]["mel"], test["operating_point"].get("mel", {})
         parts.append(f"\n**Melanoma (test)**: sensitivity {_f(mel['sensitivity'])}, specificity "
                      f"{_f(mel['specificity'])} at the arg-max decision; sensitivity {_f(op.get('sensitivity'))}, "
                      f"specificity {_f(op.get('specificity'))} at the operating point.\n")
+    quality = metrics.get("explanations")
+    if quality:
+        parts += [f"\n### Where Grad-CAM looks (test split, {quality['n']} annotated images: {quality['annotation']})\n",
+                  f"The annotations cover {quality['annotated_area']:.0%} of an image on average: a map that "
+                  "ignores the image would put about that share of its energy inside.\n\n",
+                  _table(["weights", "heat-map energy inside", "peak inside"],
+                         [[name.replace("_", " "), _f(quality[name]["energy_inside"]), _f(quality[name]["peak_inside"])]
+                          for name in ("trained", "random_weights")])]
     parts += ["\n### Confusion matrix (test split; rows = true class, columns = predicted)\n",
               _table(["true \\ predicted", *codes], [[c, *row] for c, row in zip(codes, test["confusion_matrix"])]),
               f"\n![confusion matrix]({CONFUSION_PNG})\n"]
@@ -81,6 +93,7 @@ def render_report(metrics: dict) -> str:
 
 
 def _card_metadata(metrics: dict) -> str:
+    task = get_task(metrics["task"])
     test = metrics["splits"]["test"]
     results = [("accuracy", "Accuracy", test["accuracy"]),
                ("balanced_accuracy", "Balanced accuracy", test["balanced_accuracy"]),
@@ -89,60 +102,59 @@ def _card_metadata(metrics: dict) -> str:
     status = "placeholder" if test["balanced_accuracy"] < PLACEHOLDER_BELOW else "release"
     meta = {
         "model_status": status,
-        "library_name": "timm", "license": "cc-by-nc-sa-4.0", "pipeline_tag": "image-classification",
-        "tags": ["image-classification", "timm", "dermatology", "skin-lesion", "ham10000", "grad-cam"],
-        "datasets": ["HAM10000"], "metrics": ["accuracy", "balanced_accuracy", "f1", "roc_auc"],
-        "model-index": [{"name": "skinlesion-efficientnet_b0-ham10000", "results": [{
+        "library_name": "timm", "license": task.license,
+        **({"license_name": "neu-academic-use"} if task.license == "other" else {}),
+        "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "timm", task.key, "grad-cam"],
+        "datasets": [task.dataset], "metrics": ["accuracy", "balanced_accuracy", "f1", "roc_auc"],
+        "model-index": [{"name": f"skinlesion-efficientnet_b0-{task.key}", "results": [{
             "task": {"type": "image-classification", "name": "Image Classification"},
-            "dataset": {"name": "HAM10000 (lesion-grouped test split)", "type": "HAM10000", "split": "test"},
+            "dataset": {"name": f"{task.dataset} (grouped, stratified test split)", "type": task.dataset,
+                        "split": "test"},
             "metrics": [{"type": k, "name": n, "value": round(v, 4)} for k, n, v in results if v is not None]}]}],
     }
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
 def render_card(config: dict, metrics: dict) -> str:
+    task = get_task(metrics["task"])
     t = config.get("training", {})
     size = config["pretrained_cfg"]["input_size"][-1]
     subset = (f"a stratified subset of {t['max_samples']} images" if t.get("max_samples")
               else "the whole dataset")
     init = "ImageNet weights" if t.get("pretrained") else "random initialisation (no pretrained weights)"
+    calibration = ("the malignant and pre-malignant classes have recall-first thresholds in `config.json`"
+                   if metrics["thresholds"] else
+                   f"answers whose top probability is under {metrics['review_threshold']:.3f} go to manual review")
     return (_card_metadata(metrics) + f"""
-# EfficientNet-B0 for HAM10000 skin-lesion classification (skinlesion)
+# EfficientNet-B0 for {task.dataset} ({task.title.lower()}, skinlesion)
 
-A {config['architecture']} that sorts a dermoscopic image into HAM10000's {config['num_classes']}
-classes ({", ".join(config['label_names'])}), trained from {init} on {subset}, input
-{size}×{size} (the whole image resized, no crop). Probabilities are divided by the temperature
-{metrics['temperature']:.3f} (fitted on validation) before use; the malignant and pre-malignant classes
-have recall-first thresholds in `config.json`.
+This {config['architecture']} model sorts {task.subject} into {config['num_classes']}
+classes ({", ".join(config['label_names'])}), trained from {init} on {subset} of {task.dataset},
+input {size}×{size} (the whole image resized, no crop). Probabilities are divided by the
+temperature {metrics['temperature']:.3f} (fitted on validation) before use; {calibration}.
 
 ## Intended use
-Research and teaching: showing how a classifier of dermoscopic images behaves and where it
-looks (Grad-CAM). **Not a medical device and not a diagnosis.**
+{task.intended_use}
 
 ## Out of scope
-Clinical decisions, screening of patients, photographs that are not dermoscopic, skin types
-and lesion kinds outside HAM10000, any use without a clinician.
+{task.out_of_scope}
 
 ## Limitations of the data
-- HAM10000 comes from two centres (Vienna and Queensland) and is skewed to light skin types;
-  performance on darker skin is unknown.
-- Strong class imbalance (nv is 67 % of the images; df and vasc about 1 % each); the loss is
-  class-weighted ({t.get('class_weights', '?')}) and model selection uses balanced accuracy.
-- The images used here are 200×150 downscales; fine structure visible at full resolution is lost.
-- Splits are grouped by lesion (no lesion in two splits), stratified by class, 70/15/15.
+{task.limitations}
 
 ## Training
 Epochs {t.get('epochs', '?')} (best {t.get('best_epoch', '?')}, {t.get('weights', '?')} weights),
 batch {t.get('batch_size', '?')}, AdamW peak lr {t.get('lr', '?')} with warm-up and cosine decay,
-label smoothing {t.get('label_smoothing', '?')}, weight EMA decay {t.get('ema_decay', '?')},
-augmentation strength {t.get('aug_strength', '?')}, seed {t.get('seed', '?')}; on {t.get('device', '?')}
-in {t.get('precision', '?')}.
+class weights {t.get('class_weights', '?')}, label smoothing {t.get('label_smoothing', '?')},
+weight EMA decay {t.get('ema_decay', '?')}, augmentation strength {t.get('aug_strength', '?')},
+seed {t.get('seed', '?')}; on {t.get('device', '?')} in {t.get('precision', '?')}.
 
 ## Evaluation
 """ + render_tables(metrics) + f"""
 ## Licence and citation
-Weights: CC BY-NC-SA 4.0, inherited from the HAM10000 data (non-commercial, share-alike).
-Data: {HAM10000_CITATION}
+Weights: {task.license_text}.
+Data: {task.citation}.
 """)
 
 
