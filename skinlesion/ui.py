@@ -247,7 +247,10 @@ def load_predictors() -> dict[str, Predictor]:
         source = os.environ.get(f"SKINLESION_MODEL_{key.upper()}") or (
             os.environ.get("SKINLESION_MODEL") if key == DEFAULT_TASK else None)
         if source or t.model_folder.is_dir():
-            predictors[key] = Predictor.from_pretrained(source, task=key)
+            predictor = Predictor.from_pretrained(source, task=key)
+            if predictor.task != key:
+                raise SystemExit(f"{source}: a model of task {predictor.task!r}, given for task {key!r}")
+            predictors[key] = predictor
     return predictors
 
 
