@@ -1,4 +1,4 @@
-"""skinlesion: an explainable skin-lesion image classifier (timm EfficientNet-B0, Grad-CAM)."""
+"""skinlesion: an explainable image classifier (skin lesions, steel defects; timm EfficientNet-B0, Grad-CAM)."""
 
 
 def __getattr__(name: str):

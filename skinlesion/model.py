@@ -32,7 +32,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.png"]  # what a model folder holds
-LICENSE = "cc-by-nc-sa-4.0"  # HAM10000's licence; trained weights inherit it (share-alike)
 REQUIRED_CONFIG = ("architecture", "num_classes", "label_names", "pretrained_cfg")
 
 
@@ -137,8 +136,8 @@ def update_config(folder: str | Path, **values: Any) -> dict[str, Any]:
     return config
 
 
-def save_model_folder(model: torch.nn.Module, folder: str | Path, label_names: list[str],
-                      extra: dict[str, Any] | None = None, license: str = LICENSE) -> None:
+def save_model_folder(model: torch.nn.Module, folder: str | Path, label_names: list[str], license: str,
+                      extra: dict[str, Any] | None = None) -> None:
     """Write weights + config; each file replaced atomically, so a crash never leaves a
     half-written file behind (other files in the folder, such as the card, are kept)."""
     folder = Path(folder)

@@ -95,7 +95,7 @@ def model_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model") / "m"
     torch.manual_seed(0)  # the same body weights in every run, so the tests see the same maps
     model = trained_looking(create_model(7, image_size=64))
-    save_model_folder(model, folder, class_codes(), extra={
+    save_model_folder(model, folder, class_codes(), "cc-by-nc-sa-4.0", extra={
         "task": "ham10000", "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2}})
     return folder
 

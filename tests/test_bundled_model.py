@@ -40,6 +40,7 @@ def test_bundled_model_loads_with_its_calibration(bundled):
         assert not bundled.thresholds and 0.5 <= bundled.review_threshold < 1
     meta, body = read_card(bundled.folder)
     assert meta["library_name"] == "timm" and meta["license"] == get_task(bundled.task).license
+    assert bundled.config["pretrained_cfg"]["license"] == get_task(bundled.task).license
     assert meta["model_status"] in ("placeholder", "release")
     assert "Intended use" in body and "Limitations of the data" in body and "Where Grad-CAM looks" in body
 

@@ -19,7 +19,7 @@ CODES = class_codes()
 def saved(tmp_path):
     torch.manual_seed(0)
     model = trained_looking(create_model(len(CODES), image_size=64)).eval()
-    save_model_folder(model, tmp_path / "m", CODES, extra={"task": "ham10000", "temperature": 1.3})
+    save_model_folder(model, tmp_path / "m", CODES, "cc-by-nc-sa-4.0", extra={"task": "ham10000", "temperature": 1.3})
     return model, tmp_path / "m"
 
 
@@ -50,7 +50,7 @@ def test_round_trip_gives_identical_outputs_also_through_timm(saved):
 
 def test_channels_last_models_save_fine(tmp_path):
     model = trained_looking(create_model(7, image_size=32)).to(memory_format=torch.channels_last).eval()
-    save_model_folder(model, tmp_path / "m", CODES)
+    save_model_folder(model, tmp_path / "m", CODES, "cc-by-nc-sa-4.0")
     loaded, _ = load_model_folder(tmp_path / "m")
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         improved = scores[chosen] > best_score
         if improved:
             best_score = scores[chosen]
-            save_model_folder(candidates[chosen], model_dir, codes, extra={
+            save_model_folder(candidates[chosen], model_dir, codes, get_task(args.task).license, extra={
                 "task": args.task,
                 "training": {**run_identity(args), "data": Path(args.data).name, "best_epoch": epoch,
                              "weights": chosen, "val_balanced_accuracy": best_score,

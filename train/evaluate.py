@@ -62,7 +62,7 @@ def explanation_quality(model: torch.nn.Module, config: dict, data: SplitData, d
     on what was learned would score the same)."""
     task = get_task(config.get("task", DEFAULT_TASK))
     masks = {}
-    for record, image in zip(data.records, data.images):
+    for record in data.records:
         with Image.open(record.path) as original:
             shape = (original.height, original.width)
         mask = task.annotation(data_root, record.image_id, shape)
