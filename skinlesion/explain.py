@@ -7,6 +7,8 @@ runs through the head alone and costs little next to the forward pass.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
@@ -20,15 +22,17 @@ def last_stage(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
-             index: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """ReLU'd Grad-CAM (1, 1, h, w) of class `index` (None: the top class) for one image,
-    in float32, with the logits of the same pass and the index explained."""
+             index: int | Callable[[torch.Tensor], int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """ReLU'd Grad-CAM (1, 1, h, w) of class `index` for one image, in float32, with the logits
+    of the same pass and the index explained. `index` may be a function of the logits (the
+    decision rule's choice), or None for the arg-max."""
     seen: dict = {}
 
     def explained_logit(inputs: torch.Tensor) -> torch.Tensor:
         logits = model(inputs)
         seen["logits"] = logits.detach()
-        seen["index"] = int(logits[0].argmax()) if index is None else index
+        chosen = index(logits.detach()) if callable(index) else index
+        seen["index"] = int(logits[0].argmax()) if chosen is None else int(chosen)
         return logits[:, seen["index"]]
 
     with torch.autocast(x.device.type, enabled=False):

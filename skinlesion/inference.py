@@ -6,7 +6,6 @@ odd colour mode) ends in an `InputError` whose message can be shown to a user as
 from __future__ import annotations
 
 import io
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .classes import DEFAULT_TASK, HIGH_RISK, class_table
+from .classes import DEFAULT_TASK, class_table
+from .decision import DecisionRule, Verdict
 from .explain import grad_cam, last_stage, overlay, upsample_heatmap
 from .model import HUB_FILES, ModelFolderError, hub_offline, hub_reachable, load_model_folder
 from .tasks import get_task
@@ -26,8 +26,6 @@ from .transforms import eval_transform, normalize
 BUNDLED_MODEL = get_task(DEFAULT_TASK).model_folder
 MAX_PIXELS = 40_000_000   # larger images are refused before decoding (decompression bombs)
 MIN_SIDE = 16             # smaller images carry no usable detail
-UNCERTAIN_TOP_PROBABILITY = 0.5   # below it (or above the entropy bound) the verdict is "uncertain"
-UNCERTAIN_ENTROPY = 0.75          # normalised entropy, 0 (one class) .. 1 (all classes equal)
 
 ImageInput = Union[Image.Image, np.ndarray, str, Path, bytes]
 
@@ -98,13 +96,6 @@ def load_image(image: ImageInput) -> np.ndarray:
         raise InputError(f"the image file is damaged or incomplete ({error})") from None
 
 
-@dataclass(frozen=True)
-class Verdict:
-    level: str      # dermoscopy: "refer", "uncertain", "clear"; inspection: "review", "defect"
-    headline: str
-    detail: str
-
-
 @dataclass
 class Explanation:
     image: np.ndarray            # the checked RGB input, H×W×3 uint8
@@ -114,19 +105,15 @@ class Explanation:
     probabilities: dict[str, float]
 
 
-def normalised_entropy(probs: np.ndarray) -> float:
-    p = probs[probs > 0]
-    return float(-(p * np.log(p)).sum() / math.log(len(probs)))
-
-
 class Predictor:
-    """A loaded model folder plus what it needs to answer: input size, normalisation,
-    temperature, thresholds and the task's class table, all read from its config.json."""
+    """A loaded model folder plus what it needs to answer: input size, normalisation, the
+    decision rule (decision.py) and the task's class table, all read from its config.json."""
 
     def __init__(self, model: torch.nn.Module, config: dict[str, Any], folder: str | Path | None = None,
                  device: str | torch.device = "cpu", tta: bool = False):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # channels_last: about twice the CPU throughput of the default layout for B0
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         for p in self.model.parameters():  # Grad-CAM needs gradients of activations only
             p.requires_grad_(False)
         self.config, self.tta = config, tta
@@ -139,9 +126,7 @@ class Predictor:
             raise ModelFolderError(f"{folder}: labels {self.codes} are not the classes of task {self.task!r}")
         cfg = config["pretrained_cfg"]
         self.size, self.mean, self.std = cfg["input_size"][-1], cfg["mean"], cfg["std"]
-        self.temperature = float(config.get("temperature", 1.0))
-        self.thresholds: dict[str, float] = dict(config.get("thresholds") or {})
-        self.review_threshold = float(config.get("review_threshold") or UNCERTAIN_TOP_PROBABILITY)
+        self.rule = DecisionRule.from_config(config)
         self._transform = eval_transform(self.size)
         self._layer = last_stage(self.model)
 
@@ -159,11 +144,18 @@ class Predictor:
     def preprocess(self, image: ImageInput) -> tuple[np.ndarray, torch.Tensor]:
         rgb = load_image(image)
         batch = self._transform(image=rgb)["image"].unsqueeze(0).to(self.device)
-        return rgb, normalize(batch, self.mean, self.std)
+        return rgb, normalize(batch, self.mean, self.std).contiguous(memory_format=torch.channels_last)
 
     def _probabilities(self, logits: torch.Tensor) -> dict[str, float]:
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1).mean(0)
+        probs = self.rule.probabilities(logits.float().cpu().numpy()).mean(0)
         return {code: float(p) for code, p in zip(self.codes, probs)}
+
+    def _decided_index(self, logits: torch.Tensor) -> int:
+        return int(self.rule.decide(self.rule.probabilities(logits.float().cpu().numpy())[0]))
+
+    def decide(self, probabilities: dict[str, float]) -> str:
+        """The decided class: the arg-max after the class bias fitted for balanced accuracy."""
+        return self.codes[int(self.rule.decide(np.array([probabilities[c] for c in self.codes])))]
 
     @torch.no_grad()
     def predict(self, image: ImageInput, tta: bool | None = None) -> dict[str, float]:
@@ -175,44 +167,19 @@ class Predictor:
         return self._probabilities(self.model(x))
 
     def explain(self, image: ImageInput, target: str | None = None, opacity: float = 0.45) -> Explanation:
-        """Grad-CAM for `target` or the top class, and the probabilities, from one pass."""
+        """Grad-CAM for `target` or the decided class, and the probabilities, from one pass."""
         if target is not None and target not in self.codes:
             raise InputError(f"unknown class {target!r}; choose one of {', '.join(self.codes)}")
         rgb, x = self.preprocess(image)
         cam, logits, index = grad_cam(self.model, self._layer, x,
-                                      None if target is None else self.codes.index(target))
+                                      self._decided_index if target is None else self.codes.index(target))
         heatmap = upsample_heatmap(cam, rgb.shape[:2])
         return Explanation(rgb, heatmap, overlay(rgb, heatmap, opacity), self.codes[index],
                            self._probabilities(logits))
 
     def triage(self, probabilities: dict[str, float]) -> Verdict:
-        """Dermoscopy, recall-first: a malignant or pre-malignant class at or over its threshold
-        refers; else a flat distribution is 'uncertain'; else no high-risk pattern was found.
-        Inspection (no high-risk classes): under the review threshold a person looks; else the
-        defect is named (the Grad-CAM overlay shows where)."""
-        disclaimer = self.task_info.disclaimer
-        probs = np.array([probabilities[c] for c in self.codes])
-        top = self.codes[int(probs.argmax())]
-        top_text = f"{self.classes[top].name} ({probs.max():.0%})"
-        if not any(self.classes[c].risk in HIGH_RISK for c in self.codes):
-            if probs.max() < self.review_threshold:
-                return Verdict("review", "Manual review",
-                               f"Not sure enough for an automatic label: most likely {top_text}, under the "
-                               f"review threshold of {self.review_threshold:.0%}. {disclaimer}")
-            return Verdict("defect", f"Defect: {self.classes[top].name}",
-                           f"{top_text}. The Grad-CAM overlay shows where the model found it. {disclaimer}")
-        flagged = [c for c in self.codes if self.classes[c].risk in HIGH_RISK
-                   and probabilities[c] >= self.thresholds.get(c, 0.5)]
-        if flagged:
-            names = ", ".join(f"{self.classes[c].name} ({probabilities[c]:.0%})" for c in flagged)
-            return Verdict("refer", "Refer to a dermatologist",
-                           f"Probability at or above the high-sensitivity threshold for: {names}. {disclaimer}")
-        if probs.max() < UNCERTAIN_TOP_PROBABILITY or normalised_entropy(probs) > UNCERTAIN_ENTROPY:
-            return Verdict("uncertain", "Uncertain — have it checked",
-                           f"No class is clearly ahead (top probability {probs.max():.0%}). {disclaimer}")
-        return Verdict("clear", "No high-risk pattern found",
-                       f"Most likely {top_text}; no malignant or pre-malignant class reached its "
-                       f"threshold. {disclaimer}")
+        """The verdict of the model's decision rule, with the task's disclaimer."""
+        return self.rule.verdict(probabilities, self.task_info.disclaimer)
 
 
 def _looks_like_repo_id(text: str) -> bool:

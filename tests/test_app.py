@@ -125,11 +125,16 @@ def probabilities(label: dict) -> dict[str, float]:
     return {c["label"]: c["confidence"] for c in label["confidences"]}
 
 
-def test_classify_endpoint_gives_every_class(client, lesion):
+def test_classify_endpoint_gives_every_class_and_the_decided_class(client, lesion):
     from gradio_client import handle_file
-    result = probabilities(client.predict(handle_file(lesion), api_name="/classify"))
+    from skinlesion import Predictor
+    label = client.predict(handle_file(lesion), api_name="/classify")
+    result = probabilities(label)
     assert sorted(result) == sorted(CODES)
     assert sum(result.values()) == pytest.approx(1, abs=1e-5)
+    bundled = Predictor.from_pretrained()  # what the server loaded
+    assert result == pytest.approx(bundled.predict(lesion), abs=1e-5)
+    assert label["label"] == bundled.decide(bundled.predict(lesion))
 
 
 def test_classify_takes_the_task(client, steel):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from skinlesion.metrics import (classification_report, expected_calibration_error, fit_temperature,
-                                operating_point, recall_first_thresholds, softmax)
+from skinlesion.decision import fit_temperature, recall_first_thresholds, softmax
+from skinlesion.metrics import classification_report, expected_calibration_error, operating_point
 
 CODES = ["a", "b", "c"]
 

@@ -1,16 +1,22 @@
 import json
 import logging
 import time
+from pathlib import Path
 
+import matplotlib
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
 import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from conftest import trained_looking
 from skinlesion.classes import class_codes
-from skinlesion.model import (ModelFolderError, create_model, load_model_folder, read_config,
-                              save_model_folder, update_config)
+from skinlesion.model import (INIT_LITE0, INIT_RANDOM, ModelFolderError, create_model, lite0_state_dict,
+                              load_model_folder, read_config, save_model_folder, transplant_lite0,
+                              update_config)
 
 CODES = class_codes()
 
@@ -85,16 +91,59 @@ def test_weights_are_safetensors_only(saved):
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pth"))
 
 
-def test_pretrained_without_hub_falls_back_quickly_with_a_message(monkeypatch, caplog):
+def offline(monkeypatch):
     monkeypatch.setattr("skinlesion.model.hub_constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+
+
+def test_pretrained_without_hub_transplants_lite0_weights(monkeypatch, caplog):
+    offline(monkeypatch)
     started = time.perf_counter()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         model = create_model(7, pretrained=True, image_size=32)
     assert time.perf_counter() - started < 30
-    assert "ImageNet weights for efficientnet_b0 could not be loaded" in caplog.text
+    assert model.initialisation == INIT_LITE0 and model.num_classes == 7
+    assert "transplanted the EfficientNet-Lite0 weights" in caplog.text
+    source = lite0_state_dict()
+    assert torch.equal(model.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(model.conv_head.weight, source["_conv_head.weight"])
+    assert torch.equal(model.bn2.running_var, source["_bn1.running_var"])  # Lite0 names the head BN _bn1
+
+
+def test_pretrained_without_hub_or_package_falls_back_to_random_with_a_message(monkeypatch, caplog):
+    offline(monkeypatch)
+    monkeypatch.setattr("skinlesion.model.LITE0_PACKAGE", "no_such_weights_package")
+    with caplog.at_level(logging.WARNING):
+        model = create_model(7, pretrained=True, image_size=32)
+    assert model.initialisation == INIT_RANDOM
+    assert "not from the Hub" in caplog.text and "no_such_weights_package is not installed" in caplog.text
     assert "training from random initialisation instead" in caplog.text
-    assert model.num_classes == 7
+
+
+def grace_hopper_top3(model) -> list[int]:
+    """ImageNet top-3 classes of matplotlib's bundled photograph, at 224 px with ImageNet mean/std."""
+    image = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    x = torch.tensor(np.asarray(image.resize((224, 224), Image.Resampling.BILINEAR))).permute(2, 0, 1) / 255
+    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    with torch.no_grad():
+        return model.eval()(x[None])[0].topk(3).indices.tolist()
+
+
+@pytest.mark.parametrize("architecture, args", [("efficientnet_lite0", {}),
+                                                ("efficientnet_b0", {"act_layer": "relu6"})])
+def test_transplanted_weights_land_in_the_right_places(architecture, args):
+    """A wrong mapping still trains (just worse), so check the function: with its 1,000-class
+    head, the transplant must recognise ImageNet classes in a photograph of Grace Hopper in
+    uniform: suit (834), military uniform (652), bow tie (457) — for Lite0 itself, and for B0
+    with Lite0's activation, whose squeeze-excite gates start as an exact identity."""
+    model = timm.create_model(architecture, num_classes=1000, **args)
+    transplant_lite0(model, lite0_state_dict())
+    assert grace_hopper_top3(model) == [834, 652, 457]
+
+
+def test_transplant_refuses_a_model_it_does_not_fit():
+    with pytest.raises(ValueError, match="does not fit|tensors to copy"):
+        transplant_lite0(timm.create_model("efficientnet_b1", num_classes=7), lite0_state_dict())
 
 
 def test_new_head_starts_at_uniform_probabilities():

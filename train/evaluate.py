@@ -2,9 +2,10 @@
 
     python -m train.evaluate --model DIR --data DIR [--split split.csv] [--out DIR]
 
-Fits the temperature (validation NLL) and the recall-first thresholds of the malignant and
-pre-malignant classes (validation sensitivity ≥ 0.90) and stores both in the model folder's
-config.json, so the app uses them. Writes metrics.json, report.md, predictions.csv and the plots to --out
+Fits the decision rule on validation (skinlesion/decision.py: temperature, the class bias of
+the decided class, the recall-first thresholds of the malignant and pre-malignant classes or
+the manual-review threshold) and stores it in the model folder's config.json, so the app
+applies the same rule. Writes metrics.json, report.md, predictions.csv and the plots to --out
 (default: the model folder) and the model card (README.md) into the model folder. Without
 --split, the split is made again from the data with the seed recorded at training time —
 the whole validation and test splits, also for a model trained on --max-samples.
@@ -23,12 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from skinlesion.classes import DEFAULT_TASK, high_risk_codes
+from skinlesion.classes import DEFAULT_TASK
 from skinlesion.data import DataError
-from skinlesion.metrics import (SENSITIVITY_TARGET, classification_report,
-                                expected_calibration_error, fit_temperature, operating_point,
-                                plot_confusion_matrix, recall_first_thresholds, review_report,
-                                review_threshold, softmax)
+from skinlesion.decision import DecisionRule, softmax
+from skinlesion.metrics import (classification_report, expected_calibration_error, operating_point,
+                                plot_confusion_matrix, review_report)
 from skinlesion.explain import energy_inside, peak_inside
 from skinlesion.inference import Predictor
 from skinlesion.model import CARD_FILE, ModelFolderError, create_model, load_model_folder, update_config
@@ -44,14 +44,14 @@ PREDICTIONS_CSV = "predictions.csv"
 
 
 def write_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str, np.ndarray],
-                      codes: list[str]) -> None:
+                      decided: dict[str, np.ndarray], codes: list[str]) -> None:
     """Per image calibrated probabilities, for error analysis and for checking a model later."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image_id", "split", "label", "predicted", *(f"p_{c}" for c in codes)])
         for s in EVAL_SPLITS:
-            for record, row in zip(splits[s].records, probs[s]):
-                writer.writerow([record.image_id, s, record.label, codes[int(row.argmax())],
+            for record, row, k in zip(splits[s].records, probs[s], decided[s]):
+                writer.writerow([record.image_id, s, record.label, codes[int(k)],
                                  *(f"{p:.6f}" for p in row)])
 
 
@@ -102,38 +102,35 @@ def evaluate(model: torch.nn.Module, config: dict, splits: dict[str, SplitData],
                                 device, amp_dtype, channels_last) for s in EVAL_SPLITS}
     labels = {s: splits[s].labels for s in EVAL_SPLITS}
 
-    temperature = fit_temperature(logits["val"], labels["val"])
-    probs = {s: softmax(logits[s], temperature) for s in EVAL_SPLITS}
-    risky = [c for c in high_risk_codes(config.get("task", DEFAULT_TASK)) if c in codes]
-    by_index = recall_first_thresholds(probs["val"], labels["val"], [codes.index(c) for c in risky])
-    thresholds = {codes[i]: t for i, t in by_index.items()}
-    # Tasks without high-risk classes (steel) send doubtful answers to a person instead.
-    review = None if risky else review_threshold(probs["val"], labels["val"])
+    task = config.get("task", DEFAULT_TASK)
+    rule, bias_strength = DecisionRule.fit(logits["val"], labels["val"], codes, task)
+    probs = {s: rule.probabilities(logits[s]) for s in EVAL_SPLITS}
+    decided = {s: rule.decide(probs[s]) for s in EVAL_SPLITS}
 
-    metrics = {"task": config.get("task", DEFAULT_TASK), "labels": codes,
-               "temperature": temperature, "sensitivity_target": SENSITIVITY_TARGET,
-               "thresholds": thresholds, "review_threshold": review,
+    metrics = {"task": task, "labels": codes, **rule.to_config(), "bias_strength": bias_strength,
                "training": config.get("training", {}), "splits": {}}
     for s in EVAL_SPLITS:
+        argmax = classification_report(probs[s], labels[s], codes)
         metrics["splits"][s] = {
-            **classification_report(probs[s], labels[s], codes),
+            **classification_report(probs[s], labels[s], codes, decided[s]),
+            "argmax": {k: argmax[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
             "ece_before_temperature": expected_calibration_error(softmax(logits[s]), labels[s]),
             "ece_after_temperature": expected_calibration_error(probs[s], labels[s]),
-            "operating_point": operating_point(probs[s], labels[s], codes, thresholds),
-            **({"review": review_report(probs[s], labels[s], review)} if review is not None else {}),
+            "operating_point": operating_point(probs[s], labels[s], codes, rule.thresholds),
+            **({"review": review_report(probs[s], labels[s], decided[s], rule.review_threshold)}
+               if rule.review_threshold is not None else {}),
         }
     if data_root is not None:
         metrics["explanations"] = explanation_quality(model, config, splits["test"], Path(data_root))
     metrics.update(extra or {})
 
     out.mkdir(parents=True, exist_ok=True)
-    config = update_config(model_dir, temperature=temperature, thresholds=thresholds,
-                           review_threshold=review, sensitivity_target=SENSITIVITY_TARGET)
+    config = update_config(model_dir, **rule.to_config())
     plot_confusion_matrix(metrics["splits"]["test"]["confusion_matrix"], codes, out / CONFUSION_PNG,
                           f"test split (n={metrics['splits']['test']['n']})")
     if metrics.get("history"):
         plot_history(metrics["history"], out / CURVE_PNG)
-    write_predictions(out / PREDICTIONS_CSV, splits, probs, codes)
+    write_predictions(out / PREDICTIONS_CSV, splits, probs, decided, codes)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.md").write_text(render_report(metrics))
     if out.resolve() != model_dir.resolve():  # the folder that ships carries its evidence

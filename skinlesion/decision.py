@@ -1,0 +1,187 @@
+"""The decision rule, in one place: logits → calibrated probabilities → decided class → verdict.
+
+`DecisionRule.fit` (run by `python -m train.evaluate` on the validation split) chooses the
+temperature, the per-class bias of the decided class and the recall-first thresholds, and the
+rule is stored in the model folder's config.json. Evaluation and serving both apply it with
+the same methods, so the figures in the model card are the page's behaviour by construction.
+
+Why a class bias: a model trained on imbalanced classes (nv is two thirds of HAM10000) puts
+the arg-max where plain accuracy is best; balanced accuracy, the score this project selects
+on, is best when rare classes win closer calls. Subtracting `tau · log(prior)` from the
+log-probabilities (logit adjustment, one parameter fitted on validation) moves the decision
+there without changing the probabilities shown.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+
+from .classes import DEFAULT_TASK, HIGH_RISK, class_table
+
+SENSITIVITY_TARGET = 0.90         # recall-first operating point of the high-risk classes
+UNCERTAIN_TOP_PROBABILITY = 0.5   # below it (or above the entropy bound) the verdict is "uncertain"
+UNCERTAIN_ENTROPY = 0.75          # normalised entropy, 0 (one class) .. 1 (all classes equal)
+BIAS_STRENGTHS = np.round(np.arange(0.0, 2.01, 0.05), 2)  # the tau grid of the logit adjustment
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises validation NLL (LBFGS on log T, so T stays > 0)."""
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def fit_class_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """The logit adjustment `-tau · log(prior)` (prior: the split's class shares) whose decided
+    classes have the best balanced accuracy; the smallest such tau, so ties keep the arg-max."""
+    k = probs.shape[1]
+    prior = np.bincount(labels, minlength=k) / len(labels)
+    log_prior = np.log(np.maximum(prior, 1.0 / len(labels)))
+    log_probs = np.log(np.maximum(probs, 1e-12))
+    scores = [balanced_accuracy_score(labels, (log_probs - tau * log_prior).argmax(1)) for tau in BIAS_STRENGTHS]
+    tau = float(BIAS_STRENGTHS[int(np.argmax(scores))])
+    return tau, -tau * log_prior
+
+
+def recall_first_thresholds(probs: np.ndarray, labels: np.ndarray, classes: Sequence[int],
+                            target: float = SENSITIVITY_TARGET) -> dict[int, float]:
+    """Per class, the highest probability threshold whose sensitivity is ≥ `target`.
+
+    Flag class k when p_k ≥ threshold. With n positives, the ⌈target·n⌉-th highest positive
+    score is that threshold; the highest keeps specificity as high as the target allows.
+    """
+    thresholds = {}
+    for k in classes:
+        scores = np.sort(probs[labels == k, k])[::-1]
+        if len(scores):
+            thresholds[k] = float(scores[int(np.ceil(target * len(scores))) - 1])
+    return thresholds
+
+
+def review_threshold(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                     target: float = SENSITIVITY_TARGET) -> float:
+    """Top-probability threshold under which an answer goes to a person: the lowest one that
+    sends at least `target` of the validation mistakes to review (recall-first on mistakes).
+    With no mistake on validation, 0.5."""
+    wrong = predicted != labels
+    if not wrong.any():
+        return 0.5
+    confidences = np.sort(probs.max(axis=1)[wrong])
+    return float(np.nextafter(confidences[int(np.ceil(target * len(confidences))) - 1], 1.0))
+
+
+def normalised_entropy(probs: np.ndarray) -> float:
+    p = probs[probs > 0]
+    return float(-(p * np.log(p)).sum() / math.log(len(probs)))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: str      # dermoscopy: "refer", "uncertain", "clear"; inspection: "review", "defect"
+    headline: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """What a model folder's config.json says about turning logits into an answer."""
+    codes: tuple[str, ...]
+    task: str
+    temperature: float = 1.0
+    class_bias: tuple[float, ...] = ()      # added to log-probabilities before the arg-max; () = none
+    thresholds: dict[str, float] = field(default_factory=dict)  # recall-first, high-risk classes
+    review_threshold: float | None = None   # inspection tasks: under it, a person looks
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "DecisionRule":
+        return cls(codes=tuple(config["label_names"]), task=config.get("task", DEFAULT_TASK),
+                   temperature=float(config.get("temperature", 1.0)),
+                   class_bias=tuple(config.get("class_bias") or ()),
+                   thresholds=dict(config.get("thresholds") or {}),
+                   review_threshold=config.get("review_threshold"))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "class_bias": list(self.class_bias),
+                "thresholds": self.thresholds, "review_threshold": self.review_threshold,
+                "sensitivity_target": SENSITIVITY_TARGET}
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, codes: Sequence[str], task: str,
+            adjust: bool = True) -> tuple["DecisionRule", float | None]:
+        """Fit on validation: temperature (NLL), class bias (balanced accuracy; skipped with
+        `adjust=False`), then thresholds on the calibrated probabilities. Returns the rule and
+        the bias strength tau (None when not adjusted)."""
+        rule = cls(tuple(codes), task, fit_temperature(logits, labels))
+        probs = rule.probabilities(logits)
+        tau, bias = fit_class_bias(probs, labels) if adjust else (None, ())
+        rule = cls(rule.codes, task, rule.temperature, tuple(float(b) for b in bias))
+        risky = [i for i, c in enumerate(codes) if rule.risk(c) in HIGH_RISK]
+        thresholds = {codes[i]: t for i, t in recall_first_thresholds(probs, labels, risky).items()}
+        review = None if risky else review_threshold(probs, labels, rule.decide(probs))
+        return cls(rule.codes, task, rule.temperature, rule.class_bias, thresholds, review), tau
+
+    def risk(self, code: str) -> str:
+        return next(c.risk for c in class_table(self.task) if c.code == code)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (temperature-scaled softmax), float64, rows summing to 1."""
+        return softmax(logits, self.temperature)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """The decided class index of each row of calibrated probabilities."""
+        probs = np.asarray(probs)
+        if not self.class_bias:
+            return probs.argmax(axis=-1)
+        return (np.log(np.maximum(probs, 1e-12)) + np.asarray(self.class_bias)).argmax(axis=-1)
+
+    def verdict(self, probabilities: dict[str, float], disclaimer: str) -> Verdict:
+        """Dermoscopy, recall-first: a malignant or pre-malignant class at or over its threshold
+        refers; else a flat distribution is 'uncertain'; else the decided class is named.
+        Inspection (no high-risk classes): under the review threshold a person looks; else the
+        decided defect is named (the Grad-CAM overlay shows where)."""
+        names = {c.code: c.name for c in class_table(self.task)}
+        probs = np.array([probabilities[c] for c in self.codes])
+        decided = self.codes[int(self.decide(probs))]
+        decided_text = f"{names[decided]} ({probabilities[decided]:.0%})"
+        high_risk = [c for c in self.codes if self.risk(c) in HIGH_RISK]
+        if not high_risk:
+            review = self.review_threshold if self.review_threshold is not None else UNCERTAIN_TOP_PROBABILITY
+            if probs.max() < review:
+                return Verdict("review", "Manual review",
+                               f"Not sure enough for an automatic label: classified as {decided_text}, under "
+                               f"the review threshold of {review:.0%}. {disclaimer}")
+            return Verdict("defect", f"Defect: {names[decided]}",
+                           f"{decided_text}. The Grad-CAM overlay shows where the model found it. {disclaimer}")
+        flagged = [c for c in high_risk if probabilities[c] >= self.thresholds.get(c, 0.5)]
+        if flagged:
+            listed = ", ".join(f"{names[c]} ({probabilities[c]:.0%})" for c in flagged)
+            return Verdict("refer", "Refer to a dermatologist",
+                           f"Probability at or above the high-sensitivity threshold for: {listed}. {disclaimer}")
+        if probs.max() < UNCERTAIN_TOP_PROBABILITY or normalised_entropy(probs) > UNCERTAIN_ENTROPY:
+            return Verdict("uncertain", "Uncertain — have it checked",
+                           f"No class is clearly ahead (top probability {probs.max():.0%}). {disclaimer}")
+        return Verdict("clear", "No high-risk pattern found",
+                       f"Classified as {decided_text}; no malignant or pre-malignant class reached its "
+                       f"threshold. {disclaimer}")

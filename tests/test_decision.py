@@ -1,0 +1,85 @@
+"""The decision rule (skinlesion/decision.py): fitted on validation, stored in config.json, and
+applied identically by evaluation (the card's numbers) and serving (Predictor, the page)."""
+import csv
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from skinlesion import Predictor
+from skinlesion.classes import class_codes
+from skinlesion.decision import DecisionRule, softmax
+from skinlesion.model import read_config
+
+CODES = class_codes()
+
+
+def imbalanced(n=4000, seed=0):
+    """Logits of a model that learned the class prior: rare classes lose the close calls."""
+    rng = np.random.default_rng(seed)
+    prior = np.array([0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02])
+    labels = rng.choice(7, size=n, p=prior)
+    logits = rng.normal(0, 1.0, (n, 7)) + 1.6 * np.eye(7)[labels] + np.log(prior)
+    return logits, labels
+
+
+def test_fitted_class_bias_raises_balanced_accuracy_on_held_out_data():
+    rule, tau = DecisionRule.fit(*imbalanced(seed=0), CODES, "ham10000")
+    logits, labels = imbalanced(seed=1)
+    probs = rule.probabilities(logits)
+    adjusted = balanced_accuracy_score(labels, rule.decide(probs))
+    argmax = balanced_accuracy_score(labels, probs.argmax(1))
+    assert tau > 0.3 and len(rule.class_bias) == 7
+    assert adjusted > argmax + 0.05
+    assert np.allclose(probs, softmax(logits, rule.temperature))  # the bias never touches the probabilities
+    assert set(rule.thresholds) == {"akiec", "bcc", "mel"} and rule.review_threshold is None
+
+
+def test_balanced_classes_keep_the_argmax():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 300)
+    logits = rng.normal(0, 1, (len(labels), 6)) + 2.5 * np.eye(6)[labels]
+    rule, tau = DecisionRule.fit(logits, labels, class_codes("neu"), "neu")
+    probs = rule.probabilities(logits)
+    assert np.array_equal(rule.decide(probs), probs.argmax(1))
+    assert rule.thresholds == {} and 0 < rule.review_threshold <= 1
+
+
+def test_rule_round_trips_through_the_config():
+    rule, _ = DecisionRule.fit(*imbalanced(), CODES, "ham10000")
+    config = {"label_names": CODES, "task": "ham10000", **rule.to_config()}
+    assert DecisionRule.from_config(config) == rule
+    assert DecisionRule.from_config({"label_names": CODES}).decide(np.array([0.1, 0.2, 0.1, 0.1, 0.1, 0.3, 0.1])) == 5
+
+
+def test_evaluation_and_serving_decide_alike(tiny_run):
+    """predictions.csv (written by evaluation) and the Predictor (serving) give the same decided
+    class and the same verdict for the same probabilities."""
+    folder = tiny_run / "model"
+    config = read_config(folder)
+    assert "class_bias" in config and len(config["class_bias"]) == 7
+    predictor = Predictor.from_pretrained(folder)
+    with (tiny_run / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for row in rows:
+        probabilities = {c: float(row[f"p_{c}"]) for c in CODES}
+        assert predictor.decide(probabilities) == row["predicted"]
+        assert predictor.triage(probabilities) == DecisionRule.from_config(config).verdict(
+            probabilities, predictor.task_info.disclaimer)
+
+
+def test_verdict_names_the_decided_class_not_the_argmax():
+    rule = DecisionRule(tuple(CODES), "ham10000", class_bias=(0, 0, 0, 3.0, 0, 0, 0))
+    probabilities = dict(zip(CODES, [0.0, 0.0, 0.02, 0.13, 0.0, 0.85, 0.0]))
+    assert CODES[int(rule.decide(np.array(list(probabilities.values()))))] == "df"
+    verdict = rule.verdict(probabilities, "d")
+    assert verdict.level == "clear" and verdict.detail.startswith("Classified as Dermatofibroma (13%)")
+
+
+@pytest.mark.parametrize("task", ["ham10000", "neu"])
+def test_steel_rule_sends_doubtful_answers_to_review(task):
+    codes = class_codes(task)
+    rule = DecisionRule(tuple(codes), task, review_threshold=0.8)
+    flat = {c: 1 / len(codes) for c in codes}
+    assert rule.verdict(flat, "d").level == ("review" if task == "neu" else "uncertain")

@@ -1,0 +1,102 @@
+"""Ship a trained model folder with float16 weights, when float16 changes no answer.
+
+    python -m train.export --model runs/b0-192/model --out assets/model --data ../shared/data/ham10000 \\
+        --split runs/b0-192/split.csv --reference tests/fixtures/ham10000_fp32_probabilities.csv
+
+Copies the folder, stores the weights as float16 (half the download; loading casts them back
+to float32), and compares the calibrated probabilities of the two on the validation and test
+images: above --tolerance (1e-3) anywhere, the float32 weights are kept. `--reference` writes
+the float32 probabilities of the committed test ids, which the bundled-model test re-checks.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from skinlesion.decision import DecisionRule
+from skinlesion.model import WEIGHTS_FILE, load_model_folder
+from skinlesion.tasks import get_task
+
+from skinlesion.transforms import eval_transform
+
+from .engine import make_loader, pick_device, predict_logits, prepare_splits
+
+log = logging.getLogger("train.export")
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+REFERENCE_IMAGES = 100  # the first committed test ids whose float32 probabilities are kept
+
+
+def to_float16(folder: Path) -> None:
+    path = folder / WEIGHTS_FILE
+    state = safetensors.torch.load_file(path)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    safetensors.torch.save_file(half, path, metadata={"format": "pt"})
+
+
+def answers(folder: Path, data, device) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities and decided classes of a model folder for `data`."""
+    model, config = load_model_folder(folder)
+    size = config["pretrained_cfg"]["input_size"][-1]
+    logits = predict_logits(model.to(device), make_loader(data, eval_transform(size), 128, 0, shuffle=False),
+                            device)
+    rule = DecisionRule.from_config(config)
+    probs = rule.probabilities(logits)
+    return probs, rule.decide(probs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="trained model folder (float32)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (replaced)")
+    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
+    p.add_argument("--split", type=Path, required=True, help="split.csv of the training run")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed probability change")
+    p.add_argument("--reference", type=Path, help="write float32 probabilities of the committed test ids here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+    _, config = load_model_folder(args.model)
+    task = get_task(config.get("task"))
+    size = config["pretrained_cfg"]["input_size"][-1]
+    splits = prepare_splits(task.load(args.data), size, 0, None, task.key, split_file=args.split)
+    held_out = splits["val"]
+    held_out.records += splits["test"].records
+    held_out.images += splits["test"].images
+    device = pick_device("cpu")
+
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    shutil.copytree(args.model, args.out)
+    to_float16(args.out)
+    (full, full_decided), (half, half_decided) = (answers(args.model, held_out, device),
+                                                  answers(args.out, held_out, device))
+    worst = float(np.abs(full - half).max())
+    log.info("float16 vs float32 on %d validation + test images: largest probability change %.2e, "
+             "decided class changed for %d", len(full), worst, int((full_decided != half_decided).sum()))
+    if worst > args.tolerance:
+        shutil.copy(args.model / WEIGHTS_FILE, args.out / WEIGHTS_FILE)
+        log.warning("over the tolerance %.0e: kept the float32 weights", args.tolerance)
+    if args.reference:
+        ids = (FIXTURES / f"{task.key}_test_ids.txt").read_text().split()[:REFERENCE_IMAGES]
+        row_of = {r.image_id: i for i, r in enumerate(held_out.records)}
+        with args.reference.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image_id", *config["label_names"]])
+            for image_id in ids:
+                writer.writerow([image_id, *(f"{p:.7f}" for p in full[row_of[image_id]])])
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())
