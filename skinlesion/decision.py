@@ -133,7 +133,10 @@ class DecisionRule:
         """Fit on validation: temperature (NLL), class bias (balanced accuracy; skipped with
         `adjust=False`), then thresholds on the calibrated probabilities. Returns the rule and
         the bias strength tau (None when not adjusted)."""
-        rule = cls(tuple(codes), task, fit_temperature(logits, labels))
+        # With no mistake on validation, NLL keeps falling as T → 0 (every probability → 1):
+        # nothing to calibrate against, so the raw probabilities (T = 1) are kept.
+        separable = bool((np.asarray(logits).argmax(1) == labels).all())
+        rule = cls(tuple(codes), task, 1.0 if separable else fit_temperature(logits, labels))
         probs = rule.probabilities(logits)
         tau, bias = fit_class_bias(probs, labels) if adjust else (None, ())
         rule = cls(rule.codes, task, rule.temperature, tuple(float(b) for b in bias))

@@ -75,16 +75,16 @@ def test_scores_on_the_committed_test_ids_match_the_card(bundled):
     assert np.mean(np.array(truth) == np.array(predicted)) == pytest.approx(results["accuracy"], abs=0.01)
 
 
-def test_float16_weights_give_the_float32_probabilities(bundled):
-    """The shipped weights are float16 where train.export found the probabilities unchanged
-    (within 1e-3) on validation and test; re-checked on the first committed test ids against
-    the float32 model's probabilities kept at export time."""
+def test_shipped_weights_give_the_probabilities_measured_at_export(bundled):
+    """train.export ships float16 weights only when no probability moves by more than 1e-3
+    (else float32), and keeps the float32 model's probabilities of the first committed test
+    ids: the shipped weights must still give them, within that tolerance."""
     reference = FIXTURES / f"{bundled.task}_fp32_probabilities.csv"
     if not reference.is_file():
         pytest.skip(f"the bundled {bundled.task} model was not exported through train.export")
     state = safetensors.torch.load_file(bundled.folder / "model.safetensors")
-    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
-    assert next(bundled.model.parameters()).dtype == torch.float32  # loading casts back
+    assert {v.dtype for v in state.values() if v.is_floating_point()} <= {torch.float16, torch.float32}
+    assert next(bundled.model.parameters()).dtype == torch.float32  # loading casts float16 back
     task = get_task(bundled.task)
     root = SHARED_DATA / task.data_folder
     if not root.is_dir():

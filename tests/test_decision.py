@@ -83,3 +83,12 @@ def test_steel_rule_sends_doubtful_answers_to_review(task):
     rule = DecisionRule(tuple(codes), task, review_threshold=0.8)
     flat = {c: 1 / len(codes) for c in codes}
     assert rule.verdict(flat, "d").level == ("review" if task == "neu" else "uncertain")
+
+
+def test_perfect_validation_keeps_the_raw_probabilities():
+    """No mistake to calibrate against: the temperature would run to 0 and every answer to
+    100 %, which would switch manual review off; T stays 1."""
+    labels = np.repeat(np.arange(6), 50)
+    logits = 4.0 * np.eye(6)[labels]
+    rule, _ = DecisionRule.fit(logits, labels, class_codes("neu"), "neu")
+    assert rule.temperature == 1.0 and rule.review_threshold == 0.5

@@ -27,7 +27,7 @@ from skinlesion.tasks import get_task
 
 from skinlesion.transforms import eval_transform
 
-from .engine import make_loader, pick_device, predict_logits, prepare_splits
+from .engine import SplitData, make_loader, pick_device, predict_logits, prepare_splits
 
 log = logging.getLogger("train.export")
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -39,6 +39,7 @@ def to_float16(folder: Path) -> None:
     state = safetensors.torch.load_file(path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     safetensors.torch.save_file(half, path, metadata={"format": "pt"})
+    path.chmod(0o644)
 
 
 def answers(folder: Path, data, device) -> tuple[np.ndarray, np.ndarray]:
@@ -68,9 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     task = get_task(config.get("task"))
     size = config["pretrained_cfg"]["input_size"][-1]
     splits = prepare_splits(task.load(args.data), size, 0, None, task.key, split_file=args.split)
-    held_out = splits["val"]
-    held_out.records += splits["test"].records
-    held_out.images += splits["test"].images
+    held_out = SplitData(splits["val"].records + splits["test"].records, splits["val"].images + splits["test"].images,
+                         np.concatenate([splits["val"].labels, splits["test"].labels]))
     device = pick_device("cpu")
 
     if args.out.exists():

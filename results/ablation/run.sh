@@ -10,4 +10,3 @@ base=(--config train/configs/cpu-finetune.yaml --image-size 128 --epochs 3 --no-
 run runs/ablation/b0-128                   "${base[@]}"
 run runs/ablation/b0-128-random            "${base[@]}" --no-pretrained
 run runs/ablation/lite0-128                "${base[@]}" --architecture efficientnet_lite0
-run runs/ablation/b0-128-inverse           "${base[@]}" --class-weights inverse
