@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from .classes import DEFAULT_TASK, HIGH_RISK, class_table
+from .classes import DEFAULT_TASK, class_table, high_risk_codes
 
 SENSITIVITY_TARGET = 0.90         # recall-first operating point of the high-risk classes
 UNCERTAIN_TOP_PROBABILITY = 0.5   # below it (or above the entropy bound) the verdict is "uncertain"
@@ -128,25 +128,21 @@ class DecisionRule:
                 "sensitivity_target": SENSITIVITY_TARGET}
 
     @classmethod
-    def fit(cls, logits: np.ndarray, labels: np.ndarray, codes: Sequence[str], task: str,
-            adjust: bool = True) -> tuple["DecisionRule", float | None]:
-        """Fit on validation: temperature (NLL), class bias (balanced accuracy; skipped with
-        `adjust=False`), then thresholds on the calibrated probabilities. Returns the rule and
-        the bias strength tau (None when not adjusted)."""
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, codes: Sequence[str],
+            task: str) -> tuple["DecisionRule", float]:
+        """Fit on validation: temperature (NLL), class bias (balanced accuracy), then thresholds
+        on the calibrated probabilities. Returns the rule and the bias strength tau."""
         # With no mistake on validation, NLL keeps falling as T → 0 (every probability → 1):
         # nothing to calibrate against, so the raw probabilities (T = 1) are kept.
         separable = bool((np.asarray(logits).argmax(1) == labels).all())
         rule = cls(tuple(codes), task, 1.0 if separable else fit_temperature(logits, labels))
         probs = rule.probabilities(logits)
-        tau, bias = fit_class_bias(probs, labels) if adjust else (None, ())
+        tau, bias = fit_class_bias(probs, labels)
         rule = cls(rule.codes, task, rule.temperature, tuple(float(b) for b in bias))
-        risky = [i for i, c in enumerate(codes) if rule.risk(c) in HIGH_RISK]
+        risky = [i for i, c in enumerate(codes) if c in high_risk_codes(task)]
         thresholds = {codes[i]: t for i, t in recall_first_thresholds(probs, labels, risky).items()}
         review = None if risky else review_threshold(probs, labels, rule.decide(probs))
         return cls(rule.codes, task, rule.temperature, rule.class_bias, thresholds, review), tau
-
-    def risk(self, code: str) -> str:
-        return next(c.risk for c in class_table(self.task) if c.code == code)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax), float64, rows summing to 1."""
@@ -168,7 +164,7 @@ class DecisionRule:
         probs = np.array([probabilities[c] for c in self.codes])
         decided = self.codes[int(self.decide(probs))]
         decided_text = f"{names[decided]} ({probabilities[decided]:.0%})"
-        high_risk = [c for c in self.codes if self.risk(c) in HIGH_RISK]
+        high_risk = [c for c in self.codes if c in high_risk_codes(self.task)]
         if not high_risk:
             review = self.review_threshold if self.review_threshold is not None else UNCERTAIN_TOP_PROBABILITY
             if probs.max() < review:
