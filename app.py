@@ -1,10 +1,13 @@
-"""Entry point of the Hugging Face Space and of the local app: python app.py
+"""The Hugging Face Space and the local app: python app.py (README: "Run the app").
 
-Serves the page and the /classify, /explain and /analyse API endpoints; honours
-GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, SKINLESION_MODEL (a model folder or Hub repo id;
-default: the bundled model in assets/model) and SKINLESION_EXAMPLES (a HAM10000 folder).
+Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; SKINLESION_MODEL (the default task) and
+SKINLESION_MODEL_<TASK> (a model folder or a Hub repo id; default: the bundled models);
+SKINLESION_DATA (a folder holding each task's data, whose images become examples).
 """
-from skinlesion.ui import main
+from skinlesion.ui import create_app
+
+app = create_app()
+demo = app.demo  # the name Spaces and `gradio app.py` (reload mode) look for
 
 if __name__ == "__main__":
-    main()
+    app.launch()

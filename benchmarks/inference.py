@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         forward, predict, explain = times["forward"], times["predict"], times["explain"]
         app = app_benchmark(path, args.model, args.clients)
 
-    size = predictor.size
-    print(f"Model: {predictor.folder} ({predictor.config['architecture']}, {size}×{size}); "
+    size = predictor.spec.input_size
+    print(f"Model: {predictor.folder} ({predictor.spec.architecture}, {size}×{size}); "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"medians of {args.runs} runs of each, taken in turn, after 5 warm-up rounds; image {image.size[0]}×{image.size[1]}.\n")
     rows = [

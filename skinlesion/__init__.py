@@ -1,12 +1,7 @@
-"""skinlesion: an explainable image classifier (skin lesions, steel defects; timm EfficientNet-B0, Grad-CAM)."""
+"""skinlesion: an explainable image classifier (skin lesions, steel defects; timm EfficientNet-B0, Grad-CAM).
 
-
-def __getattr__(name: str):
-    # Lazy, so that training (which never explains) does not import captum and matplotlib.
-    if name == "Predictor":
-        from .inference import Predictor
-        return Predictor
-    raise AttributeError(f"module 'skinlesion' has no attribute {name!r}")
-
+`from skinlesion import Predictor` is the Python API; README.md's "Architecture" maps the package.
+"""
+from .inference import Predictor
 
 __all__ = ["Predictor"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from .classes import DEFAULT_TASK, class_table, high_risk_codes
+from .tasks import get_task
 
 SENSITIVITY_TARGET = 0.90         # recall-first operating point of the high-risk classes
 UNCERTAIN_TOP_PROBABILITY = 0.5   # below it (or above the entropy bound) the verdict is "uncertain"
@@ -108,7 +108,7 @@ class Verdict:
 class DecisionRule:
     """What a model folder's config.json says about turning logits into an answer."""
     codes: tuple[str, ...]
-    task: str
+    task: str                               # its key: class names, risk groups, disclaimer
     temperature: float = 1.0
     class_bias: tuple[float, ...] = ()      # added to log-probabilities before the arg-max; () = none
     thresholds: dict[str, float] = field(default_factory=dict)  # recall-first, high-risk classes
@@ -116,7 +116,7 @@ class DecisionRule:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "DecisionRule":
-        return cls(codes=tuple(config["label_names"]), task=config.get("task", DEFAULT_TASK),
+        return cls(codes=tuple(config["label_names"]), task=get_task(config.get("task")).key,
                    temperature=float(config.get("temperature", 1.0)),
                    class_bias=tuple(config.get("class_bias") or ()),
                    thresholds=dict(config.get("thresholds") or {}),
@@ -139,7 +139,7 @@ class DecisionRule:
         probs = rule.probabilities(logits)
         tau, bias = fit_class_bias(probs, labels)
         rule = cls(rule.codes, task, rule.temperature, tuple(float(b) for b in bias))
-        risky = [i for i, c in enumerate(codes) if c in high_risk_codes(task)]
+        risky = [i for i, c in enumerate(codes) if c in get_task(task).high_risk_codes]
         thresholds = {codes[i]: t for i, t in recall_first_thresholds(probs, labels, risky).items()}
         review = None if risky else review_threshold(probs, labels, rule.decide(probs))
         return cls(rule.codes, task, rule.temperature, rule.class_bias, thresholds, review), tau
@@ -155,16 +155,18 @@ class DecisionRule:
             return probs.argmax(axis=-1)
         return (np.log(np.maximum(probs, 1e-12)) + np.asarray(self.class_bias)).argmax(axis=-1)
 
-    def verdict(self, probabilities: dict[str, float], disclaimer: str) -> Verdict:
+    def verdict(self, probabilities: dict[str, float]) -> Verdict:
         """Dermoscopy, recall-first: a malignant or pre-malignant class at or over its threshold
         refers; else a flat distribution is 'uncertain'; else the decided class is named.
         Inspection (no high-risk classes): under the review threshold a person looks; else the
-        decided defect is named (the Grad-CAM overlay shows where)."""
-        names = {c.code: c.name for c in class_table(self.task)}
+        decided defect is named (the Grad-CAM overlay shows where). Always with the task's
+        disclaimer."""
+        task = get_task(self.task)
+        names, disclaimer = {c.code: c.name for c in task.classes}, task.disclaimer
         probs = np.array([probabilities[c] for c in self.codes])
         decided = self.codes[int(self.decide(probs))]
         decided_text = f"{names[decided]} ({probabilities[decided]:.0%})"
-        high_risk = [c for c in self.codes if c in high_risk_codes(self.task)]
+        high_risk = [c for c in self.codes if c in task.high_risk_codes]
         if not high_risk:
             review = self.review_threshold if self.review_threshold is not None else UNCERTAIN_TOP_PROBABILITY
             if probs.max() < review:

@@ -47,10 +47,11 @@ def upsample_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return (up / peak if peak > 0 else torch.zeros_like(up)).clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
+OVERLAY_OPACITY = 0.45  # the heat-map's default weight over the image (API, page, Predictor)
 COLOURS = colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)  # a lookup table
 
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> Image.Image:
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = OVERLAY_OPACITY) -> Image.Image:
     """The colour-mapped heat-map blended over the image; weak attributions stay see-through."""
     colours = COLOURS[(heatmap * 255).round().astype(np.uint8)]
     alpha = float(np.clip(opacity, 0, 1)) * np.sqrt(heatmap)[..., None]

@@ -1,4 +1,5 @@
-"""Predictor: checked input → calibrated probabilities → triage; Grad-CAM from the same pass.
+"""Predictor: checked input → calibrated probabilities → decided class and verdict
+(decision.py) → Grad-CAM (explain.py), from one forward/backward pass.
 
 Every way an input can be bad (not an image, truncated, a decompression bomb, too small, an
 odd colour mode) ends in an `InputError` whose message can be shown to a user as is.
@@ -10,20 +11,20 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .classes import DEFAULT_TASK, class_table
-from .decision import DecisionRule, Verdict
-from .explain import grad_cam, last_stage, overlay, upsample_heatmap
-from .model import HUB_FILES, ModelFolderError, hub_offline, hub_reachable, load_model_folder
+from .decision import Verdict
+from .explain import OVERLAY_OPACITY, grad_cam, last_stage, overlay, upsample_heatmap
+from .hub import download, looks_like_repo_id
+from .model import load_model_folder
+from .spec import ModelSpec
 from .tasks import get_task
 from .transforms import eval_transform, normalize
 
-BUNDLED_MODEL = get_task(DEFAULT_TASK).model_folder
 MAX_PIXELS = 40_000_000   # larger images are refused before decoding (decompression bombs)
 MIN_SIDE = 16             # smaller images carry no usable detail
 
@@ -106,45 +107,37 @@ class Explanation:
 
 
 class Predictor:
-    """A loaded model folder plus what it needs to answer: input size, normalisation, the
-    decision rule (decision.py) and the task's class table, all read from its config.json."""
+    """A loaded model and its spec (spec.py: task, classes, input size, normalisation, the
+    decision rule), read once from the model folder's config.json."""
 
-    def __init__(self, model: torch.nn.Module, config: dict[str, Any], folder: str | Path | None = None,
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, folder: str | Path | None = None,
                  device: str | torch.device = "cpu", tta: bool = False):
         self.device = torch.device(device)
         # channels_last: about twice the CPU throughput of the default layout for B0
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         for p in self.model.parameters():  # Grad-CAM needs gradients of activations only
             p.requires_grad_(False)
-        self.config, self.tta = config, tta
+        self.spec, self.tta = spec, tta
         self.folder = Path(folder) if folder is not None else None  # the card and plots live there
-        self.task = config.get("task", DEFAULT_TASK)
-        self.task_info = get_task(self.task)
-        self.codes: list[str] = list(config["label_names"])
-        self.classes = {c.code: c for c in class_table(self.task)}
-        if set(self.codes) != set(self.classes):
-            raise ModelFolderError(f"{folder}: labels {self.codes} are not the classes of task {self.task!r}")
-        cfg = config["pretrained_cfg"]
-        self.size, self.mean, self.std = cfg["input_size"][-1], cfg["mean"], cfg["std"]
-        self.rule = DecisionRule.from_config(config)
-        self._transform = eval_transform(self.size)
+        self.task, self.codes, self.rule = spec.task, list(spec.codes), spec.rule
+        self._transform = eval_transform(spec.input_size)
         self._layer = last_stage(self.model)
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
-                        tta: bool = False, task: str = DEFAULT_TASK) -> "Predictor":
+                        tta: bool = False, task: str | None = None) -> "Predictor":
         """`source`: a model folder, a Hub repo id ("user/name", cached copies work offline), or
-        None for the bundled model of `task` (dermoscopy by default)."""
+        None for the bundled model of `task` (the default task when None)."""
         folder = Path(source) if source is not None else get_task(task).model_folder
-        if source is not None and not folder.exists() and _looks_like_repo_id(str(source)):
-            folder = _download(str(source))
-        model, config = load_model_folder(folder)
-        return cls(model, config, folder=folder, device=device, tta=tta)
+        if source is not None and not folder.exists() and looks_like_repo_id(str(source)):
+            folder = download(str(source))
+        model, spec = load_model_folder(folder)
+        return cls(model, spec, folder=folder, device=device, tta=tta)
 
     def preprocess(self, image: ImageInput) -> tuple[np.ndarray, torch.Tensor]:
         rgb = load_image(image)
         batch = self._transform(image=rgb)["image"].unsqueeze(0).to(self.device)
-        return rgb, normalize(batch, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+        return rgb, normalize(batch, self.spec.mean, self.spec.std).contiguous(memory_format=torch.channels_last)
 
     def _probabilities(self, logits: torch.Tensor) -> dict[str, float]:
         probs = self.rule.probabilities(logits.float().cpu().numpy()).mean(0)
@@ -166,7 +159,8 @@ class Predictor:
             x = torch.cat([x, x.flip(-1), x.flip(-2)])
         return self._probabilities(self.model(x))
 
-    def explain(self, image: ImageInput, target: str | None = None, opacity: float = 0.45) -> Explanation:
+    def explain(self, image: ImageInput, target: str | None = None,
+                opacity: float = OVERLAY_OPACITY) -> Explanation:
         """Grad-CAM for `target` or the decided class, and the probabilities, from one pass."""
         if target is not None and target not in self.codes:
             raise InputError(f"unknown class {target!r}; choose one of {', '.join(self.codes)}")
@@ -179,25 +173,5 @@ class Predictor:
 
     def triage(self, probabilities: dict[str, float]) -> Verdict:
         """The verdict of the model's decision rule, with the task's disclaimer."""
-        return self.rule.verdict(probabilities, self.task_info.disclaimer)
+        return self.rule.verdict(probabilities)
 
-
-def _looks_like_repo_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/"))
-
-
-def _download(repo_id: str) -> Path:
-    """The model folder of a Hub repo: from the Hub when it answers, else from the local cache
-    (so HF_HUB_OFFLINE=1 works once downloaded); a clear error when neither has it."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        if hub_reachable():
-            return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
-        with hub_offline():
-            return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
-    except Exception as error:
-        raise ModelFolderError(f"could not get the model {repo_id!r} from the Hugging Face Hub or its "
-                               f"local cache ({type(error).__name__}); check the name, the network, "
-                               f"or pass a local folder") from None

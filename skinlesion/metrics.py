@@ -86,26 +86,3 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str],
         result[code] = {"threshold": threshold, "sensitivity": sens, "specificity": spec,
                         "support": int((labels == i).sum())}
     return result
-
-
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], codes: Sequence[str], path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.asarray(matrix)
-    rows = m.sum(axis=1, keepdims=True)
-    share = np.divide(m, rows, out=np.zeros_like(m, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(codes), 0.8 + 0.8 * len(codes)))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), count in np.ndenumerate(m):
-        ax.text(j, i, f"{count}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                color="white" if share[i, j] > 0.6 else "black")
-    ax.set_xticks(range(len(codes)), codes)
-    ax.set_yticks(range(len(codes)), codes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

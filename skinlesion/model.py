@@ -1,73 +1,39 @@
-"""Create the timm model; save and load a model folder in the timm / Hugging Face Hub format.
+"""Create the timm model (ImageNet weights even offline); save and load a model folder.
 
-A model folder is `model.safetensors` + `config.json` (`architecture`, `num_classes`,
-`label_names`, `pretrained_cfg`, plus this project's calibration: `temperature`,
-`thresholds`), so `timm.create_model("local-dir:<folder>", pretrained=True)` or
-`"hf-hub:<repo>"` loads it too. Weights are safetensors only: nothing is unpickled.
+A model folder is the timm / Hugging Face Hub format: `model.safetensors` + `config.json`
+(`architecture`, `num_classes`, `label_names`, `pretrained_cfg`, plus this project's `task`,
+decision rule and training record; spec.py reads it), so `timm.create_model(
+"local-dir:<folder>", pretrained=True)` or `"hf-hub:<repo>"` loads it too. Weights are
+safetensors only: nothing is unpickled.
 """
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import socket
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import urlparse
+from typing import Any
 
 import safetensors.torch
 import timm
 import torch
-import yaml
-from huggingface_hub import constants as hub_constants
 from timm.models import save_for_hf
+
+from .hub import hub_offline, hub_reachable
+from .spec import CONFIG_FILE, ModelFolderError, ModelSpec, read_spec
+from .tasks import Task
 
 log = logging.getLogger(__name__)
 
 ARCHITECTURE = "efficientnet_b0"
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-HUB_FILES = ["*.json", "*.safetensors", "*.md", "*.png"]  # what a model folder holds
-REQUIRED_CONFIG = ("architecture", "num_classes", "label_names", "pretrained_cfg")
-
-
-class ModelFolderError(ValueError):
-    """A model folder is missing, incomplete, or its config does not match its weights."""
 
 
 def data_config(image_size: int) -> dict[str, Any]:
     """Preprocessing stored in `pretrained_cfg`: the whole image squashed, no centre crop."""
     return {"input_size": (3, image_size, image_size), "crop_pct": 1.0, "crop_mode": "squash"}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the Hub endpoint, so an offline machine fails in seconds instead
-    of going through huggingface_hub's retries with back-off (a minute or more)."""
-    if hub_constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # the proxy decides; nothing to probe directly
-    url = urlparse(hub_constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def hub_offline() -> Iterator[None]:
-    """Cache-only Hub access for the duration (what HF_HUB_OFFLINE=1 does for a process)."""
-    saved = hub_constants.HF_HUB_OFFLINE
-    hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = saved
 
 
 # Where the ImageNet weights come from, recorded in a model folder's config ("initialisation").
@@ -167,50 +133,11 @@ def create_model(num_classes: int, architecture: str = ARCHITECTURE, pretrained:
     return model
 
 
-def read_config(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise ModelFolderError(f"model folder not found: {folder}")
-    if not path.is_file():
-        raise ModelFolderError(f"{folder} has no {CONFIG_FILE}: not a model folder")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelFolderError(f"{path} is not valid JSON: {error}") from None
-    missing = [k for k in REQUIRED_CONFIG if k not in config]
-    if missing:
-        raise ModelFolderError(f"{path} lacks {', '.join(missing)}")
-    if len(config["label_names"]) != config["num_classes"]:
-        raise ModelFolderError(f"{path}: {len(config['label_names'])} label_names but "
-                               f"num_classes = {config['num_classes']}")
-    return config
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a model folder is meant to be shared
-    os.replace(tmp, path)
-
-
-def write_config(folder: str | Path, config: dict[str, Any]) -> None:
-    _atomic_write_text(Path(folder) / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-
-
-def update_config(folder: str | Path, **values: Any) -> dict[str, Any]:
-    """Add or replace top-level config entries (calibration, training facts) in place."""
-    config = read_config(folder)
-    config.update(values)
-    write_config(folder, config)
-    return config
-
-
-def save_model_folder(model: torch.nn.Module, folder: str | Path, label_names: list[str], license: str,
+def save_model_folder(model: torch.nn.Module, folder: str | Path, task: Task,
                       extra: dict[str, Any] | None = None) -> None:
-    """Write weights + config; each file replaced atomically, so a crash never leaves a
-    half-written file behind (other files in the folder, such as the card, are kept)."""
+    """Write weights + config (the task's labels, licence and key, plus `extra`); each file
+    replaced atomically, so a crash never leaves a half-written file behind (other files in
+    the folder, such as the card, are kept)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # safetensors wants contiguous CPU tensors; channels_last training leaves them strided.
@@ -218,7 +145,8 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, label_names: l
     image_size = model.pretrained_cfg["input_size"][-1]
     with tempfile.TemporaryDirectory(dir=folder, prefix=".save.") as tmp:
         # The source cfg's tag and licence describe ImageNet weights, not these.
-        own = {"pretrained_cfg": {"tag": None, "license": license}, "label_names": list(label_names)}
+        own = {"pretrained_cfg": {"tag": None, "license": task.license}, "label_names": task.codes,
+               "task": task.key}
         save_for_hf(model, tmp, model_config={**own, **(extra or {})},
                     safe_serialization=True, data_config=data_config(image_size))
         for name in (WEIGHTS_FILE, CONFIG_FILE):
@@ -226,20 +154,11 @@ def save_model_folder(model: torch.nn.Module, folder: str | Path, label_names: l
             os.replace(Path(tmp) / name, folder / name)
 
 
-def read_card(folder: str | Path) -> tuple[dict[str, Any], str]:
-    """The model card's metadata (YAML front matter) and Markdown body; empty when absent."""
-    path = Path(folder) / CARD_FILE
-    text = path.read_text() if path.is_file() else ""
-    if text.startswith("---\n") and "\n---\n" in text[4:]:
-        head, body = text[4:].split("\n---\n", 1)
-        return yaml.safe_load(head) or {}, body
-    return {}, text
-
-
-def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     """Rebuild the model from config.json and load the weights strictly (eval mode, CPU)."""
     folder = Path(folder)
-    config = read_config(folder)
+    spec = read_spec(folder)
+    config = spec.config
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelFolderError(f"{folder} has no {WEIGHTS_FILE}")
@@ -259,4 +178,4 @@ def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict[str, An
             f"{folder}: the weights do not match config.json ({config['architecture']}, "
             f"{config['num_classes']} classes): " + " ".join(line.strip() for line in detail[:3])
         ) from None
-    return model.eval(), config
+    return model.eval(), spec

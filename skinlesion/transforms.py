@@ -30,8 +30,10 @@ def eval_transform(size: int) -> A.Compose:
 
 
 def train_transform(size: int, strength: float = 1.0) -> A.Compose:
-    """Augmentations that keep lesion semantics: dermoscopy has no up or left, so all eight
-    dihedral poses are free; scale/colour changes stay small (colour carries diagnosis)."""
+    """The training augmentations of every task: the eight dihedral poses (flips and quarter
+    turns), a small affine, mild colour jitter, noise or blur. A dermoscopic image has no up
+    or left; a steel strip image does (the rolling direction), but its defect type does not
+    change with the pose. Scale and colour changes stay small: colour carries diagnosis."""
     s = strength
     return A.Compose([
         resize(size),

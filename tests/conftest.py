@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinlesion.classes import class_table
+from skinlesion.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SKINLESION_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -29,7 +29,7 @@ def make_ham_folder(root: Path, per_class: int = 20, images_per_lesion: int = 2,
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     rows, n = [], 0
-    classes = class_table()
+    classes = get_task("ham10000").classes
     for k, info in enumerate(classes):
         for i in range(per_class):
             image_id = f"ISIC_{9000000 + n:07d}"
@@ -89,14 +89,13 @@ def trained_looking(model):
 @pytest.fixture(scope="session")
 def model_folder(tmp_path_factory) -> Path:
     """A small model folder (64 px) with calibration, as training writes it."""
-    from skinlesion.classes import class_codes
     from skinlesion.model import create_model, save_model_folder
     import torch
     folder = tmp_path_factory.mktemp("model") / "m"
     torch.manual_seed(0)  # the same body weights in every run, so the tests see the same maps
     model = trained_looking(create_model(7, image_size=64))
-    save_model_folder(model, folder, class_codes(), "cc-by-nc-sa-4.0", extra={
-        "task": "ham10000", "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2}})
+    save_model_folder(model, folder, get_task("ham10000"), extra={
+        "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2}})
     return folder
 
 

@@ -17,14 +17,14 @@ import pytest
 from PIL import Image
 
 from conftest import REAL_HAM, ROOT, SHARED_DATA
-from skinlesion.classes import class_codes
-from skinlesion.tasks import RESEARCH_DEMO as DISCLAIMER
+from skinlesion.tasks import get_task
+from skinlesion.tasks.dermoscopy import RESEARCH_DEMO as DISCLAIMER
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
-CODES = class_codes()
-NEU_CODES = class_codes("neu")
+CODES = get_task("ham10000").codes
+NEU_CODES = get_task("neu").codes
 
 
 def free_port() -> int:
@@ -75,7 +75,7 @@ def test_nothing_is_left_behind_after_the_app_stops(tmp_path, lesion):
     temp.mkdir()
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "SKINLESION_EXAMPLES": ""}
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "SKINLESION_DATA": ""}
     process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -214,26 +214,30 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
     assert screenshot.stat().st_size > 10_000
 
 
-def test_model_tab_and_placeholder_notice_follow_the_model_card(server):
+def test_model_tab_and_placeholder_notice_render_from_metrics_json(server):
     from playwright.sync_api import expect, sync_playwright
 
-    from skinlesion.inference import BUNDLED_MODEL
-    from skinlesion.model import read_card
+    from skinlesion.card import is_placeholder, read_metrics
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    meta, _ = read_card(BUNDLED_MODEL)
+    metrics = read_metrics(get_task("ham10000").model_folder)
+    test = metrics["splits"]["test"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page()
         page.goto(server[0])
         notice = page.locator("#model-notice")
-        if meta.get("model_status") == "placeholder":
+        if is_placeholder(metrics):
             expect(notice).to_contain_text("low-accuracy placeholder")
         else:
             expect(notice).to_be_hidden()
         page.get_by_role("tab", name="Model").click()
-        expect(page.get_by_text("Recall-first operating point").first).to_be_visible()
-        expect(page.get_by_text("Limitations of the data").first).to_be_visible()
+        card = page.locator("#model-card")
+        expect(card).to_contain_text("Recall-first operating point")
+        expect(card).to_contain_text("Limitations of the data")
+        # the headline row of the test split, with metrics.json's figures
+        for value in (test["balanced_accuracy"], test["macro_auc"], metrics["temperature"]):
+            expect(card).to_contain_text(f"{value:.3f}")
         browser.close()
 
 

@@ -13,8 +13,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from conftest import SHARED_DATA
 from skinlesion import Predictor
-from skinlesion.classes import class_codes
-from skinlesion.model import read_card
+from skinlesion.card import read_card
 from skinlesion.tasks import TASKS, get_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -35,15 +34,15 @@ def test_default_is_the_dermoscopy_model():
 
 
 def test_bundled_model_loads_with_its_calibration(bundled):
-    assert bundled.folder == get_task(bundled.task).model_folder and bundled.device.type == "cpu"
-    assert bundled.codes == class_codes(bundled.task) and bundled.rule.temperature > 0
-    if bundled.task == "ham10000":
+    assert bundled.folder == bundled.task.model_folder and bundled.device.type == "cpu"
+    assert bundled.codes == bundled.task.codes and bundled.rule.temperature > 0
+    if bundled.task.key == "ham10000":
         assert set(bundled.rule.thresholds) == {"akiec", "bcc", "mel"}
     else:
         assert not bundled.rule.thresholds and 0.5 <= bundled.rule.review_threshold < 1
     meta, body = read_card(bundled.folder)
-    assert meta["library_name"] == "timm" and meta["license"] == get_task(bundled.task).license
-    assert bundled.config["pretrained_cfg"]["license"] == get_task(bundled.task).license
+    assert meta["library_name"] == "timm" and meta["license"] == bundled.task.license
+    assert bundled.spec.config["pretrained_cfg"]["license"] == bundled.task.license
     assert meta["model_status"] in ("placeholder", "release")
     assert "Intended use" in body and "Limitations of the data" in body and "Where Grad-CAM looks" in body
 
@@ -53,17 +52,17 @@ def test_card_and_metrics_json_give_the_same_numbers(bundled):
     test, results = metrics["splits"]["test"], card_results(bundled)
     assert results["balanced_accuracy"] == round(test["balanced_accuracy"], 4)
     assert results["accuracy"] == round(test["accuracy"], 4)
-    assert len((FIXTURES / f"{bundled.task}_test_ids.txt").read_text().split()) == test["n"]
+    assert len((FIXTURES / f"{bundled.task.key}_test_ids.txt").read_text().split()) == test["n"]
     assert metrics["explanations"]["n"] == test["n"]
 
 
 def test_scores_on_the_committed_test_ids_match_the_card(bundled):
-    task = get_task(bundled.task)
+    task = bundled.task
     root = SHARED_DATA / task.data_folder
     if not root.is_dir():
         pytest.skip(f"{task.dataset} not found at {root}")
     labels = {r.image_id: (r.label, r.path) for r in task.load(root)}
-    ids = (FIXTURES / f"{bundled.task}_test_ids.txt").read_text().split()
+    ids = (FIXTURES / f"{bundled.task.key}_test_ids.txt").read_text().split()
     truth, predicted = [], []
     for image_id in ids:
         label, path = labels[image_id]
@@ -79,13 +78,13 @@ def test_shipped_weights_give_the_probabilities_measured_at_export(bundled):
     """train.export ships float16 weights only when no probability moves by more than 1e-3
     (else float32), and keeps the float32 model's probabilities of the first committed test
     ids: the shipped weights must still give them, within that tolerance."""
-    reference = FIXTURES / f"{bundled.task}_fp32_probabilities.csv"
+    reference = FIXTURES / f"{bundled.task.key}_fp32_probabilities.csv"
     if not reference.is_file():
-        pytest.skip(f"the bundled {bundled.task} model was not exported through train.export")
+        pytest.skip(f"the bundled {bundled.task.key} model was not exported through train.export")
     state = safetensors.torch.load_file(bundled.folder / "model.safetensors")
     assert {v.dtype for v in state.values() if v.is_floating_point()} <= {torch.float16, torch.float32}
     assert next(bundled.model.parameters()).dtype == torch.float32  # loading casts float16 back
-    task = get_task(bundled.task)
+    task = bundled.task
     root = SHARED_DATA / task.data_folder
     if not root.is_dir():
         pytest.skip(f"{task.dataset} not found at {root}")

@@ -9,10 +9,12 @@ import torch
 from PIL import Image
 
 from conftest import REAL_HAM, REAL_NEU as NEU, make_ham_folder, needs_real_ham, needs_real_neu
-from skinlesion.classes import class_codes
-from skinlesion.data import (SPLITS, DataError, ImageDataset, ham_lesion_mask, load_ham10000, load_images,
-                             load_neu, neu_box_mask, read_split, split_records, stratified_subset,
+from skinlesion.data import (SPLITS, DataError, ImageDataset, load_images,
+                             read_split, split_records, stratified_subset,
                              write_split)
+from skinlesion.tasks import get_task
+from skinlesion.tasks.dermoscopy import ham_lesion_mask, load_ham10000
+from skinlesion.tasks.steel import load_neu, neu_box_mask
 from skinlesion.transforms import eval_transform, resizer
 
 
@@ -173,7 +175,7 @@ def test_too_small_dataset_gets_a_clear_split_error(tmp_path):
 def test_neu_reader_counts_balance_and_duplicate_pair():
     records = load_neu(NEU)
     assert len(records) == 1800
-    assert Counter(r.label for r in records) == {c: 300 for c in class_codes("neu")}
+    assert Counter(r.label for r in records) == {c: 300 for c in get_task("neu").codes}
     duplicate = {r.image_id: r.lesion_id for r in records if r.image_id in ("patches_101", "patches_105")}
     assert duplicate["patches_101"] == duplicate["patches_105"]
     assert len({r.lesion_id for r in records}) == 1799

@@ -7,11 +7,11 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion import Predictor
-from skinlesion.classes import class_codes
 from skinlesion.decision import DecisionRule, softmax
-from skinlesion.model import read_config
+from skinlesion.spec import read_config
+from skinlesion.tasks import get_task
 
-CODES = class_codes()
+CODES = get_task("ham10000").codes
 
 
 def imbalanced(n=4000, seed=0):
@@ -39,7 +39,7 @@ def test_balanced_classes_keep_the_argmax():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 300)
     logits = rng.normal(0, 1, (len(labels), 6)) + 2.5 * np.eye(6)[labels]
-    rule, tau = DecisionRule.fit(logits, labels, class_codes("neu"), "neu")
+    rule, tau = DecisionRule.fit(logits, labels, get_task("neu").codes, "neu")
     probs = rule.probabilities(logits)
     assert np.array_equal(rule.decide(probs), probs.argmax(1))
     assert rule.thresholds == {} and 0 < rule.review_threshold <= 1
@@ -65,24 +65,23 @@ def test_evaluation_and_serving_decide_alike(tiny_run):
     for row in rows:
         probabilities = {c: float(row[f"p_{c}"]) for c in CODES}
         assert predictor.decide(probabilities) == row["predicted"]
-        assert predictor.triage(probabilities) == DecisionRule.from_config(config).verdict(
-            probabilities, predictor.task_info.disclaimer)
+        assert predictor.triage(probabilities) == DecisionRule.from_config(config).verdict(probabilities)
 
 
 def test_verdict_names_the_decided_class_not_the_argmax():
     rule = DecisionRule(tuple(CODES), "ham10000", class_bias=(0, 0, 0, 3.0, 0, 0, 0))
     probabilities = dict(zip(CODES, [0.0, 0.0, 0.02, 0.13, 0.0, 0.85, 0.0]))
     assert CODES[int(rule.decide(np.array(list(probabilities.values()))))] == "df"
-    verdict = rule.verdict(probabilities, "d")
+    verdict = rule.verdict(probabilities)
     assert verdict.level == "clear" and verdict.detail.startswith("Classified as Dermatofibroma (13%)")
 
 
 @pytest.mark.parametrize("task", ["ham10000", "neu"])
 def test_steel_rule_sends_doubtful_answers_to_review(task):
-    codes = class_codes(task)
+    codes = get_task(task).codes
     rule = DecisionRule(tuple(codes), task, review_threshold=0.8)
     flat = {c: 1 / len(codes) for c in codes}
-    assert rule.verdict(flat, "d").level == ("review" if task == "neu" else "uncertain")
+    assert rule.verdict(flat).level == ("review" if task == "neu" else "uncertain")
 
 
 def test_perfect_validation_keeps_the_raw_probabilities():
@@ -90,5 +89,36 @@ def test_perfect_validation_keeps_the_raw_probabilities():
     100 %, which would switch manual review off; T stays 1."""
     labels = np.repeat(np.arange(6), 50)
     logits = 4.0 * np.eye(6)[labels]
-    rule, _ = DecisionRule.fit(logits, labels, class_codes("neu"), "neu")
+    rule, _ = DecisionRule.fit(logits, labels, get_task("neu").codes, "neu")
     assert rule.temperature == 1.0 and rule.review_threshold == 0.5
+
+
+def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_run):
+    """Evaluation's path (a loader of in-memory images → logits → the stored rule) and serving's
+    (Predictor.predict → decide → triage) agree on probabilities, decided class and verdict."""
+    from skinlesion.data import Record
+    from skinlesion.model import load_model_folder
+    from skinlesion.transforms import eval_transform
+    from train.engine import make_loader, pick_device, predict_logits, prepare_splits
+
+    folder = tiny_run / "model"
+    model, spec = load_model_folder(folder)
+    paths = sorted((tiny_run.parent / "ham" / "images").glob("*.jpg"))[::9]
+    records = [Record(p.stem, p.stem, "nv", p) for p in paths]
+    data = prepare_splits(records, spec.input_size, 0, None, spec.codes,
+                          split_file=_all_in_test(tiny_run, records))["test"]
+    logits = predict_logits(model, make_loader(data, eval_transform(spec.input_size), 8, 0, shuffle=False),
+                            pick_device("cpu"))
+    probs = spec.rule.probabilities(logits)
+    predictor = Predictor.from_pretrained(folder)
+    for path, row, decided in zip(paths, probs, spec.rule.decide(probs)):
+        served = predictor.predict(path)
+        assert np.allclose([served[c] for c in spec.codes], row, atol=1e-5)
+        assert predictor.decide(served) == spec.codes[int(decided)]
+        assert predictor.triage(served) == spec.rule.verdict(dict(zip(spec.codes, row)))
+
+
+def _all_in_test(run, records):
+    path = run.parent / "all-test-split.csv"
+    path.write_text("image_id,lesion_id,label,split\n" + "".join(f"{r.image_id},{r.lesion_id},nv,test\n" for r in records))
+    return path

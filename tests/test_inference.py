@@ -15,8 +15,8 @@ from PIL import Image
 from conftest import ROOT
 from skinlesion import Predictor
 from skinlesion.inference import InputError, load_image
-from skinlesion.tasks import RESEARCH_DEMO as DISCLAIMER
-from skinlesion.model import ModelFolderError
+from skinlesion.spec import ModelFolderError
+from skinlesion.tasks.dermoscopy import RESEARCH_DEMO as DISCLAIMER
 
 
 @pytest.fixture

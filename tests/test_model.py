@@ -13,19 +13,20 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from conftest import trained_looking
-from skinlesion.classes import class_codes
-from skinlesion.model import (INIT_LITE0, INIT_RANDOM, ModelFolderError, create_model, lite0_state_dict,
-                              load_model_folder, read_config, save_model_folder, transplant_lite0,
-                              update_config)
+from skinlesion.model import (INIT_LITE0, INIT_RANDOM, create_model, lite0_state_dict, load_model_folder,
+                              save_model_folder, transplant_lite0)
+from skinlesion.spec import ModelFolderError, read_config, update_config
+from skinlesion.tasks import get_task
 
-CODES = class_codes()
+HAM = get_task("ham10000")
+CODES = HAM.codes
 
 
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)
     model = trained_looking(create_model(len(CODES), image_size=64)).eval()
-    save_model_folder(model, tmp_path / "m", CODES, "cc-by-nc-sa-4.0", extra={"task": "ham10000", "temperature": 1.3})
+    save_model_folder(model, tmp_path / "m", HAM, extra={"temperature": 1.3})
     return model, tmp_path / "m"
 
 
@@ -44,19 +45,19 @@ def test_folder_is_in_timm_hub_format(saved):
 def test_round_trip_gives_identical_outputs_also_through_timm(saved):
     model, folder = saved
     x = torch.randn(2, 3, 64, 64)
-    loaded, config = load_model_folder(folder)
+    loaded, spec = load_model_folder(folder)
     via_timm = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     with torch.no_grad():
         assert model(x).std() > 0.01  # a real comparison, not of constant outputs
         assert torch.equal(model(x), loaded(x))
         assert torch.allclose(model(x), via_timm(x), atol=1e-6)
     assert via_timm.pretrained_cfg["label_names"] == CODES
-    assert config["task"] == "ham10000"
+    assert spec.task.key == "ham10000" and spec.input_size == 64 and spec.rule.temperature == 1.3
 
 
 def test_channels_last_models_save_fine(tmp_path):
     model = trained_looking(create_model(7, image_size=32)).to(memory_format=torch.channels_last).eval()
-    save_model_folder(model, tmp_path / "m", CODES, "cc-by-nc-sa-4.0")
+    save_model_folder(model, tmp_path / "m", HAM)
     loaded, _ = load_model_folder(tmp_path / "m")
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -66,9 +67,13 @@ def test_channels_last_models_save_fine(tmp_path):
 def test_config_that_does_not_match_the_weights_fails_clearly(saved):
     _, folder = saved
     config = read_config(folder)
-    config.update(num_classes=6, label_names=CODES[:6])
+    config.update(architecture="efficientnet_lite0")  # B0's weights, without squeeze-excite
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelFolderError, match=r"weights do not match config.json \(efficientnet_b0, 6 classes\).*classifier"):
+    with pytest.raises(ModelFolderError, match=r"weights do not match config.json \(efficientnet_lite0, 7 classes\).*se\."):
+        load_model_folder(folder)
+    config.update(architecture="efficientnet_b0", num_classes=6, label_names=CODES[:6])
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match=r"labels \[.*\] are not the classes of task 'ham10000'"):
         load_model_folder(folder)
 
 
@@ -92,7 +97,7 @@ def test_weights_are_safetensors_only(saved):
 
 
 def offline(monkeypatch):
-    monkeypatch.setattr("skinlesion.model.hub_constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("skinlesion.hub.hub_constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
 
 

@@ -14,9 +14,10 @@ import yaml
 from conftest import REAL_HAM, REAL_NEU, ROOT, make_ham_folder, needs_real_ham, needs_real_neu, run_train
 from skinlesion.decision import softmax
 from skinlesion.model import load_model_folder
-from train.__main__ import class_weights, learning_rate, parse_args
+from train.__main__ import parse_args
+from train.loop import class_weights, learning_rate
 from train.engine import make_loader, pick_device, predict_logits, prepare_splits
-from skinlesion.data import load_ham10000
+from skinlesion.tasks.dermoscopy import load_ham10000
 from skinlesion.transforms import eval_transform
 
 
@@ -55,9 +56,10 @@ def test_run_folder_has_everything(tiny_run):
 
 
 def test_reloaded_model_predicts_what_training_measured(tiny_run, tmp_path):
-    model, config = load_model_folder(tiny_run / "model")
+    model, spec = load_model_folder(tiny_run / "model")
+    config = spec.config
     data = tiny_run.parent / "ham"
-    splits = prepare_splits(load_ham10000(data), 32, 0, None, "ham10000", split_file=tiny_run / "split.csv")
+    splits = prepare_splits(load_ham10000(data), 32, 0, None, spec.codes, split_file=tiny_run / "split.csv")
     logits = predict_logits(model, make_loader(splits["val"], eval_transform(32), 64, 0, shuffle=False),
                             pick_device("cpu"))
     probs = softmax(logits, config["temperature"])
@@ -165,8 +167,8 @@ def test_tiny_real_training_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     split = read_csv(out / "split.csv")
     assert 290 <= len(split) <= 300 and {r["label"] for r in split} == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
-    model, config = load_model_folder(out / "model")
-    assert config["training"]["max_samples"] == 300 and config["pretrained_cfg"]["input_size"] == [3, 64, 64]
+    model, spec = load_model_folder(out / "model")
+    assert spec.training["max_samples"] == 300 and spec.input_size == 64
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["splits"]["test"]["n"] == sum(r["split"] == "test" for r in split)
 

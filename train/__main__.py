@@ -1,4 +1,4 @@
-"""Train an EfficientNet-B0: python -m train --data DIR --out DIR [--task ham10000|neu] [options].
+"""Train an EfficientNet-B0: python -m train --data DIR --out DIR [--task TASK] [options].
 
 Writes OUT/model/ (the model folder), OUT/split.csv, OUT/checkpoint.pt (every epoch, atomic;
 --resume continues from it), then evaluates the best epoch on validation + test:
@@ -9,32 +9,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from sklearn.metrics import balanced_accuracy_score
-from timm.optim import param_groups_weight_decay
-from timm.utils import ModelEmaV3
-from tqdm import tqdm
 
-from skinlesion.classes import DEFAULT_TASK, class_codes
 from skinlesion.data import DataError, write_split
-from skinlesion.model import ARCHITECTURE, create_model, load_model_folder, save_model_folder
-from skinlesion.tasks import TASKS, get_task
+from skinlesion.model import ARCHITECTURE, load_model_folder, save_model_folder
+from skinlesion.tasks import DEFAULT_TASK, TASKS, Task, get_task
 from skinlesion.transforms import eval_transform, train_transform
 
-from .engine import (autocast_dtype, make_loader, pick_device, predict_logits, prepare_splits,
-                     to_input)
-from .evaluate import evaluate
+from .engine import SplitData, make_loader, prepare_splits
+from .evaluate import EvalOptions, evaluate
+from .loop import WEIGHT_SCHEMES, Trainer
 
 log = logging.getLogger("train")
-WEIGHT_SCHEMES = ("inverse", "inverse-sqrt", "none")
 CHECKPOINT = "checkpoint.pt"
 # Settings that must match for --resume to continue the same run.
 RUN_IDENTITY = ("task", "data", "seed", "max_samples", "image_size", "epochs", "batch_size", "architecture",
@@ -45,10 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="YAML file of option: value (names as below, '_' for '-')")
-    p.add_argument("--data", type=Path, help="the task's data folder (HAM10000: metadata CSV + images; "
-                   "NEU: images/ and annotations/)")
+    p.add_argument("--data", type=Path, help="the task's data folder (its reader in skinlesion/tasks/ "
+                   "says what it holds; README: Data)")
     p.add_argument("--out", type=Path, help="run folder to write")
-    p.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS))
+    p.add_argument("--task", default=DEFAULT_TASK, choices=list(TASKS))
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
@@ -93,24 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def class_weights(labels: np.ndarray, num_classes: int, scheme: str) -> torch.Tensor:
-    """Loss weights from the training split's class frequencies, scaled so the average
-    weight per training image is 1 (the loss keeps its scale whatever the scheme)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    if scheme == "none":
-        return torch.ones(num_classes)
-    power = 1.0 if scheme == "inverse" else 0.5
-    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1) ** power, 0.0)
-    weights *= counts.sum() / (weights * counts).sum()
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def learning_rate(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warm-up, then cosine decay to `floor`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+class ResumeError(ValueError):
+    """--resume with a checkpoint of other settings: continuing would mix two runs."""
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -123,150 +99,107 @@ def run_identity(args: argparse.Namespace) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in RUN_IDENTITY}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    out, model_dir, checkpoint_path = args.out, args.out / "model", args.out / CHECKPOINT
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    codes = class_codes(args.task)
-
-    try:
-        records = get_task(args.task).load(args.data)
-        log.info("%d images, %d groups (lesions / duplicates) in %s", len(records),
-                 len({r.lesion_id for r in records}), args.data)
-        splits = prepare_splits(records, args.image_size, args.seed, args.max_samples, args.task,
-                                workers=args.workers + 1)
-    except DataError as error:
-        log.error("%s", error)
-        return 2
+def load_splits(args: argparse.Namespace, task: Task) -> dict[str, SplitData]:
+    """The task's records, split by lesion and decoded; DataError when a split is empty."""
+    records = task.load(args.data)
+    log.info("%d images, %d groups (lesions / duplicates) in %s", len(records),
+             len({r.lesion_id for r in records}), args.data)
+    splits = prepare_splits(records, args.image_size, args.seed, args.max_samples, task.codes,
+                            workers=args.workers + 1)
     for name, data in splits.items():
-        counts = np.bincount(data.labels, minlength=len(codes))
-        log.info("%-5s %5d images  %s", name, len(data.labels), " ".join(f"{c}={n}" for c, n in zip(codes, counts)))
+        counts = np.bincount(data.labels, minlength=len(task.codes))
+        log.info("%-5s %5d images  %s", name, len(data.labels),
+                 " ".join(f"{c}={n}" for c, n in zip(task.codes, counts)))
         if len(data.labels) == 0:
-            log.error("the %s split is empty: use more samples (--max-samples)", name)
-            return 2
-    write_split(out / "split.csv", [r for d in splits.values() for r in d.records],
+            raise DataError(f"the {name} split is empty: use more samples (--max-samples)")
+    write_split(args.out / "split.csv", [r for d in splits.values() for r in d.records],
                 {r.image_id: name for name, d in splits.items() for r in d.records})
+    return splits
 
-    device = pick_device(args.device)
-    amp_dtype = autocast_dtype(device, args.amp)
-    channels_last = True if args.channels_last is None else args.channels_last
-    log.info("device %s, precision %s%s", device, amp_dtype or torch.float32,
-             ", channels_last" if channels_last else "")
 
-    model = create_model(len(codes), architecture=args.architecture, pretrained=args.pretrained,
-                         image_size=args.image_size, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
-    log.info("initialisation: %s", model.initialisation)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    ema = ModelEmaV3(model, decay=args.ema_decay, use_warmup=True) if args.ema_decay > 0 else None
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+def resume(trainer: Trainer, args: argparse.Namespace) -> tuple[int, float, list[dict]]:
+    """(first epoch, best validation score, history): from OUT/checkpoint.pt with --resume."""
+    path = args.out / CHECKPOINT
+    if not args.resume:
+        return 1, -1.0, []
+    if not path.is_file():
+        log.warning("--resume: no %s yet; starting from scratch", path)
+        return 1, -1.0, []
+    state = torch.load(path, map_location=trainer.device, weights_only=True)
+    if state["identity"] != run_identity(args):
+        raise ResumeError(f"{path} was made with different settings {state['identity']}; resume with the "
+                         "same ones or use another --out")
+    trainer.restore(state)
+    log.info("resuming from %s after epoch %d (best val balanced accuracy %.4f)", path, state["epoch"],
+             state["best_score"])
+    return state["epoch"] + 1, state["best_score"], state["history"]
 
-    train_data = splits["train"]
-    weights = class_weights(train_data.labels, len(codes), args.class_weights)
-    log.info("class weights (%s): %s", args.class_weights, " ".join(f"{c}={w:.2f}" for c, w in zip(codes, weights)))
-    criterion = torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=args.label_smoothing)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=args.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_data, train_transform(args.image_size, args.aug_strength),
+def training_record(args: argparse.Namespace, trainer: Trainer, epoch: int, weights: str, score: float) -> dict:
+    """What config.json's `training` says about how the saved weights were made."""
+    return {**run_identity(args), "data": Path(args.data).name, "best_epoch": epoch, "weights": weights,
+            "val_balanced_accuracy": score, "device": str(trainer.device),
+            "precision": str(trainer.amp_dtype or torch.float32),
+            "initialisation": trainer.model.initialisation,
+            **{k: getattr(args, k) for k in ("lr", "class_weights", "label_smoothing", "ema_decay",
+                                             "aug_strength", "pretrained")}}
+
+
+def fit(trainer: Trainer, args: argparse.Namespace, task: Task, splits: dict[str, SplitData]) -> list[dict]:
+    """Train for the remaining epochs; after each, keep the better of the raw and EMA weights in
+    OUT/model when validation balanced accuracy improved, and checkpoint. Returns the history."""
+    pin = trainer.device.type == "cuda"
+    train_loader = make_loader(splits["train"], train_transform(args.image_size, args.aug_strength),
                                args.batch_size, args.workers, shuffle=True, seed=args.seed, pin_memory=pin)
     val_loader = make_loader(splits["val"], eval_transform(args.image_size), args.batch_size * 2,
                              args.workers, shuffle=False, pin_memory=pin)
-    steps_per_epoch = len(train_loader)
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)
-
-    start_epoch, step, best_score, history = 1, 0, -1.0, []
-    if args.resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["identity"] != run_identity(args):
-            log.error("%s was made with different settings %s; resume with the same ones or use "
-                      "another --out", checkpoint_path, state["identity"])
-            return 2
-        model.load_state_dict(state["model"])
-        if ema is not None and state["ema"] is not None:
-            ema.module.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        best_score, history = state["best_score"], state["history"]
-        log.info("resuming from %s after epoch %d (best val balanced accuracy %.4f)",
-                 checkpoint_path, state["epoch"], best_score)
-    elif args.resume:
-        log.warning("--resume: no %s yet; starting from scratch", checkpoint_path)
-
+    total_steps = args.epochs * len(train_loader)
+    warmup_steps = round(args.warmup_epochs * len(train_loader))
+    start_epoch, best_score, history = resume(trainer, args)
     for epoch in range(start_epoch, args.epochs + 1):
-        model.train()
-        started, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch",
-                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
-        for batch, target in bar:
-            lr = learning_rate(step, total_steps, warmup_steps, args.lr, args.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = to_input(batch, device, mean, std, channels_last)
-            y = target.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = criterion(model(x), y)
-            if not torch.isfinite(loss):
-                log.error("the loss became %s at step %d: lower --lr or turn off --amp", loss.item(), step)
-                return 3
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            if ema is not None:
-                ema.update(model, step=step)
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}",
-                            img_s=f"{seen / (time.perf_counter() - started):.0f}")
-        bar.close()
-        seconds = time.perf_counter() - started
-
-        candidates = {"model": model, **({"ema": ema.module} if ema is not None else {})}
-        scores = {name: balanced_accuracy_score(
-                      splits["val"].labels,
-                      predict_logits(m, val_loader, device, amp_dtype, channels_last).argmax(1))
-                  for name, m in candidates.items()}
+        record = trainer.train_one_epoch(train_loader, epoch, total_steps, warmup_steps)
+        scores = trainer.validation_scores(val_loader, splits["val"].labels)
         chosen = max(scores, key=scores.get)
         improved = scores[chosen] > best_score
         if improved:
             best_score = scores[chosen]
-            save_model_folder(candidates[chosen], model_dir, codes, get_task(args.task).license, extra={
-                "task": args.task,
-                "training": {**run_identity(args), "data": Path(args.data).name, "best_epoch": epoch,
-                             "weights": chosen, "val_balanced_accuracy": best_score,
-                             "device": str(device), "precision": str(amp_dtype or torch.float32),
-                             "initialisation": model.initialisation,
-                             **{k: getattr(args, k) for k in ("lr", "class_weights", "label_smoothing",
-                                                              "ema_decay", "aug_strength", "pretrained")}}})
-        history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr,
-                        "images_per_s": seen / seconds, "seconds": seconds,
-                        **{f"val_balanced_accuracy_{n}": s for n, s in scores.items()}})
+            save_model_folder(trainer.candidates()[chosen], args.out / "model", task,
+                              extra={"training": training_record(args, trainer, epoch, chosen, best_score)})
+        history.append({**record, **{f"val_balanced_accuracy_{n}": s for n, s in scores.items()}})
         log.info("epoch %d/%d  loss %.4f  %.0f img/s  val balanced accuracy %s%s", epoch, args.epochs,
-                 history[-1]["train_loss"], history[-1]["images_per_s"],
-                 "  ".join(f"{n} {s:.4f}" for n, s in scores.items()), "  (best, saved)" if improved else "")
-        save_checkpoint(checkpoint_path, {
-            "identity": run_identity(args), "epoch": epoch, "step": step, "best_score": best_score,
-            "history": history, "model": model.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()})
+                 record["train_loss"], record["images_per_s"], "  ".join(f"{n} {s:.4f}" for n, s in scores.items()),
+                 "  (best, saved)" if improved else "")
+        save_checkpoint(args.out / CHECKPOINT, {"identity": run_identity(args), "epoch": epoch,
+                                                "best_score": best_score, "history": history, **trainer.state()})
+    return history
 
-    best, config = load_model_folder(model_dir)
-    best.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    metrics = evaluate(best, config, splits, model_dir, out, device, amp_dtype, channels_last,
-                       args.batch_size * 2, args.workers, extra={"history": history},
-                       data_root=None if args.no_explanations else args.data)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    task = get_task(args.task)
+    try:
+        splits = load_splits(args, task)
+        trainer = Trainer.build(args, task, splits["train"].labels)
+        history = fit(trainer, args, task, splits)
+    except (DataError, ResumeError) as error:
+        log.error("%s", error)
+        return 2
+    except FloatingPointError as error:
+        log.error("%s", error)
+        return 3
+
+    best, spec = load_model_folder(args.out / "model")
+    best.to(trainer.device, memory_format=torch.channels_last if trainer.channels_last else torch.contiguous_format)
+    options = EvalOptions(trainer.device, trainer.amp_dtype, trainer.channels_last, args.batch_size * 2,
+                          args.workers, data_root=None if args.no_explanations else args.data)
+    metrics = evaluate(best, spec, splits, args.out / "model", args.out, options, extra={"history": history})
     test = metrics["splits"]["test"]
     log.info("best epoch %d: test balanced accuracy %.4f, accuracy %.4f, macro AUC %s; wrote %s",
-             config["training"]["best_epoch"], test["balanced_accuracy"], test["accuracy"],
-             f"{test['macro_auc']:.4f}" if test["macro_auc"] is not None else "n/a", out)
+             spec.training["best_epoch"], test["balanced_accuracy"], test["accuracy"],
+             f"{test['macro_auc']:.4f}" if test["macro_auc"] is not None else "n/a", args.out)
     return 0
 
 

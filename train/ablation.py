@@ -16,18 +16,16 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
+from skinlesion.card import f, table
 from skinlesion.decision import DecisionRule
 from skinlesion.metrics import expected_calibration_error, macro_auc
 from skinlesion.model import load_model_folder
-from skinlesion.tasks import get_task
 from skinlesion.transforms import eval_transform
 
 from .engine import make_loader, pick_device, predict_logits, prepare_splits
-from .report import _f, _table
 
 log = logging.getLogger("train.ablation")
 
@@ -47,23 +45,20 @@ class Flipped(torch.nn.Module):
 
 
 def score(run: Path, data: Path, device: torch.device) -> dict:
-    model, config = load_model_folder(run / "model")
-    task = config.get("task", "ham10000")
-    size = config["pretrained_cfg"]["input_size"][-1]
-    splits = prepare_splits(get_task(task).load(data), size, 0, None, task, split_file=run / "split.csv")
-    codes = config["label_names"]
-    row: dict = {"run": run.name, **{k: config["training"].get(k) for k in (
+    model, spec = load_model_folder(run / "model")
+    splits = prepare_splits(spec.task.load(data), spec.input_size, 0, None, spec.codes, split_file=run / "split.csv")
+    row: dict = {"run": run.name, **{k: spec.training.get(k) for k in (
         "initialisation", "image_size", "epochs", "best_epoch", "class_weights")},
-        "architecture": config["architecture"]}
+        "architecture": spec.architecture}
     history = json.loads((run / "metrics.json").read_text()).get("history", [])
     row["train_minutes"] = sum(h["seconds"] for h in history) / 60
     labels = {s: splits[s].labels for s in ("val", "test")}
-    loaders = {s: make_loader(splits[s], eval_transform(size), 128, 0, shuffle=False) for s in labels}
+    loaders = {s: make_loader(splits[s], eval_transform(spec.input_size), 128, 0, shuffle=False) for s in labels}
     temperature = None
     for name in ("plain", "tta"):  # TTA: the mirror images averaged at the plain rule's temperature
         net = model if temperature is None else Flipped(model, temperature)
         logits = {s: predict_logits(net.to(device), loaders[s], device) for s in labels}
-        rule, _ = DecisionRule.fit(logits["val"], labels["val"], codes, task)
+        rule, _ = DecisionRule.fit(logits["val"], labels["val"], spec.codes, spec.task.key)
         temperature = rule.temperature
         for s in labels:
             probs = rule.probabilities(logits[s])
@@ -80,10 +75,10 @@ def render(rows: list[dict]) -> str:
               "test BA rule + flip TTA", "test macro AUC", "test ECE"]
     body = [[r["run"], r["initialisation"], r["architecture"], r["image_size"], f"{r['epochs']} ({r['best_epoch']})",
              r["class_weights"], f"{r['train_minutes']:.0f}",
-             _f(r["plain_val_argmax"]), _f(r["plain_val_rule"]), _f(r["plain_test_argmax"]),
-             _f(r["plain_test_rule"]), _f(r["tta_test_rule"]), _f(r["plain_test_auc"]), _f(r["plain_test_ece"])]
+             f(r["plain_val_argmax"]), f(r["plain_val_rule"]), f(r["plain_test_argmax"]),
+             f(r["plain_test_rule"]), f(r["tta_test_rule"]), f(r["plain_test_auc"]), f(r["plain_test_ece"])]
             for r in rows]
-    return _table(header, body)
+    return table(header, body)
 
 
 def main(argv: list[str] | None = None) -> int:

