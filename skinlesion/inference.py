@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -121,7 +121,7 @@ class Predictor:
         self.folder = Path(folder) if folder is not None else None  # the card and plots live there
         self.task, self.codes, self.rule = spec.task, list(spec.codes), spec.rule
         self._transform = eval_transform(spec.input_size)
-        self._layer = last_stage(self.model)
+        self.layer = last_stage(self.model)
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
@@ -136,8 +136,12 @@ class Predictor:
 
     def preprocess(self, image: ImageInput) -> tuple[np.ndarray, torch.Tensor]:
         rgb = load_image(image)
-        batch = self._transform(image=rgb)["image"].unsqueeze(0).to(self.device)
-        return rgb, normalize(batch, self.spec.mean, self.spec.std).contiguous(memory_format=torch.channels_last)
+        return rgb, self.to_batch([rgb])
+
+    def to_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Checked RGB arrays → the model's normalised input batch (resized as in training)."""
+        batch = torch.stack([self._transform(image=rgb)["image"] for rgb in images]).to(self.device)
+        return normalize(batch, self.spec.mean, self.spec.std).contiguous(memory_format=torch.channels_last)
 
     def _probabilities(self, logits: torch.Tensor) -> dict[str, float]:
         probs = self.rule.probabilities(logits.float().cpu().numpy()).mean(0)
@@ -150,7 +154,7 @@ class Predictor:
         """The decided class: the arg-max after the class bias fitted for balanced accuracy."""
         return self.codes[int(self.rule.decide(np.array([probabilities[c] for c in self.codes])))]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, image: ImageInput, tta: bool | None = None) -> dict[str, float]:
         """Calibrated probability of every class (summing to 1); with `tta`, averaged over
         the image and its horizontal and vertical mirror images."""
@@ -159,13 +163,20 @@ class Predictor:
             x = torch.cat([x, x.flip(-1), x.flip(-2)])
         return self._probabilities(self.model(x))
 
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        """Calibrated probabilities of checked RGB arrays (`load_image`'s output), in one
+        forward pass: the batch path of `python -m skinlesion predict` and the Batch tab."""
+        probs = self.rule.probabilities(self.model(self.to_batch(images)).float().cpu().numpy())
+        return [{code: float(p) for code, p in zip(self.codes, row)} for row in probs]
+
     def explain(self, image: ImageInput, target: str | None = None,
                 opacity: float = OVERLAY_OPACITY) -> Explanation:
         """Grad-CAM for `target` or the decided class, and the probabilities, from one pass."""
         if target is not None and target not in self.codes:
             raise InputError(f"unknown class {target!r}; choose one of {', '.join(self.codes)}")
         rgb, x = self.preprocess(image)
-        cam, logits, index = grad_cam(self.model, self._layer, x,
+        cam, logits, index = grad_cam(self.model, self.layer, x,
                                       self._decided_index if target is None else self.codes.index(target))
         heatmap = upsample_heatmap(cam, rgb.shape[:2])
         return Explanation(rgb, heatmap, overlay(rgb, heatmap, opacity), self.codes[index],

@@ -7,15 +7,26 @@ the decoding are the Predictor's, and a bad file gets its message as a `gr.Error
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
 
+from .batch import BatchError, Item, analyse, check_limits, expand, write_csv
 from .card import card_body, is_placeholder, read_metrics
 from .explain import OVERLAY_OPACITY, overlay
-from .inference import InputError, Predictor
+from .inference import InputError, Predictor, load_image
+from .tasks import ClassInfo
+from .tiles import TiledAnswer, analyse_tiles, classify_tiles, where, worth_tiling
 
+BATCH_HEADERS = ["file", "decided class", "probability", "verdict", "error"]
+BATCH_CSV_KEPT_S = 600  # the server's copy of a batch CSV; the download itself is Gradio's cached copy
+TILE_AUTO = "auto"
+TILE_CHOICES = [("Auto (on for steel strips)", TILE_AUTO), ("On", "on"), ("Off", "off")]
 TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
 VERDICT_COLOURS = {"refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
                    "review": "#e65100", "defect": "#1565c0"}
@@ -36,10 +47,15 @@ class TaskView:
     model_card: str           # the Model tab, rendered from the model folder's metrics.json
     confusion_matrix: str | None
     targets: list[tuple[str, str]]  # the "Explain class" choices
-    examples: list[str]
+    examples: list[str]             # one image per class from a local copy of the data
+    example_labels: list[str]       # each example's true class
+
+    @property
+    def samples(self) -> list[list[str]]:
+        return [[e] for e in self.examples]
 
     @classmethod
-    def of(cls, predictor: Predictor, examples: list[str]) -> "TaskView":
+    def of(cls, predictor: Predictor, examples: list[tuple[str, str]]) -> "TaskView":
         task = predictor.task
         metrics = read_metrics(predictor.folder) if predictor.folder else None
         matrix = predictor.folder / "confusion_matrix.png" if predictor.folder else None
@@ -54,8 +70,15 @@ class TaskView:
                                   if not line.startswith("![")) if metrics  # the image is shown below it
                         else "No measured results (metrics.json) in the model folder."),
             confusion_matrix=str(matrix) if matrix and matrix.is_file() else None,
-            targets=[("Decided class", TOP_CLASS)] + [(f"{c.code} — {c.name}", c.code) for c in task.classes],
-            examples=examples)
+            targets=[("Decided class", TOP_CLASS)] + [(display_name(c), c.code) for c in task.classes],
+            examples=[path for path, _ in examples],
+            example_labels=[f"{display_name(task.info(code))}, true class" for _, code in examples])
+
+
+def display_name(info: ClassInfo) -> str:
+    """How the page names a class: the full name, with the code the API uses."""
+    return f"{info.name} ({info.code})"
+
 
 
 def placeholder_notice(metrics: dict | None) -> str:
@@ -79,8 +102,9 @@ def verdict_html(level: str, headline: str, detail: str) -> str:
             f"<div>{detail}</div></div>")
 
 
-def example_images(predictor: Predictor, data_root: str | None) -> list[str]:
-    """One image per class from a local copy of the task's data, when there is one (never committed)."""
+def example_images(predictor: Predictor, data_root: str | None) -> list[tuple[str, str]]:
+    """(file, true class) of one image per class from a local copy of the task's data, when
+    there is one (never committed)."""
     if not data_root:
         return []
     task = predictor.task
@@ -91,7 +115,7 @@ def example_images(predictor: Predictor, data_root: str | None) -> list[str]:
     first: dict[str, str] = {}
     for r in sorted(records, key=lambda r: r.image_id):
         first.setdefault(r.label, str(r.path))
-    return [first[c] for c in task.codes if c in first]
+    return [(first[c], c) for c in task.codes if c in first]
 
 
 def image_source(payload: dict | None) -> str | bytes | None:
@@ -105,6 +129,32 @@ def image_source(payload: dict | None) -> str | bytes | None:
     if url.startswith("data:") and "," in url:
         return base64.b64decode(url.split(",", 1)[1])
     raise gr.Error("Cannot analyse this image: the upload arrived without a file.")
+
+
+def tiles_on(predictor: Predictor, choice: str | bool | None) -> bool:
+    """A TILE_CHOICES value (or a bool) → whether long images are tiled for this model's task."""
+    if isinstance(choice, bool):
+        return choice
+    return predictor.task.tile_large_images if choice in (None, "", TILE_AUTO) else choice == "on"
+
+
+def uploaded_items(files: list[dict] | None) -> list[Item]:
+    """The uploads of the Batch tab (or /batch) as batch items, named as the person's files."""
+    items = []
+    for payload in files or []:
+        path = Path(payload["path"])
+        original = payload.get("orig_name") or path.name
+        items += [replace(i, name=original if i.member is None else f"{original}/{i.member}") for i in expand([path])]
+    return items
+
+
+def batch_csv_path() -> Path:
+    """A fresh results.csv in the app's temporary folder; earlier ones past their time go."""
+    parent = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
+    for old in parent.glob("batch-*"):
+        if time.time() - old.stat().st_mtime > BATCH_CSV_KEPT_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="batch-", dir=parent)) / "skinlesion-results.csv"
 
 
 class Handlers:
@@ -121,41 +171,80 @@ class Handlers:
             raise gr.Error(f"Unknown task {task!r}; this app serves: {', '.join(self.predictors)}.")
         return self.predictors[task]
 
-    def _explained(self, image: dict | None, target: str | None, opacity: float, task: str | None):
+    def _explained(self, image: dict | None, target: str | None, opacity: float, task: str | None,
+                   tile: str | bool | None):
+        """The Predictor and its explanation: of the whole image, or stitched from tiles when
+        tiling is on (TILE_CHOICES) and the image is long enough to need them."""
         predictor = self.predictor(task)
         source = image_source(image)
         if source is None:
             raise gr.Error("Upload an image first.")
+        target = None if target in (None, "", TOP_CLASS) else target
         try:
-            return predictor, predictor.explain(source, None if target in (None, "", TOP_CLASS) else target, opacity)
+            rgb = load_image(source)
+            if tiles_on(predictor, tile) and worth_tiling(rgb.shape[1], rgb.shape[0]):
+                return predictor, analyse_tiles(predictor, rgb, target, opacity)
+            return predictor, predictor.explain(rgb, target, opacity)
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
 
-    def classify(self, image: dict | None, task: str | None = None) -> tuple[str, dict[str, float]] | None:
-        """The decided class and the calibrated probability of every class, for one image."""
+    def classify(self, image: dict | None, task: str | None = None,
+                 tile: str = TILE_AUTO) -> tuple[str, dict[str, float]] | None:
+        """The decided class and the calibrated probability of every class, for one image (a
+        long one by tiles when tiling is on: the worst tile's)."""
         predictor = self.predictor(task)
         source = image_source(image)
         if source is None:
             return None
         try:
-            probabilities = predictor.predict(source)
+            rgb = load_image(source)
+            if tiles_on(predictor, tile) and worth_tiling(rgb.shape[1], rgb.shape[0]):
+                _, per_tile, worst = classify_tiles(predictor, rgb)
+                probabilities = per_tile[worst]
+            else:
+                probabilities = predictor.predict(rgb)
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
         return predictor.decide(probabilities), probabilities
 
     def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                task: str | None = None):
-        """Grad-CAM overlay for one image: the decided class, or the class given."""
-        return self._explained(image, target, opacity, task)[1].overlay
+                task: str | None = None, tile: str = TILE_AUTO):
+        """Grad-CAM overlay for one image: the decided class, or the class given; long images
+        by tiles when `tile` is "on", or "auto" for a task that tiles (steel)."""
+        return self._explained(image, target, opacity, task, tile)[1].overlay
 
     def analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                task: str | None = None):
-        """Verdict, probabilities and Grad-CAM overlay, from one forward/backward pass."""
-        predictor, result = self._explained(image, target, opacity, task)
+                task: str | None = None, tile: str = TILE_AUTO):
+        """Verdict, probabilities and Grad-CAM overlay (from one forward/backward pass, or from
+        the tiles of a long image when tiling is on: the answer is then the worst tile's)."""
+        predictor, result = self._explained(image, target, opacity, task, tile)
         verdict = predictor.triage(result.probabilities)
-        return (verdict_html(verdict.level, verdict.headline, verdict.detail),
+        detail = verdict.detail + (f" {where(result.region, len(result.boxes))}"
+                                   if isinstance(result, TiledAnswer) else "")
+        return (verdict_html(verdict.level, verdict.headline, detail),
                 (predictor.decide(result.probabilities), result.probabilities),
                 result.overlay, (result.image, result.heatmap))
+
+    def batch(self, files: list[dict] | None, task: str | None = None, tile: str = TILE_AUTO,
+              progress=gr.Progress()):
+        """Many images (or .zip archives of images) at once: per file the decided class, its
+        probability and the verdict (a table), and a CSV with every class's probability."""
+        predictor = self.predictor(task)
+        items = uploaded_items(files)
+        if not items:
+            raise gr.Error("Add images or a .zip archive of images first.")
+        try:
+            check_limits(items)
+        except BatchError as error:
+            raise gr.Error(str(error)) from None
+        progress((0, len(items)), desc="Analysing", unit="files")
+        rows = list(analyse(predictor, items, tile=tiles_on(predictor, tile),
+                            progress=lambda done, total: progress((done, total), unit="files")))
+        path = batch_csv_path()
+        write_csv(path, predictor, rows)
+        table = [[r["file"], display_name(predictor.task.info(r["decided"])), f"{r[r['decided']]:.1%}", r["verdict"], ""]
+                 if not r["error"] else [r["file"], "", "", "", r["error"]] for r in rows]
+        return table, str(path)
 
     @staticmethod
     def reblend(state, opacity: float):

@@ -21,7 +21,8 @@ import gradio as gr
 
 from .explain import OVERLAY_OPACITY
 from .inference import Predictor
-from .page import TOP_CLASS, Handlers, TaskView, example_images
+from .batch import MAX_BYTES, MAX_FILES
+from .page import BATCH_HEADERS, TILE_AUTO, TILE_CHOICES, TOP_CLASS, Handlers, TaskView, display_name, example_images
 from .tasks import DEFAULT_TASK, TASKS
 
 TITLE = "skinlesion — explainable image classifier"
@@ -38,6 +39,11 @@ class DecidedLabel(gr.Label):
     the value is {"label": decided code, "confidences": [{"label": code, "confidence": p}, …]}."""
     is_template = True  # the page draws it with Label's own front-end component
 
+    def get_block_name(self) -> str:  # also for subclasses (NamedLabel): Label's front-end
+        return "label"
+
+    get_block_class = get_block_name
+
     def postprocess(self, value):
         if not isinstance(value, tuple):
             return super().postprocess(value)
@@ -45,6 +51,18 @@ class DecidedLabel(gr.Label):
         data = super().postprocess(probabilities)
         data.label = decided
         return data
+
+
+class NamedLabel(DecidedLabel):
+    """The page's label: the same answer with each class's full name. The API's own /classify
+    and /analyse outputs are plain DecidedLabels, so clients keep getting the codes."""
+    NAMES = {c.code: display_name(c) for task in TASKS.values() for c in task.classes}
+
+    def postprocess(self, value):
+        if isinstance(value, tuple):
+            decided, probabilities = value
+            value = (self.NAMES[decided], {self.NAMES[c]: p for c, p in probabilities.items()})
+        return super().postprocess(value)
 
 
 def layout(views: dict[str, TaskView], first: str, n_classes: int) -> SimpleNamespace:
@@ -56,21 +74,24 @@ def layout(views: dict[str, TaskView], first: str, n_classes: int) -> SimpleName
                       visible=len(views) > 1)
     c.description = gr.Markdown(v.intro)
     c.notice = gr.Markdown(v.notice, elem_id="model-notice", visible=bool(v.notice))
+    c.tile = gr.Radio(TILE_CHOICES, value=TILE_AUTO, label="Tile long images", elem_id="tile",
+                      info="Overlapping square tiles as tall as the image; the answer is the worst tile's")
     with gr.Tab("Classify"):
         with gr.Row():
             with gr.Column():
                 c.image = gr.Image(type="filepath", label="Image", elem_id="input-image",
                                    sources=["upload", "webcam", "clipboard"], height=320)
                 c.button = gr.Button("Analyse", variant="primary", elem_id="analyse")
-                some = v.examples or next((w.examples for w in views.values() if w.examples), [])
-                c.gallery = gr.Examples([[e] for e in some], inputs=c.image, cache_examples=False,
-                                        label="Examples (local copy of the data)") if some else None
+                shown = v if v.examples else next((w for w in views.values() if w.examples), None)
+                c.gallery = gr.Examples(shown.samples, inputs=c.image, cache_examples=False,
+                                        example_labels=shown.example_labels,
+                                        label="Examples (local copy of the data)") if shown else None
                 if c.gallery:
                     c.gallery.dataset.visible = bool(v.examples)
             with gr.Column():
                 c.verdict = gr.HTML(elem_id="verdict-box")
-                c.label = DecidedLabel(num_top_classes=n_classes, label="Decided class · probability of each class",
-                                       elem_id="probabilities")
+                c.label = NamedLabel(num_top_classes=n_classes, label="Decided class · probability of each class",
+                                     elem_id="probabilities")
         with gr.Row():
             with gr.Column():
                 c.cam = gr.Image(type="pil", format="png", label="Grad-CAM: where the model looked",
@@ -84,20 +105,39 @@ def layout(views: dict[str, TaskView], first: str, n_classes: int) -> SimpleName
             c.classes = gr.Markdown(v.classes, elem_id="about-classes")
         with gr.Accordion("Data & ethics", open=False):
             c.ethics = gr.Markdown(v.ethics, elem_id="ethics")
+    with gr.Tab("Batch"):
+        gr.Markdown(f"Many images at once: image files or `.zip` archives of them, up to {MAX_FILES} files "
+                    f"and {MAX_BYTES // 1024 ** 2} MB per batch. A file that cannot be read gets its reason "
+                    "in the table and the rest go on; the CSV has every class's probability.")
+        c.batch_files = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or .zip",
+                                elem_id="batch-files")
+        c.batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
+        c.batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, elem_id="batch-table")
+        c.batch_csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
     with gr.Tab("Model"):
         c.model_card = gr.Markdown(v.model_card, elem_id="model-card")
         c.matrix = gr.Image(v.confusion_matrix, label="Confusion matrix (test split)", interactive=False)
     c.state = gr.State(None, time_to_live=900)
+    with gr.Column(visible=False):  # the API's endpoints: the same handlers, answers in codes
+        c.api = SimpleNamespace(classify=gr.Button(), analyse=gr.Button(), label=DecidedLabel(), verdict=gr.HTML(),
+                                cam=gr.Image(type="pil", format="png"), state=gr.State(None, time_to_live=60))
     return c
 
 
 def wire(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskView]) -> None:
     """The events: the three API endpoints, the opacity re-blend, and the task switch."""
     shared = {"concurrency_id": "model", "concurrency_limit": CONCURRENCY, "preprocess": False}
-    c.image.change(handlers.classify, [c.image, c.task], c.label, api_name="classify", **shared)
-    c.button.click(handlers.analyse, [c.image, c.target, c.opacity, c.task], [c.verdict, c.label, c.cam, c.state],
-                   api_name="analyse", **shared)
-    c.target.input(handlers.explain, [c.image, c.target, c.opacity, c.task], c.cam, api_name="explain", **shared)
+    page = {**shared, "api_visibility": "private"}
+    c.image.change(handlers.classify, [c.image, c.task, c.tile], c.label, api_name="page_classify", **page)
+    c.api.classify.click(handlers.classify, [c.image, c.task, c.tile], c.api.label, api_name="classify", **shared)
+    analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile]
+    c.button.click(handlers.analyse, analyse_inputs, [c.verdict, c.label, c.cam, c.state], api_name="page_analyse",
+                   **page)
+    c.api.analyse.click(handlers.analyse, analyse_inputs, [c.api.verdict, c.api.label, c.api.cam, c.api.state],
+                        api_name="analyse", **shared)
+    c.target.input(handlers.explain, analyse_inputs, c.cam, api_name="explain", **shared)
+    c.batch_button.click(handlers.batch, [c.batch_files, c.task, c.tile], [c.batch_table, c.batch_csv],
+                         api_name="batch", **shared)
     c.opacity.release(handlers.reblend, [c.state, c.opacity], c.cam, api_visibility="private")
 
     def switch(task: str) -> dict:
@@ -106,13 +146,15 @@ def wire(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskView]) -> 
         updates = {c.description: v.intro, c.notice: gr.Markdown(v.notice, visible=bool(v.notice)),
                    c.classes: v.classes, c.ethics: v.ethics, c.model_card: v.model_card,
                    c.matrix: gr.Image(v.confusion_matrix), c.target: gr.Dropdown(choices=v.targets, value=TOP_CLASS),
-                   c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None}
+                   c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None,
+                   c.batch_table: None, c.batch_csv: None}
         if c.gallery:
-            updates[c.gallery.dataset] = gr.Dataset(samples=[[e] for e in v.examples], visible=bool(v.examples))
+            updates[c.gallery.dataset] = gr.Dataset(samples=v.samples, sample_labels=v.example_labels,
+                                                    visible=bool(v.examples))
         return updates
 
-    outputs = [c.description, c.notice, c.classes, c.ethics, c.model_card, c.matrix, c.target,
-               c.image, c.verdict, c.label, c.cam, c.state] + ([c.gallery.dataset] if c.gallery else [])
+    outputs = [c.description, c.notice, c.classes, c.ethics, c.model_card, c.matrix, c.target, c.image, c.verdict,
+               c.label, c.cam, c.state, c.batch_table, c.batch_csv] + ([c.gallery.dataset] if c.gallery else [])
     c.task.change(switch, c.task, outputs, api_visibility="private")
 
 

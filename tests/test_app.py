@@ -3,6 +3,7 @@ driven in a real headless Chromium (Debian's package) through Playwright."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,10 +70,10 @@ def server(tmp_path_factory):
 
 
 def test_nothing_is_left_behind_after_the_app_stops(tmp_path, lesion):
-    """Uploads and outputs live in the app's own temporary folder, removed when it stops."""
+    """Uploads and outputs live in the app's own temporary folder, removed when it stops;
+    a GRADIO_TEMP_DIR that does not exist yet is created."""
     from gradio_client import Client, handle_file
-    temp = tmp_path / "gradio-tmp"
-    temp.mkdir()
+    temp = tmp_path / "gradio-tmp" / "not-made-yet"
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "SKINLESION_DATA": ""}
@@ -178,6 +179,48 @@ def test_bad_files_get_an_error_and_the_next_request_succeeds(client, lesion, tm
     assert sum(result.values()) == pytest.approx(1, abs=1e-5)
 
 
+def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_path):
+    """/batch: files and zips in; a row per file in order (a bad one with its reason), and a CSV
+    with every class's probability that agrees with /classify."""
+    import csv
+    import zipfile
+
+    from gradio_client import handle_file
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    archive = tmp_path / "strips.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(steel, "a/steel.jpg")
+        z.write(bad, "a/notes.jpg")
+    table, csv_path = client.predict([handle_file(steel), handle_file(archive), handle_file(bad)], "neu",
+                                     api_name="/batch")
+    rows = table["data"]
+    assert table["headers"] == ["file", "decided class", "probability", "verdict", "error"]
+    assert [r[0] for r in rows] == [steel.name, "strips.zip/a/steel.jpg", "strips.zip/a/notes.jpg", "notes.jpg"]
+    assert rows[0][1:4] == rows[1][1:4] and rows[0][3].startswith(("Defect:", "Manual review"))
+    assert "not an image" in rows[2][4] and "not an image" in rows[3][4]
+    with open(csv_path, newline="") as f:
+        saved = list(csv.DictReader(f))
+    assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error"]
+    single = probabilities(client.predict(handle_file(steel), task="neu", api_name="/classify"))
+    assert all(abs(float(saved[0][c]) - single[c]) < 1e-5 for c in NEU_CODES)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "neu_det" / "images").is_dir(), reason="NEU data not found")
+def test_a_steel_strip_is_analysed_by_tiles_through_the_api(client, tmp_path):
+    from gradio_client import handle_file
+
+    from test_tiles import strip
+    path = tmp_path / "strip.png"
+    Image.fromarray(strip("scratches_5", 5)).save(path)
+    verdict, label, overlay = client.predict(handle_file(path), "top", 0.45, "neu", api_name="/analyse")
+    left, right = map(int, re.search(r"Worst of 15 tiles: pixels (\d+)–(\d+) from the left", verdict).groups())
+    assert label["label"] == "scratches" and 1000 <= (left + right) / 2 <= 1200
+    assert Image.open(overlay).size == (1600, 200)
+    assert client.predict(handle_file(path), task="neu", tile="off", api_name="/classify")["label"] in NEU_CODES
+    assert "Worst of" not in client.predict(handle_file(path), "top", 0.45, "neu", "off", api_name="/analyse")[0]
+
+
 def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
@@ -193,8 +236,10 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         expect(page.locator("#verdict")).to_be_visible(timeout=60_000)
         expect(page.locator("#gradcam img")).to_be_visible(timeout=60_000)
         labels = page.locator("#probabilities").inner_text()
-        assert all(code in labels for code in CODES), labels
+        assert all(f"{c.name} ({c.code})" in labels for c in get_task("ham10000").classes), labels  # full names
         assert "research demo, not a diagnosis" in page.locator("#verdict").inner_text()
+        if REAL_HAM.is_dir():  # the examples say their true class
+            expect(page.get_by_text("Melanoma (mel), true class")).to_be_visible()
         page.get_by_text("Data & ethics").click()
         expect(page.get_by_text("skewed to light skin types")).to_be_visible()
         page.screenshot(path=str(screenshot), full_page=True)
@@ -210,6 +255,13 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         labels = page.locator("#probabilities").inner_text()
         assert all(code in labels for code in NEU_CODES) and "akiec" not in labels, labels
         page.screenshot(path=str(screenshot.with_name(screenshot.stem + "-steel.png")), full_page=True)
+
+        page.get_by_role("tab", name="Batch").click()
+        page.locator("#batch-files input[type=file]").set_input_files([str(steel), str(lesion)])
+        page.locator("#batch-run").click()
+        expect(page.locator("#batch-table")).to_contain_text(steel.name, timeout=60_000)
+        expect(page.locator("#batch-table")).to_contain_text(lesion.name)
+        expect(page.locator("#batch-csv")).to_contain_text("skinlesion-results")
         browser.close()
     assert screenshot.stat().st_size > 10_000
 

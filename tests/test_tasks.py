@@ -72,4 +72,4 @@ def test_a_third_task_is_one_file(tmp_path):
     assert result.stdout.strip() == "Defect: Rust"
     help_text = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=tmp_path, capture_output=True,
                                text=True, timeout=120).stdout
-    assert "{ham10000,leaves,neu}" in help_text
+    assert "{ham10000,leaves,neu,dermoscopy,steel}" in help_text

@@ -19,7 +19,7 @@ import yaml
 
 from skinlesion.data import DataError, write_split
 from skinlesion.model import ARCHITECTURE, load_model_folder, save_model_folder
-from skinlesion.tasks import DEFAULT_TASK, TASKS, Task, get_task
+from skinlesion.tasks import ALIASES, DEFAULT_TASK, TASKS, Task, get_task
 from skinlesion.transforms import eval_transform, train_transform
 
 from .engine import SplitData, make_loader, prepare_splits
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, help="the task's data folder (its reader in skinlesion/tasks/ "
                    "says what it holds; README: Data)")
     p.add_argument("--out", type=Path, help="run folder to write")
-    p.add_argument("--task", default=DEFAULT_TASK, choices=list(TASKS))
+    p.add_argument("--task", default=DEFAULT_TASK, choices=[*TASKS, *ALIASES])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")

@@ -12,26 +12,30 @@ import pkgutil
 from .base import BENIGN, DEFECT, HIGH_RISK, MALIGNANT, PRE_MALIGNANT, ClassInfo, Task
 
 
-def _discover() -> dict[str, Task]:
-    found = [getattr(importlib.import_module(f"{__name__}.{m.name}"), "TASK", None)
-             for m in pkgutil.iter_modules(__path__) if m.name != "base"]
-    tasks = sorted((t for t in found if isinstance(t, Task)), key=lambda t: (not t.default, t.key))
+def _discover() -> tuple[dict[str, Task], dict[str, str]]:
+    """The tasks (default first, then by key) and their module names as aliases of their keys
+    (`--task steel` is `--task neu`)."""
+    found = {m.name: getattr(importlib.import_module(f"{__name__}.{m.name}"), "TASK", None)
+             for m in pkgutil.iter_modules(__path__) if m.name != "base"}
+    found = {name: task for name, task in found.items() if isinstance(task, Task)}
+    tasks = sorted(found.values(), key=lambda t: (not t.default, t.key))
     if sum(t.default for t in tasks) != 1:
         raise ImportError(f"exactly one task must be the default; found {[t.key for t in tasks if t.default]}")
-    return {t.key: t for t in tasks}
+    return {t.key: t for t in tasks}, {name: t.key for name, t in found.items() if name != t.key}
 
 
-TASKS: dict[str, Task] = _discover()   # the default task first
+TASKS, ALIASES = _discover()           # TASKS: the default task first
 DEFAULT_TASK: str = next(iter(TASKS))
 
 
 def get_task(key: str | None = None) -> Task:
-    """The task called `key` (None: the default one)."""
+    """The task called `key` or by its module's name (None: the default one)."""
+    key = key or DEFAULT_TASK
     try:
-        return TASKS[key or DEFAULT_TASK]
+        return TASKS[ALIASES.get(key, key)]
     except KeyError:
-        raise ValueError(f"unknown task {key!r}; known tasks: {', '.join(TASKS)}") from None
+        raise ValueError(f"unknown task {key!r}; known tasks: {', '.join([*TASKS, *ALIASES])}") from None
 
 
-__all__ = ["TASKS", "DEFAULT_TASK", "get_task", "Task", "ClassInfo",
+__all__ = ["TASKS", "ALIASES", "DEFAULT_TASK", "get_task", "Task", "ClassInfo",
            "MALIGNANT", "PRE_MALIGNANT", "BENIGN", "DEFECT", "HIGH_RISK"]

@@ -49,6 +49,7 @@ class Task:
     ethics: str                   # the page's "Data & ethics" text
     disclaimer: str               # said with every verdict
     default: bool = False         # the task the page, the API and the CLI use when none is named
+    tile_large_images: bool = False  # long images (strips) analysed in tiles unless asked otherwise
 
     @property
     def codes(self) -> list[str]:

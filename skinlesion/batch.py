@@ -1,0 +1,169 @@
+"""Many images at once, with one CSV layout for the page's Batch tab, the /batch endpoint and
+`python -m skinlesion predict`: `file`, the calibrated probability of every class, the
+`decided` class, the `verdict`, the `region` the answer comes from (`left top right bottom`
+of the worst tile when the image was tiled, else empty) and `error` (empty when the file was
+read), one row per input file in input order.
+
+Inputs are files, folders (walked in name order), globs and zip archives (each member is a
+file). Images are decoded one by one — a bad file becomes a row with its error and never
+stops the batch — and classified in batches of `BATCH_SIZE` in one forward pass each; with
+`tile`, a long image (tiles.py) is classified by its tiles, in one batch of its own.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .inference import InputError, Predictor, load_image
+from .tiles import classify_tiles, worth_tiling
+
+BATCH_SIZE = 16
+MAX_FILES = 500                 # the page and /batch: more is refused, with this number
+MAX_BYTES = 200 * 1024 ** 2     # ... and so is more than this much (zip members uncompressed)
+SKIPPED = ("__MACOSX/", ".")     # zip folders and hidden files that are not inputs
+
+
+class BatchError(ValueError):
+    """The batch as a whole cannot be taken (too many files, too large); nothing was analysed."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input file: a path, or a member of a zip archive."""
+    name: str                       # what the CSV's `file` column says
+    path: Path | None               # the file, or the zip archive holding it
+    member: str | None = None       # the zip member
+    size: int = 0                   # bytes (uncompressed for a zip member)
+    error: str = ""                 # already known not to be readable
+
+    def read(self) -> np.ndarray:
+        """The checked RGB image, or InputError saying why not."""
+        if self.error:
+            raise InputError(self.error)
+        if self.member is None:
+            return load_image(self.path)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return load_image(archive.read(self.member))
+        except (zipfile.BadZipFile, OSError, RuntimeError) as error:  # RuntimeError: encrypted member
+            raise InputError(f"cannot read it from the zip archive ({error})") from None
+
+
+def _zip_items(path: Path) -> list[Item]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError) as error:
+        return [Item(str(path), path, error=f"not a readable zip archive ({error})")]
+    return [Item(f"{path.name}/{m.filename}", path, m.filename, m.file_size) for m in members
+            if not any(part.startswith(SKIPPED) for part in (m.filename, Path(m.filename).name))]
+
+
+def _file_items(path: Path, name: str) -> list[Item]:
+    if path.suffix.lower() == ".zip":
+        return _zip_items(path)
+    return [Item(name, path, size=path.stat().st_size)]
+
+
+def expand(inputs: Iterable[str | Path]) -> list[Item]:
+    """Files, folders (walked, name order, hidden files left out), globs and zips → items, in
+    the order given. A name that matches nothing is an item with its error."""
+    items: list[Item] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                if not any(part.startswith(".") for part in file.relative_to(path).parts):
+                    items += _file_items(file, str(file))
+        elif path.is_file():
+            items += _file_items(path, str(given))
+        elif glob.has_magic(str(given)):
+            matches = sorted(Path(p) for p in glob.glob(str(given), recursive=True) if Path(p).is_file())
+            items += [i for m in matches for i in _file_items(m, str(m))] or [
+                Item(str(given), None, error="no file matches this pattern")]
+        else:
+            items.append(Item(str(given), None, error="file not found"))
+    return items
+
+
+def check_limits(items: Sequence[Item], max_files: int = MAX_FILES, max_bytes: int = MAX_BYTES) -> None:
+    total = sum(i.size for i in items)
+    if len(items) > max_files:
+        raise BatchError(f"{len(items)} files: a batch takes at most {max_files}; split it")
+    if total > max_bytes:
+        raise BatchError(f"{total / 1024 ** 2:.0f} MB of images: a batch takes at most "
+                         f"{max_bytes / 1024 ** 2:.0f} MB; split it")
+
+
+def columns(predictor: Predictor) -> list[str]:
+    return ["file", *predictor.codes, "decided", "verdict", "region", "error"]
+
+
+def analyse(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> Iterator[dict]:
+    """One row per item, in order (see the module docstring), yielded as soon as its batch is
+    done; `progress(done, total)` after each batch."""
+    pending: list[tuple[Item, np.ndarray | dict]] = []  # decoded images wait for a batch; rows are done
+
+    def flush() -> Iterator[dict]:
+        images = [image for _, image in pending if isinstance(image, np.ndarray)]
+        answers = iter(predictor.predict_batch(images) if images else [])
+        for item, image in pending:
+            yield row(predictor, item.name, next(answers)) if isinstance(image, np.ndarray) else image
+        pending.clear()
+
+    done = 0
+    for item in items:
+        pending.append((item, read(predictor, item, tile)))
+        if sum(isinstance(image, np.ndarray) for _, image in pending) >= batch_size:
+            done += len(pending)
+            yield from flush()
+            if progress:
+                progress(done, len(items))
+    done += len(pending)
+    yield from flush()
+    if progress:
+        progress(done, len(items))
+
+
+def read(predictor: Predictor, item: Item, tile: bool) -> np.ndarray | dict:
+    """The decoded image, to be classified in a batch; or the item's finished row (its error,
+    or the answer of its tiles)."""
+    try:
+        image = item.read()
+    except InputError as error:
+        return row(predictor, item.name, None, error=str(error))
+    if tile and worth_tiling(image.shape[1], image.shape[0]):
+        boxes, per_tile, worst = classify_tiles(predictor, image)
+        return row(predictor, item.name, per_tile[worst], region=boxes[worst])
+    return image
+
+
+def row(predictor: Predictor, name: str, probabilities: dict[str, float] | None,
+        region: tuple[int, int, int, int] | None = None, error: str = "") -> dict:
+    if probabilities is None:
+        return {"file": name, **{c: "" for c in predictor.codes}, "decided": "", "verdict": "", "region": "",
+                "error": error}
+    return {"file": name, **{c: round(p, 6) for c, p in probabilities.items()},
+            "decided": predictor.decide(probabilities), "verdict": predictor.triage(probabilities).headline,
+            "region": " ".join(map(str, region)) if region else "", "error": ""}
+
+
+def write_csv(path: str | Path, predictor: Predictor, rows: Iterable[dict]) -> tuple[int, int]:
+    """Write rows as they come (flushed, so an interrupted run keeps what it finished);
+    returns (rows read fine, rows with an error)."""
+    ok = failed = 0
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns(predictor))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+            f.flush()
+            ok, failed = (ok, failed + 1) if r["error"] else (ok + 1, failed)
+    return ok, failed

@@ -1,0 +1,95 @@
+"""Images much larger than the model's view — steel strips (1600×256), long scans — analysed in
+overlapping tiles.
+
+Tiles are squares as tall as the image's short side (a strip's height), half-overlapping
+along the long side: the model then sees each part at about the scale it was trained on (a
+whole inspection image squashed to its input), not a magnified corner. The image-level
+answer is the worst tile's — the tile whose top probability is highest, with where it is —
+and one Grad-CAM map of that answer's class is stitched over the whole image from every
+tile, on one common scale, so a tile with weak evidence stays faint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from captum.attr import LayerAttribution
+from PIL import Image
+
+from .explain import OVERLAY_OPACITY, grad_cam, overlay
+from .inference import ImageInput, Predictor, load_image
+
+OVERLAP = 0.5
+MIN_ASPECT = 1.5   # an image this much longer than it is tall (or wide) is worth tiling
+
+
+@dataclass
+class TiledAnswer:
+    image: np.ndarray                        # the checked RGB input
+    boxes: list[tuple[int, int, int, int]]   # (left, top, right, bottom) of every tile
+    tile_probabilities: list[dict[str, float]]
+    worst: int                               # index of the tile behind the answer
+    probabilities: dict[str, float]          # the image-level answer: the worst tile's
+    target: str                              # the class the heat-map explains
+    heatmap: np.ndarray                      # H×W in 0..1, stitched from every tile
+    overlay: Image.Image
+
+    @property
+    def region(self) -> tuple[int, int, int, int]:
+        return self.boxes[self.worst]
+
+
+def worth_tiling(width: int, height: int) -> bool:
+    return max(width, height) >= MIN_ASPECT * min(width, height)
+
+
+def tile_boxes(width: int, height: int, side: int | None = None,
+               overlap: float = OVERLAP) -> list[tuple[int, int, int, int]]:
+    """Square tiles of `side` (default: the short side) covering the image, `overlap` apart,
+    the last one flush with the far edge."""
+    side = min(side or min(width, height), width, height)
+    step = max(1, round(side * (1 - overlap)))
+
+    def starts(length: int) -> list[int]:
+        positions = list(range(0, length - side + 1, step))
+        return positions if positions[-1] == length - side else positions + [length - side]
+
+    return [(x, y, x + side, y + side) for y in starts(height) for x in starts(width)]
+
+
+def classify_tiles(predictor: Predictor, rgb: np.ndarray, side: int | None = None
+                   ) -> tuple[list[tuple[int, int, int, int]], list[dict[str, float]], int]:
+    """Every tile's probabilities (one batch) and the index of the worst tile."""
+    boxes = tile_boxes(rgb.shape[1], rgb.shape[0], side)
+    per_tile = predictor.predict_batch([rgb[top:bottom, left:right] for left, top, right, bottom in boxes])
+    return boxes, per_tile, int(np.argmax([max(p.values()) for p in per_tile]))
+
+
+def analyse_tiles(predictor: Predictor, image: ImageInput, target: str | None = None,
+                  opacity: float = OVERLAY_OPACITY, side: int | None = None) -> TiledAnswer:
+    """Classify every tile, answer with the worst tile, explain `target` (default: the
+    answer's decided class) on every tile and stitch the maps."""
+    rgb = load_image(image)
+    boxes, per_tile, worst = classify_tiles(predictor, rgb, side)
+    target = target or predictor.decide(per_tile[worst])
+    crops = [rgb[top:bottom, left:right] for left, top, right, bottom in boxes]
+    heatmap = stitched_cam(predictor, crops, boxes, rgb.shape[:2], predictor.codes.index(target))
+    return TiledAnswer(rgb, boxes, per_tile, worst, per_tile[worst], target, heatmap, overlay(rgb, heatmap, opacity))
+
+
+def where(region: tuple[int, int, int, int], tiles: int) -> str:
+    left, top, right, bottom = region
+    return f"Worst of {tiles} tiles: pixels {left}–{right} from the left, {top}–{bottom} from the top."
+
+
+def stitched_cam(predictor: Predictor, crops: list[np.ndarray], boxes: list[tuple[int, int, int, int]],
+                 shape: tuple[int, int], index: int) -> np.ndarray:
+    """Grad-CAM of class `index` on every tile, upsampled into place; overlaps keep the
+    maximum; scaled by the largest value over the whole image."""
+    full = np.zeros(shape, np.float32)
+    for crop, (left, top, right, bottom) in zip(crops, boxes):
+        cam, _, _ = grad_cam(predictor.model, predictor.layer, predictor.to_batch([crop]), index)
+        up = LayerAttribution.interpolate(cam.float(), (bottom - top, right - left), interpolate_mode="bilinear")
+        np.maximum(full[top:bottom, left:right], up[0, 0].clamp(min=0).cpu().numpy(), out=full[top:bottom, left:right])
+    peak = float(full.max())
+    return full / peak if peak > 0 else full

@@ -1,0 +1,96 @@
+"""Batch analysis (skinlesion/batch.py) and its command line, python -m skinlesion predict."""
+import csv
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from skinlesion.batch import BatchError, analyse, check_limits, columns, expand, write_csv
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Four small images in a folder (one in a subfolder, one hidden), a zip, and a bad file."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "b.png", "sub/c.jpg", ".hidden.jpg"):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as archive:
+        archive.write(folder / "a.jpg", "x/a.jpg")
+        archive.write(folder / "broken.jpg", "x/broken.jpg")
+        archive.writestr("__MACOSX/._a.jpg", b"junk")
+    return tmp_path
+
+
+def test_expand_walks_folders_globs_and_zips_in_order(images):
+    items = expand([images / "in", str(images / "in" / "*.png"), images / "more.zip", images / "missing.jpg",
+                    str(images / "nothing*.tif")])
+    names = [i.name for i in items]
+    assert names == [str(images / "in" / n) for n in ("a.jpg", "b.png", "broken.jpg", "sub/c.jpg")] + [
+        str(images / "in" / "b.png"), "more.zip/x/a.jpg", "more.zip/x/broken.jpg",
+        str(images / "missing.jpg"), str(images / "nothing*.tif")]
+    assert [i.error for i in items[-2:]] == ["file not found", "no file matches this pattern"]
+
+
+def test_limits_refuse_too_many_files_or_bytes(images):
+    items = expand([images / "in"])
+    check_limits(items, max_files=4)
+    with pytest.raises(BatchError, match="5 files: a batch takes at most 4"):
+        check_limits(items + items[:1], max_files=4)
+    with pytest.raises(BatchError, match="MB of images"):
+        check_limits(items, max_bytes=100)
+
+
+def test_rows_keep_input_order_errors_included_and_match_single_predictions(predictor, images):
+    items = expand([images / "in", images / "more.zip", images / "missing.jpg"])
+    seen = []
+    rows = list(analyse(predictor, items, batch_size=2, progress=lambda done, total: seen.append((done, total))))
+    assert [r["file"] for r in rows] == [i.name for i in items]
+    assert seen[-1] == (len(items), len(items)) and len(seen) > 2
+    errors = {r["file"].rsplit("/", 1)[-1]: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"broken.jpg", "missing.jpg"} and "not an image" in errors["broken.jpg"]
+    for row in rows:
+        if not row["error"]:
+            single = predictor.predict(row["file"] if "more.zip" not in row["file"] else images / "in" / "a.jpg")
+            assert np.allclose([row[c] for c in predictor.codes], [single[c] for c in predictor.codes], atol=1e-5)
+            assert row["decided"] == predictor.decide(single) and row["verdict"] == predictor.triage(single).headline
+
+
+def test_csv_keeps_the_rows_written_before_an_interruption(predictor, tmp_path, images):
+    items = expand([images / "in"])
+
+    def interrupted():
+        for i, row in enumerate(analyse(predictor, items, batch_size=1)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield row
+
+    with pytest.raises(KeyboardInterrupt):
+        write_csv(tmp_path / "out.csv", predictor, interrupted())
+    with (tmp_path / "out.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == [i.name for i in items[:2]]
+    assert list(rows[0]) == columns(predictor)
+
+
+def run_predict(*args):
+    return subprocess.run([sys.executable, "-m", "skinlesion", "predict", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_writes_one_row_per_file_and_exits_by_what_it_read(images, tmp_path):
+    result = run_predict(images / "in", images / "more.zip", "--task", "steel", "--out", tmp_path / "r.csv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with (tmp_path / "r.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and list(rows[0])[1:7] == ["crazing", "inclusion", "patches", "pitted_surface",
+                                                     "rolled-in_scale", "scratches"]
+    assert sum(bool(r["error"]) for r in rows) == 2 and "4 of 6 files classified" in result.stderr
+    nothing = run_predict(images / "in" / "broken.jpg", images / "missing.png", "--out", tmp_path / "n.csv")
+    assert nothing.returncode == 1 and "0 of 2 files classified" in nothing.stderr

@@ -1,0 +1,56 @@
+"""Long images by tiles (skinlesion/tiles.py): a steel strip built from NEU images, with one
+defect among plain steel, must be answered with that defect and where it is."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import needs_real_neu, REAL_NEU
+from skinlesion import Predictor
+from skinlesion.batch import Item, analyse
+from skinlesion.tiles import analyse_tiles, tile_boxes, worth_tiling
+
+
+def test_tiles_cover_the_strip_half_overlapping_the_last_flush():
+    boxes = tile_boxes(1600, 200)
+    assert len(boxes) == 15 and boxes[0] == (0, 0, 200, 200) and boxes[1] == (100, 0, 300, 200)
+    assert boxes[-1] == (1400, 0, 1600, 200)
+    assert tile_boxes(1650, 200)[-1] == (1450, 0, 1650, 200)  # flush with the far edge
+    assert tile_boxes(200, 200) == [(0, 0, 200, 200)]
+    assert worth_tiling(1600, 256) and worth_tiling(200, 400) and not worth_tiling(200, 150)
+
+
+def strip(defect: str, position: int, tiles: int = 8) -> np.ndarray:
+    """Plain steel (grain noise at the defect image's mean) with one NEU defect image at `position`."""
+    image = np.asarray(Image.open(REAL_NEU / "images" / f"{defect}.jpg").convert("L")).astype(float)
+    rng = np.random.default_rng(position)
+    parts = [np.clip(rng.normal(image.mean(), 4, image.shape), 0, 255) for _ in range(tiles)]
+    parts[position] = image
+    return np.concatenate(parts, axis=1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def steel():
+    return Predictor.from_pretrained(task="neu")
+
+
+@needs_real_neu
+@pytest.mark.parametrize("defect, position", [("scratches_5", 5), ("inclusion_7", 2), ("patches_9", 0)])
+def test_strip_answer_names_and_locates_the_defect(steel, defect, position):
+    answer = analyse_tiles(steel, strip(defect, position))
+    left, _, right, _ = answer.region
+    assert answer.target == defect.rsplit("_", 1)[0]
+    assert steel.decide(answer.probabilities) == answer.target
+    assert position * 200 <= (left + right) / 2 <= position * 200 + 200, answer.region
+    assert answer.heatmap.shape == (200, 1600) and answer.overlay.size == (1600, 200)
+    peak_column = np.unravel_index(answer.heatmap.argmax(), answer.heatmap.shape)[1]
+    assert position * 200 - 100 <= peak_column < position * 200 + 300  # the map's peak is at the defect
+    assert answer.heatmap[:, position * 200:position * 200 + 200].mean() > 2 * answer.heatmap.mean() / 3
+
+
+@needs_real_neu
+def test_batch_rows_of_a_strip_carry_the_region(steel, tmp_path):
+    path = tmp_path / "strip.png"
+    Image.fromarray(strip("scratches_5", 5)).save(path)
+    tiled, whole = (next(analyse(steel, [Item(str(path), path)], tile=t)) for t in (True, False))
+    assert tiled["decided"] == "scratches" and tiled["region"] in ("1000 0 1200 200", "900 0 1100 200", "1100 0 1300 200")
+    assert whole["region"] == ""
