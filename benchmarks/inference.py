@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from skinlesion import Predictor
-from skinlesion.batch import analyse, expand
+from skinlesion.batch import BATCH_SIZE, analyse, expand
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "ham10000" / "images" / "ISIC_0024306.jpg"
@@ -191,11 +191,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"medians of {args.runs} runs of each, taken in turn, after 5 warm-up rounds; image {image.size[0]}×{image.size[1]}.\n")
     rows = [
-        ("plain forward pass (tensor in, no_grad)", ms(forward), ""),
+        ("plain forward pass (`model(x)`, eval, inference_mode)", ms(forward), ""),
         ("predict (image in → 7 probabilities)", ms(predict), "p50 ≤ 40 ms"),
         ("predict + Grad-CAM (one shared pass)", f"{ms(explain)} = {explain / forward:.2f} × forward",
          "≤ 1.3 × forward"),
-        *((f"batch path (files → CSV rows, batches of 16) at {s}×{s}", f"{rate:.0f} images/s",
+        *((f"batch path (files → CSV rows, batches of {BATCH_SIZE}) at {s}×{s}", f"{rate:.0f} images/s",
            "≥ 40 images/s at 224" if s == 224 else "") for s, rate in batch.items()),
         ("app cold start (process start → first /classify answer)", f"{app['cold_start']:.1f} s", "≤ 10 s"),
         ("app peak RSS (after 25 odd files through /classify)", f"{app['rss']:.0f} MB", "≤ 1.2 GB"),

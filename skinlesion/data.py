@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from sklearn.model_selection import StratifiedGroupKFold
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,7 @@ def split_records(records: Sequence[Record], seed: int = 0) -> dict[str, str]:
 
     Twenty grouped, stratified folds of 5 % each: three go to test, three to validation.
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # here: the app never splits (~100 MB)
     n_folds = 20
     labels = [r.label for r in records]
     groups = [r.lesion_id for r in records]

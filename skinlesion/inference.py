@@ -45,6 +45,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(scaled.astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")
+    if image.mode == "RGB":
+        return image
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -83,6 +85,8 @@ def load_image(image: ImageInput) -> np.ndarray:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InputError(f"the image is too large (more than {MAX_PIXELS // 1_000_000} million pixels)") from None
         image = opened
+    else:
+        opened = None  # the caller's image: never changed in place
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise InputError(f"the image is too large: {width}×{height} pixels; the limit is "
@@ -91,10 +95,16 @@ def load_image(image: ImageInput) -> np.ndarray:
         raise InputError(f"the image is too small: {width}×{height} pixels; each side needs at least {MIN_SIDE}")
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if opened is not None:  # one decoded copy plus the array: a 12-megapixel photo is 36 MB each
+            ImageOps.exif_transpose(opened, in_place=True)
+        else:
+            image = ImageOps.exif_transpose(image)
         return np.asarray(_to_rgb(image))
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise InputError(f"the image file is damaged or incomplete ({error})") from None
+    finally:
+        if opened is not None:
+            opened.close()
 
 
 @dataclass
