@@ -4,7 +4,8 @@ Prints a Markdown table, medians over --runs after warm-up, on whatever machine 
 a plain forward pass (`model(x)` in eval mode under inference_mode, the Predictor's own
 model and input, so the same size, layout and threads), predict (image in → probabilities),
 predict + Grad-CAM (one shared pass), the batch path of `python -m skinlesion predict`
-(files in → CSV rows; images/s at the model's input size and at 224 px), the app's cold
+(files in → CSV rows; images/s at the model's input size and at 224 px), the slower
+explanation methods (Integrated Gradients, Occlusion: seconds per image), the app's cold
 start (process start → first /classify answer through gradio_client), its peak RSS after a
 corpus of odd files went through /classify, and --clients concurrent /classify requests.
 """
@@ -27,6 +28,7 @@ from PIL import Image
 
 from skinlesion import Predictor
 from skinlesion.batch import BATCH_SIZE, analyse, expand
+from skinlesion.explain import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "ham10000" / "images" / "ISIC_0024306.jpg"
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         times = medians({"forward": forward_pass, "predict": lambda: predictor.predict(image),
                          "explain": lambda: predictor.explain(image)}, args.runs)
         forward, predict, explain = times["forward"], times["predict"], times["explain"]
+        slow = medians({m: (lambda m=m: predictor.explain(image, method=m)) for m in METHODS[1:]},
+                       max(2, args.runs // 10), warmup=1)
         batch = {size: batch_rate(predictor, path, size, Path(tmp)) for size in (predictor.spec.input_size, 224)}
         app = app_benchmark(path, args.model, args.clients, odd_files(Path(tmp), path))
 
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ("predict (image in → 7 probabilities)", ms(predict), "p50 ≤ 40 ms"),
         ("predict + Grad-CAM (one shared pass)", f"{ms(explain)} = {explain / forward:.2f} × forward",
          "≤ 1.3 × forward"),
+        *((f"{m} (image in → map and probabilities)", f"{seconds:.2f} s", "≤ 1.5 s") for m, seconds in slow.items()),
         *((f"batch path (files → CSV rows, batches of {BATCH_SIZE}) at {s}×{s}", f"{rate:.0f} images/s",
            "≥ 40 images/s at 224" if s == 224 else "") for s, rate in batch.items()),
         ("app cold start (process start → first /classify answer)", f"{app['cold_start']:.1f} s", "≤ 10 s"),

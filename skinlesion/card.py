@@ -107,16 +107,53 @@ def _review(metrics: dict) -> str:
             + table(["split", "sent to review", "accuracy of automatic answers", "mistakes caught by review"], rows))
 
 
-def _explanations(metrics: dict) -> str:
+def explanation_methods(quality: dict) -> dict[str, dict]:
+    """Method → its figures; an older metrics.json (Grad-CAM localisation only) read alike."""
+    if "methods" in quality:
+        return quality["methods"]
+    return {"Grad-CAM": {"energy_inside": quality["trained"]["energy_inside"],
+                         "peak_inside": quality["trained"]["peak_inside"],
+                         "energy_inside_random_weights": quality["random_weights"]["energy_inside"],
+                         "peak_inside_random_weights": quality["random_weights"]["peak_inside"]}}
+
+
+def explanation_tables(metrics: dict) -> str:
     quality = metrics.get("explanations")
     if not quality:
         return ""
-    rows = [[name.replace("_", " "), f(quality[name]["energy_inside"]), f(quality[name]["peak_inside"])]
-            for name in ("trained", "random_weights")]
-    return (f"\n### Where Grad-CAM looks (test split, {quality['n']} annotated images: {quality['annotation']})\n"
-            f"The annotations cover {quality['annotated_area']:.0%} of an image on average: a map that "
-            "ignores the image would put about that share of its energy inside.\n\n"
-            + table(["weights", "heat-map energy inside", "peak inside"], rows))
+    methods = explanation_methods(quality)
+    parts = [f"\n### How far the explanations can be trusted (test split, {quality['n']} images)\n"]
+    if quality.get("annotation"):
+        parts += [f"**Localisation** against the {quality['annotation']} (they cover "
+                  f"{quality['annotated_area']:.0%} of an image on average, so a map that ignores the image puts "
+                  "about that share of its energy inside): higher than with random weights means the map "
+                  "follows what the model learned about where the finding is.\n\n",
+                  table(["method", "energy inside", "energy inside, random weights", "peak inside",
+                         "peak inside, random weights"],
+                        [[m, f(r["energy_inside"]), f(r["energy_inside_random_weights"]), f(r["peak_inside"]),
+                          f(r["peak_inside_random_weights"])] for m, r in methods.items()])]
+    faithful = {m: r for m, r in methods.items() if r.get("deletion") is not None}
+    if faithful:
+        parts += [f"\n**Faithfulness** (deletion / insertion, {quality['steps']} steps): the explained class's "
+                  "probability as the map's most important pixels are removed (lower area is better) or "
+                  "restored into a blurred copy (higher is better); a map no better than a random pixel order "
+                  "tells nothing about the model.\n\n",
+                  table(["method", "deletion area", "deletion, random order", "insertion area",
+                         "insertion, random order", "seconds per image"],
+                        [[m, f(r["deletion"]), f(r["deletion_random"]), f(r["insertion"]), f(r["insertion_random"]),
+                          f(r["seconds"], 2)] for m, r in faithful.items()])]
+    sane = {m: r["sanity"] for m, r in methods.items() if r.get("sanity")}
+    if sane:
+        depths = next(iter(sane.values()))["depths"]
+        shown = [0, len(depths) // 2, len(depths) - 1]
+        parts += [f"\n**Sanity check** (cascading randomisation of the weights from the top layer down, "
+                  f"{quality['sanity_n']} images): Spearman correlation of each map with the trained model's. "
+                  "It should fall as layers are randomised; a method still above 0.5 with every layer random "
+                  "does not depend on the weights and is flagged on the page.\n\n",
+                  table(["method", *(f"ρ after {depths[i]}" for i in shown), "flagged"],
+                        [[m, *(f(r["spearman"][i], 2) for i in shown), "yes" if r["fails"] else "no"]
+                         for m, r in sane.items()])]
+    return "".join(parts)
 
 
 def _confusion(metrics: dict) -> str:
@@ -129,7 +166,7 @@ def _confusion(metrics: dict) -> str:
 def render_tables(metrics: dict) -> str:
     return ("### Headline (the stored decision rule: calibrated probabilities, decided class)\n"
             + headline_table(metrics) + _rule_sentence(metrics) + _per_class(metrics)
-            + _operating_points(metrics) + _review(metrics) + _explanations(metrics) + _confusion(metrics))
+            + _operating_points(metrics) + _review(metrics) + explanation_tables(metrics) + _confusion(metrics))
 
 
 def card_metadata(spec: ModelSpec, metrics: dict) -> dict:

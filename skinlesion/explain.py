@@ -1,9 +1,17 @@
-"""Grad-CAM through captum, and the heat-map overlay.
+"""Attribution maps through captum — Grad-CAM (the default), Integrated Gradients, Occlusion —
+and the heat-map overlay.
 
-The forward function handed to captum returns the explained class's logit and keeps the
-logits, so one forward/backward pass gives both the heat-map and the probabilities. With the
-model's parameters frozen, autograd records only from the hooked stage on: the backward pass
-runs through the head alone and costs little next to the forward pass.
+Grad-CAM: the forward function handed to captum returns the explained class's logit and keeps
+the logits, so one forward/backward pass gives both the heat-map and the probabilities. With
+the model's parameters frozen, autograd records only from the hooked stage on: the backward
+pass runs through the head alone and costs little next to the forward pass.
+
+Every method's map is the evidence *for* the explained class (negative attributions are
+dropped), one value per input pixel or per Grad-CAM cell, scaled to 0..1 by `upsample_heatmap`.
+Integrated Gradients integrates from the mean colour (zeros after normalisation) in
+`IG_STEPS` batched steps, and its pixel map is averaged over `IG_SMOOTH` pixels so that it
+ranks regions, as deletion and insertion test them; Occlusion greys out `OCCLUSION_WINDOW`
+squares every `OCCLUSION_STRIDE` pixels of the model's input, in batches.
 """
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from captum.attr import LayerAttribution, LayerGradCam
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
 from matplotlib import colormaps
 from PIL import Image
 
@@ -38,6 +46,39 @@ def grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
     with torch.autocast(x.device.type, enabled=False):
         cam = LayerGradCam(explained_logit, layer).attribute(x.float(), relu_attributions=True)
     return cam.detach(), seen["logits"], seen["index"]
+
+
+GRAD_CAM, INTEGRATED_GRADIENTS, OCCLUSION = "Grad-CAM", "Integrated Gradients", "Occlusion"
+METHODS = (GRAD_CAM, INTEGRATED_GRADIENTS, OCCLUSION)  # the names the page and /explain take
+IG_STEPS, IG_SMOOTH = 16, 9
+OCCLUSION_WINDOW, OCCLUSION_STRIDE = 32, 16
+PER_BATCH = 16
+
+
+def attribution_map(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, method: str = GRAD_CAM,
+                    index: int | Callable[[torch.Tensor], int] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The map (1, 1, h, w) of `method` for class `index` (as in `grad_cam`), non-negative, with
+    the logits of the image and the index explained."""
+    if method == GRAD_CAM:
+        return grad_cam(model, layer, x, index)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    x = x.float()
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        logits = model(x)
+    chosen = index(logits) if callable(index) else int(logits[0].argmax()) if index is None else int(index)
+    with torch.autocast(x.device.type, enabled=False):
+        if method == INTEGRATED_GRADIENTS:
+            attr = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=chosen,
+                                                        n_steps=IG_STEPS, internal_batch_size=IG_STEPS)
+            attr = torch.nn.functional.avg_pool2d(attr.sum(1, keepdim=True).clamp(min=0), IG_SMOOTH, 1, IG_SMOOTH // 2)
+        else:
+            attr = Occlusion(model).attribute(
+                x, sliding_window_shapes=(x.shape[1], OCCLUSION_WINDOW, OCCLUSION_WINDOW),
+                strides=(x.shape[1], OCCLUSION_STRIDE, OCCLUSION_STRIDE), baselines=0, target=chosen,
+                perturbations_per_eval=PER_BATCH).sum(1, keepdim=True).clamp(min=0)
+    return attr.detach(), logits.detach(), int(chosen)
 
 
 def upsample_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .decision import Verdict
-from .explain import OVERLAY_OPACITY, grad_cam, last_stage, overlay, upsample_heatmap
+from .explain import GRAD_CAM, METHODS, OVERLAY_OPACITY, attribution_map, last_stage, overlay, upsample_heatmap
 from .hub import download, looks_like_repo_id
 from .model import load_model_folder
 from .spec import ModelSpec
@@ -114,6 +114,7 @@ class Explanation:
     overlay: Image.Image         # the image with the colour-mapped heat-map blended in
     target: str                  # the class explained
     probabilities: dict[str, float]
+    method: str = GRAD_CAM       # explain.METHODS
 
 
 class Predictor:
@@ -180,17 +181,20 @@ class Predictor:
         probs = self.rule.probabilities(self.model(self.to_batch(images)).float().cpu().numpy())
         return [{code: float(p) for code, p in zip(self.codes, row)} for row in probs]
 
-    def explain(self, image: ImageInput, target: str | None = None,
-                opacity: float = OVERLAY_OPACITY) -> Explanation:
-        """Grad-CAM for `target` or the decided class, and the probabilities, from one pass."""
+    def explain(self, image: ImageInput, target: str | None = None, opacity: float = OVERLAY_OPACITY,
+                method: str = GRAD_CAM) -> Explanation:
+        """The heat-map of `method` (explain.METHODS) for `target` or the decided class, and the
+        probabilities, from the same forward pass."""
         if target is not None and target not in self.codes:
             raise InputError(f"unknown class {target!r}; choose one of {', '.join(self.codes)}")
+        if method not in METHODS:
+            raise InputError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
         rgb, x = self.preprocess(image)
-        cam, logits, index = grad_cam(self.model, self.layer, x,
-                                      self._decided_index if target is None else self.codes.index(target))
+        cam, logits, index = attribution_map(self.model, self.layer, x, method,
+                                             self._decided_index if target is None else self.codes.index(target))
         heatmap = upsample_heatmap(cam, rgb.shape[:2])
         return Explanation(rgb, heatmap, overlay(rgb, heatmap, opacity), self.codes[index],
-                           self._probabilities(logits))
+                           self._probabilities(logits), method)
 
     def triage(self, probabilities: dict[str, float]) -> Verdict:
         """The verdict of the model's decision rule, with the task's disclaimer."""

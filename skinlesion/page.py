@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from .batch import BatchError, Item, analyse, check_limits, expand, write_csv
 from .card import card_body, is_placeholder, read_metrics
-from .explain import OVERLAY_OPACITY, overlay
+from .explain import GRAD_CAM, METHODS, OVERLAY_OPACITY, overlay
 from .inference import InputError, Predictor, load_image
 from .tasks import ClassInfo
 from .tiles import TiledAnswer, analyse_tiles, classify_tiles, where, worth_tiling
@@ -79,6 +80,15 @@ def display_name(info: ClassInfo) -> str:
     """How the page names a class: the full name, with the code the API uses."""
     return f"{info.name} ({info.code})"
 
+
+
+def sanity_flags(predictor: Predictor) -> dict[str, str]:
+    """Method → a warning for the methods whose maps failed the randomisation check in the
+    model folder's metrics.json (the map barely changes when the weights are randomised)."""
+    metrics = read_metrics(predictor.folder) if predictor.folder else None
+    methods = ((metrics or {}).get("explanations") or {}).get("methods", {})
+    return {m: " ⚠ barely depends on the weights (sanity check)" for m, r in methods.items()
+            if r.get("sanity", {}).get("fails")}
 
 
 def placeholder_notice(metrics: dict | None) -> str:
@@ -172,9 +182,9 @@ class Handlers:
         return self.predictors[task]
 
     def _explained(self, image: dict | None, target: str | None, opacity: float, task: str | None,
-                   tile: str | bool | None):
-        """The Predictor and its explanation: of the whole image, or stitched from tiles when
-        tiling is on (TILE_CHOICES) and the image is long enough to need them."""
+                   tile: str | bool | None, method: str = GRAD_CAM):
+        """The Predictor and its explanation: of the whole image with `method`, or stitched from
+        Grad-CAM tiles when tiling is on (TILE_CHOICES) and the image is long enough."""
         predictor = self.predictor(task)
         source = image_source(image)
         if source is None:
@@ -184,7 +194,7 @@ class Handlers:
             rgb = load_image(source)
             if tiles_on(predictor, tile) and worth_tiling(rgb.shape[1], rgb.shape[0]):
                 return predictor, analyse_tiles(predictor, rgb, target, opacity)
-            return predictor, predictor.explain(rgb, target, opacity)
+            return predictor, predictor.explain(rgb, target, opacity, method or GRAD_CAM)
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
 
@@ -208,16 +218,26 @@ class Handlers:
         return predictor.decide(probabilities), probabilities
 
     def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                task: str | None = None, tile: str = TILE_AUTO):
-        """Grad-CAM overlay for one image: the decided class, or the class given; long images
-        by tiles when `tile` is "on", or "auto" for a task that tiles (steel)."""
-        return self._explained(image, target, opacity, task, tile)[1].overlay
+                task: str | None = None, tile: str = TILE_AUTO, method: str = GRAD_CAM):
+        """Heat-map overlay for one image by `method` ("Grad-CAM", "Integrated Gradients",
+        "Occlusion"): the decided class, or the class given; long images by Grad-CAM tiles when
+        `tile` is "on", or "auto" for a task that tiles (steel)."""
+        return self._explained(image, target, opacity, task, tile, method)[1].overlay
+
+    def compare(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
+                task: str | None = None) -> list[tuple[Image.Image, str]]:
+        """Every method's overlay for one image, side by side, each captioned with its name and
+        what its sanity check found (the model card's figures)."""
+        predictor = self.predictor(task)
+        flags = sanity_flags(predictor)
+        return [(self._explained(image, target, opacity, task, "off", m)[1].overlay, m + flags.get(m, ""))
+                for m in METHODS]
 
     def analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                task: str | None = None, tile: str = TILE_AUTO):
-        """Verdict, probabilities and Grad-CAM overlay (from one forward/backward pass, or from
-        the tiles of a long image when tiling is on: the answer is then the worst tile's)."""
-        predictor, result = self._explained(image, target, opacity, task, tile)
+                task: str | None = None, tile: str = TILE_AUTO, method: str = GRAD_CAM):
+        """Verdict, probabilities and heat-map overlay (from the same forward pass, or from the
+        Grad-CAM tiles of a long image when tiling is on: the answer is then the worst tile's)."""
+        predictor, result = self._explained(image, target, opacity, task, tile, method)
         verdict = predictor.triage(result.probabilities)
         detail = verdict.detail + (f" {where(result.region, len(result.boxes))}"
                                    if isinstance(result, TiledAnswer) else "")

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .explain import OVERLAY_OPACITY
+from .explain import GRAD_CAM, METHODS, OVERLAY_OPACITY
 from .inference import Predictor
 from .batch import MAX_BYTES, MAX_FILES
 from .page import BATCH_HEADERS, TILE_AUTO, TILE_CHOICES, TOP_CLASS, Handlers, TaskView, display_name, example_images
@@ -92,28 +92,13 @@ def layout(views: dict[str, TaskView], first: str, n_classes: int) -> SimpleName
                 c.verdict = gr.HTML(elem_id="verdict-box")
                 c.label = NamedLabel(num_top_classes=n_classes, label="Decided class · probability of each class",
                                      elem_id="probabilities")
-        with gr.Row():
-            with gr.Column():
-                c.cam = gr.Image(type="pil", format="png", label="Grad-CAM: where the model looked",
-                                 elem_id="gradcam", interactive=False, height=320)
-            with gr.Column():
-                c.target = gr.Dropdown(v.targets, value=TOP_CLASS, label="Explain class", elem_id="target")
-                c.opacity = gr.Slider(0, 1, value=OVERLAY_OPACITY, step=0.05, label="Overlay opacity")
-                gr.Markdown("Red = strong evidence for the class explained; the map is coarse "
-                            "(one cell per 32 pixels of the model's input).")
+        explanation_row(c, v)
         with gr.Accordion("About the classes", open=False):
             c.classes = gr.Markdown(v.classes, elem_id="about-classes")
         with gr.Accordion("Data & ethics", open=False):
             c.ethics = gr.Markdown(v.ethics, elem_id="ethics")
     with gr.Tab("Batch"):
-        gr.Markdown(f"Many images at once: image files or `.zip` archives of them, up to {MAX_FILES} files "
-                    f"and {MAX_BYTES // 1024 ** 2} MB per batch. A file that cannot be read gets its reason "
-                    "in the table and the rest go on; the CSV has every class's probability.")
-        c.batch_files = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or .zip",
-                                elem_id="batch-files")
-        c.batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
-        c.batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, elem_id="batch-table")
-        c.batch_csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
+        batch_tab(c)
     with gr.Tab("Model"):
         c.model_card = gr.Markdown(v.model_card, elem_id="model-card")
         c.matrix = gr.Image(v.confusion_matrix, label="Confusion matrix (test split)", interactive=False)
@@ -124,18 +109,50 @@ def layout(views: dict[str, TaskView], first: str, n_classes: int) -> SimpleName
     return c
 
 
+def explanation_row(c: SimpleNamespace, v: TaskView) -> None:
+    """The heat-map, its controls (class, method, opacity) and the methods side by side."""
+    with gr.Row():
+        with gr.Column():
+            c.cam = gr.Image(type="pil", format="png", label="Where the model looked", elem_id="gradcam",
+                             interactive=False, height=320)
+        with gr.Column():
+            c.target = gr.Dropdown(v.targets, value=TOP_CLASS, label="Explain class", elem_id="target")
+            c.method = gr.Dropdown(list(METHODS), value=GRAD_CAM, label="Explanation method", elem_id="method")
+            c.opacity = gr.Slider(0, 1, value=OVERLAY_OPACITY, step=0.05, label="Overlay opacity")
+            gr.Markdown("Red = strong evidence for the class explained. Grad-CAM is coarse (one cell "
+                        "per 32 pixels of the model's input); Integrated Gradients and Occlusion are finer "
+                        "and slower. The Model tab says how far each map can be trusted.")
+            c.compare_button = gr.Button("Compare methods", elem_id="compare")
+    c.compare = gr.Gallery(label="The methods side by side (same image, same class)", columns=len(METHODS),
+                           height=300, elem_id="compare-gallery", interactive=False)
+
+
+def batch_tab(c: SimpleNamespace) -> None:
+    """Many images at once: the uploads, the button, the table and the CSV."""
+    gr.Markdown(f"Many images at once: image files or `.zip` archives of them, up to {MAX_FILES} files "
+                f"and {MAX_BYTES // 1024 ** 2} MB per batch. A file that cannot be read gets its reason "
+                "in the table and the rest go on; the CSV has every class's probability.")
+    c.batch_files = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or .zip",
+                            elem_id="batch-files")
+    c.batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
+    c.batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, elem_id="batch-table")
+    c.batch_csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
+
+
 def wire(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskView]) -> None:
     """The events: the three API endpoints, the opacity re-blend, and the task switch."""
     shared = {"concurrency_id": "model", "concurrency_limit": CONCURRENCY, "preprocess": False}
     page = {**shared, "api_visibility": "private"}
     c.image.change(handlers.classify, [c.image, c.task, c.tile], c.label, api_name="page_classify", **page)
     c.api.classify.click(handlers.classify, [c.image, c.task, c.tile], c.api.label, api_name="classify", **shared)
-    analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile]
+    analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile, c.method]
     c.button.click(handlers.analyse, analyse_inputs, [c.verdict, c.label, c.cam, c.state], api_name="page_analyse",
                    **page)
     c.api.analyse.click(handlers.analyse, analyse_inputs, [c.api.verdict, c.api.label, c.api.cam, c.api.state],
                         api_name="analyse", **shared)
     c.target.input(handlers.explain, analyse_inputs, c.cam, api_name="explain", **shared)
+    c.method.input(handlers.explain, analyse_inputs, c.cam, api_name="page_explain", **page)
+    c.compare_button.click(handlers.compare, analyse_inputs[:4], c.compare, api_name="compare", **shared)
     c.batch_button.click(handlers.batch, [c.batch_files, c.task, c.tile], [c.batch_table, c.batch_csv],
                          api_name="batch", **shared)
     c.opacity.release(handlers.reblend, [c.state, c.opacity], c.cam, api_visibility="private")
@@ -146,7 +163,7 @@ def wire(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskView]) -> 
         updates = {c.description: v.intro, c.notice: gr.Markdown(v.notice, visible=bool(v.notice)),
                    c.classes: v.classes, c.ethics: v.ethics, c.model_card: v.model_card,
                    c.matrix: gr.Image(v.confusion_matrix), c.target: gr.Dropdown(choices=v.targets, value=TOP_CLASS),
-                   c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None,
+                   c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None, c.compare: None,
                    c.batch_table: None, c.batch_csv: None}
         if c.gallery:
             updates[c.gallery.dataset] = gr.Dataset(samples=v.samples, sample_labels=v.example_labels,
@@ -154,7 +171,7 @@ def wire(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskView]) -> 
         return updates
 
     outputs = [c.description, c.notice, c.classes, c.ethics, c.model_card, c.matrix, c.target, c.image, c.verdict,
-               c.label, c.cam, c.state, c.batch_table, c.batch_csv] + ([c.gallery.dataset] if c.gallery else [])
+               c.label, c.cam, c.state, c.compare, c.batch_table, c.batch_csv] + ([c.gallery.dataset] if c.gallery else [])
     c.task.change(switch, c.task, outputs, api_visibility="private")
 
 

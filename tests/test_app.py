@@ -179,6 +179,23 @@ def test_bad_files_get_an_error_and_the_next_request_succeeds(client, lesion, tm
     assert sum(result.values()) == pytest.approx(1, abs=1e-5)
 
 
+@pytest.mark.parametrize("method", ["Grad-CAM", "Integrated Gradients", "Occlusion"])
+def test_explain_takes_the_method(client, lesion, method):
+    from gradio_client import handle_file
+    default = client.predict(handle_file(lesion), "mel", 0.5, api_name="/explain")
+    chosen = client.predict(handle_file(lesion), "mel", 0.5, "ham10000", "auto", method, api_name="/explain")
+    a, b = (np.asarray(Image.open(p), dtype=np.int16) for p in (default, chosen))
+    assert a.shape == b.shape == np.asarray(Image.open(lesion)).shape
+    assert (np.abs(a - b).max() == 0) == (method == "Grad-CAM")  # Grad-CAM is the default
+
+
+def test_compare_gives_every_method_side_by_side(client, lesion):
+    from gradio_client import handle_file
+    gallery = client.predict(handle_file(lesion), "top", 0.45, api_name="/compare")
+    assert [item["caption"].split(" ⚠")[0] for item in gallery] == ["Grad-CAM", "Integrated Gradients", "Occlusion"]
+    assert all(Image.open(item["image"]).size == Image.open(lesion).size for item in gallery)
+
+
 def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_path):
     """/batch: files and zips in; a row per file in order (a bad one with its reason), and a CSV
     with every class's probability that agrees with /classify."""
@@ -240,6 +257,9 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         assert "research demo, not a diagnosis" in page.locator("#verdict").inner_text()
         if REAL_HAM.is_dir():  # the examples say their true class
             expect(page.get_by_text("Melanoma (mel), true class")).to_be_visible()
+        page.locator("#compare").click()  # the methods side by side
+        expect(page.locator("#compare-gallery img")).to_have_count(3, timeout=60_000)
+        expect(page.locator("#compare-gallery")).to_contain_text("Integrated Gradients")
         page.get_by_text("Data & ethics").click()
         expect(page.get_by_text("skewed to light skin types")).to_be_visible()
         page.screenshot(path=str(screenshot), full_page=True)

@@ -67,3 +67,34 @@ def test_unknown_target_is_a_clear_error(predictor, photo):
     from skinlesion.inference import InputError
     with pytest.raises(InputError, match="unknown class 'xyz'; choose one of akiec"):
         predictor.explain(photo, target="xyz")
+
+
+@pytest.mark.parametrize("method", ["Grad-CAM", "Integrated Gradients", "Occlusion"])
+def test_every_method_depends_on_the_input_and_on_the_weights(predictor, photo, method):
+    """A map that stayed the same for another image, or with other weights, would explain
+    nothing: each method must change with both (the sanity check's negative control)."""
+    import copy
+
+    from scipy.stats import spearmanr
+
+    from skinlesion import Predictor
+    result = predictor.explain(photo, target="mel", method=method)
+    assert result.method == method and result.heatmap.shape == photo.shape[:2]
+    assert 0 <= result.heatmap.min() and result.heatmap.max() == pytest.approx(1.0)
+    moved = np.roll(photo, (20, 35), axis=(0, 1))  # the dark patch elsewhere
+    other_input = predictor.explain(moved, target="mel", method=method).heatmap
+    assert spearmanr(result.heatmap.ravel(), other_input.ravel())[0] < 0.9
+    model = copy.deepcopy(predictor.model)
+    torch.manual_seed(1)
+    for module in model.modules():  # every layer re-initialised: a model that learned nothing
+        if hasattr(module, "reset_parameters") and module is not model:
+            module.reset_parameters()
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
+    other_weights = Predictor(model, predictor.spec).explain(photo, target="mel", method=method).heatmap
+    assert other_weights.std() == 0 or abs(spearmanr(result.heatmap.ravel(), other_weights.ravel())[0]) < 0.9
+
+
+def test_unknown_method_is_refused_with_the_choices(predictor, photo):
+    from skinlesion.inference import InputError
+    with pytest.raises(InputError, match="unknown explanation method 'LIME'.*Grad-CAM, Integrated Gradients, Occlusion"):
+        predictor.explain(photo, method="LIME")

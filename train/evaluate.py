@@ -24,19 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from skinlesion.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, render_card
 from skinlesion.data import DataError
 from skinlesion.decision import DecisionRule, softmax
-from skinlesion.explain import energy_inside, peak_inside
-from skinlesion.inference import Predictor
 from skinlesion.metrics import classification_report, expected_calibration_error, operating_point, review_report
-from skinlesion.model import create_model, load_model_folder
+from skinlesion.model import load_model_folder
 from skinlesion.spec import ModelFolderError, ModelSpec, update_config, read_spec
 from skinlesion.transforms import eval_transform
 
 from .engine import SplitData, autocast_dtype, make_loader, pick_device, predict_logits, prepare_splits
+from .explanations import explanation_report
 from .report import CURVE_PNG, plot_confusion_matrix, plot_history, render_report
 
 log = logging.getLogger("train.evaluate")
@@ -52,7 +50,7 @@ class EvalOptions:
     channels_last: bool = False
     batch_size: int = 128
     workers: int = 0
-    data_root: Path | None = None  # the task's data folder, for the Grad-CAM check; None skips it
+    data_root: Path | None = None  # the task's data folder, for the explanation checks; None skips them
 
 
 def write_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str, np.ndarray],
@@ -65,45 +63,6 @@ def write_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str,
             for record, row, k in zip(splits[s].records, probs[s], decided[s]):
                 writer.writerow([record.image_id, s, record.label, codes[int(k)],
                                  *(f"{p:.6f}" for p in row)])
-
-
-def annotated(spec: ModelSpec, data: SplitData, data_root: Path) -> dict[str, tuple[Path, np.ndarray]]:
-    """Image id → (file, mask at the file's size) for the images the task has annotations for."""
-    masks = {}
-    for record in data.records:
-        with Image.open(record.path) as original:
-            shape = (original.height, original.width)
-        mask = spec.task.annotation(data_root, record.image_id, shape)
-        if mask is not None and mask.any():
-            masks[record.image_id] = (record.path, mask)
-    return masks
-
-
-def explanation_quality(model: torch.nn.Module, spec: ModelSpec, data: SplitData, data_root: Path) -> dict | None:
-    """Where Grad-CAM looks, against the task's annotations (HAM10000 lesion masks, NEU defect
-    boxes): the mean share of heat-map energy inside, and how often the peak is inside — for
-    this model and for the same architecture with random weights (a map that does not depend
-    on what was learned would score the same)."""
-    masks = annotated(spec, data, data_root)
-    if not masks:
-        return None
-    random_model = create_model(spec.num_classes, architecture=spec.architecture, image_size=spec.input_size)
-    torch.nn.init.normal_(random_model.get_classifier().weight, std=0.01)  # a zero head has no gradient
-    result = {"annotation": spec.task.annotation_name, "n": len(masks),
-              "annotated_area": float(np.mean([m.mean() for _, m in masks.values()]))}
-    device = next(model.parameters()).device
-    for name, m in (("trained", model), ("random_weights", random_model)):
-        predictor = Predictor(m, spec, device=device)
-        energy, peak = [], []
-        for path, mask in masks.values():
-            heatmap = predictor.explain(path).heatmap
-            share = energy_inside(heatmap, mask)
-            if share is not None:
-                energy.append(share)
-            peak.append(peak_inside(heatmap, mask))
-        result[name] = {"energy_inside": float(np.mean(energy)) if energy else None,
-                        "peak_inside": float(np.mean(peak))}
-    return result
 
 
 def split_metrics(rule: DecisionRule, logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -134,7 +93,7 @@ def evaluate(model: torch.nn.Module, spec: ModelSpec, splits: dict[str, SplitDat
                "training": spec.training,
                "splits": {s: split_metrics(rule, logits[s], splits[s].labels) for s in EVAL_SPLITS}}
     if options.data_root is not None:
-        metrics["explanations"] = explanation_quality(model, spec, splits["test"], Path(options.data_root))
+        metrics["explanations"] = explanation_report(model, spec, splits["test"].records, Path(options.data_root))
     metrics.update(extra or {})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-explanations", action="store_true",
-                   help="skip the Grad-CAM localisation check against the task's annotations")
+                   help="skip the explanation checks (localisation, faithfulness, sanity; minutes on a CPU)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 

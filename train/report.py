@@ -2,7 +2,8 @@
 
 Every table comes from metrics.json through skinlesion/card.py. After evaluating a bundled
 model (or changing the renderer), re-render the bundled models' cards and the README's tables
-(the blocks between `<!-- results: TASK -->` and `<!-- /results -->`) with:
+(the blocks between `<!-- results: TASK -->` and `<!-- /results -->`, and between
+`<!-- explanations: TASK -->` and `<!-- /explanations -->`) with:
 
     python -m train.report
 """
@@ -16,13 +17,14 @@ from typing import Sequence
 
 import numpy as np
 
-from skinlesion.card import CARD_FILE, f, headline_table, read_metrics, render_card, render_tables, table
+from skinlesion.card import (CARD_FILE, explanation_tables, f, headline_table, read_metrics, render_card,
+                             render_tables, table)
 from skinlesion.spec import read_spec
 from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
 README = Path(__file__).resolve().parents[1] / "README.md"
-RESULTS_BLOCK = re.compile(r"(<!-- results: (\S+) -->\n)(.*?)(<!-- /results -->)", re.S)
+RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
 
 
 def render_history(history: list[dict]) -> str:
@@ -44,11 +46,13 @@ def render_report(metrics: dict) -> str:
 
 
 def readme_with_results(text: str) -> str:
-    """`text` with each results block replaced by the headline table of that task's bundled
-    model (its metrics.json)."""
+    """`text` with each block replaced from that task's bundled model's metrics.json: `results`
+    by the headline table, `explanations` by the explanation tables."""
+    render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n")}
+
     def block(match: re.Match) -> str:
-        metrics = read_metrics(TASKS[match[2]].model_folder)
-        return match[1] + (headline_table(metrics) if metrics else "(no metrics.json)\n") + match[4]
+        metrics = read_metrics(TASKS[match[3]].model_folder)
+        return match[1] + (render[match[2]](metrics) if metrics else "(no metrics.json)\n") + match[5]
     return RESULTS_BLOCK.sub(block, text)
 
 
