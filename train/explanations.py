@@ -140,6 +140,7 @@ def explanation_report(model: torch.nn.Module, spec: ModelSpec, records, data_ro
         rgb = np.asarray(Image.open(record.path).convert("RGB"))
         mask = spec.task.annotation(data_root, record.image_id, rgb.shape[:2]) if data_root else None
         images.append((rgb, mask if mask is not None and mask.any() else None))
+    torch.manual_seed(0)  # the same random-weights model in every run, so the figures repeat
     random_model = create_model(spec.num_classes, architecture=spec.architecture, image_size=spec.input_size)
     torch.nn.init.normal_(random_model.get_classifier().weight, std=0.01)  # a zero head has no gradient
     random_model.eval().requires_grad_(False)
