@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 import skinlesion.explain as explain
 from skinlesion import Predictor
+from skinlesion.data import read_rgb
 from train.explanations import curves, input_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.from_pretrained()
     ids = (ROOT / "tests" / "fixtures" / f"{predictor.task.key}_test_ids.txt").read_text().split()
     paths = [args.data / "images" / f"{i}.jpg" for i in ids[::max(1, len(ids) // args.images)][:args.images]]
-    xs = [predictor.to_batch([np.asarray(Image.open(p).convert("RGB"))]) for p in paths]
+    xs = [predictor.to_batch([read_rgb(p)]) for p in paths]
     print(f"{predictor.spec.architecture} at {predictor.spec.input_size} px, {len(xs)} test images, "
           f"{torch.get_num_threads()} threads\n")
     print("| method | setting | deletion area (lower is better) | insertion area (higher) | seconds per image |")

@@ -21,9 +21,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .inference import InputError, Predictor, load_image
-from .tiles import classify_tiles, worth_tiling
+from .tiles import tiled_answer
 
-BATCH_SIZE = 8                  # on 2 CPU cores B0 runs fastest at batches of 4-8 (16: 25 % slower at 224 px)
+BATCH_SIZE = 8                  # on 2 CPU cores B0 ran faster at batches of 4-8 than 16 (README: benchmark)
 MAX_FILES = 500                 # the page and /batch: more is refused, with this number
 MAX_BYTES = 200 * 1024 ** 2     # ... and so is more than this much (zip members uncompressed)
 SKIPPED = ("__MACOSX/", ".")     # zip folders and hidden files that are not inputs
@@ -139,10 +139,8 @@ def read(predictor: Predictor, item: Item, tile: bool) -> np.ndarray | dict:
         image = item.read()
     except InputError as error:
         return row(predictor, item.name, None, error=str(error))
-    if tile and worth_tiling(image.shape[1], image.shape[0]):
-        boxes, per_tile, worst = classify_tiles(predictor, image)
-        return row(predictor, item.name, per_tile[worst], region=boxes[worst])
-    return image
+    tiled = tiled_answer(predictor, image) if tile else None
+    return row(predictor, item.name, *tiled) if tiled else image
 
 
 def row(predictor: Predictor, name: str, probabilities: dict[str, float] | None,

@@ -107,21 +107,11 @@ def _review(metrics: dict) -> str:
             + table(["split", "sent to review", "accuracy of automatic answers", "mistakes caught by review"], rows))
 
 
-def explanation_methods(quality: dict) -> dict[str, dict]:
-    """Method → its figures; an older metrics.json (Grad-CAM localisation only) read alike."""
-    if "methods" in quality:
-        return quality["methods"]
-    return {"Grad-CAM": {"energy_inside": quality["trained"]["energy_inside"],
-                         "peak_inside": quality["trained"]["peak_inside"],
-                         "energy_inside_random_weights": quality["random_weights"]["energy_inside"],
-                         "peak_inside_random_weights": quality["random_weights"]["peak_inside"]}}
-
-
 def explanation_tables(metrics: dict) -> str:
     quality = metrics.get("explanations")
     if not quality:
         return ""
-    methods = explanation_methods(quality)
+    methods = quality["methods"]
     parts = [f"\n### How far the explanations can be trusted (test split, {quality['n']} images)\n"]
     if quality.get("annotation"):
         parts += [f"**Localisation** against the {quality['annotation']} (they cover "

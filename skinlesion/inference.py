@@ -67,8 +67,19 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(a, "RGBA" if a.ndim == 3 and a.shape[2] == 4 else None)
 
 
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise InputError(f"the image is too large: {width}×{height} pixels; the limit is "
+                         f"{MAX_PIXELS // 1_000_000} million pixels")
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"the image is too small: {width}×{height} pixels; each side needs at least {MIN_SIDE}")
+
+
 def load_image(image: ImageInput) -> np.ndarray:
     """A PIL image, an array or a file (path or bytes) → upright RGB uint8 array, or InputError."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        _check_size(image.shape[1], image.shape[0])  # already RGB (e.g. decoded by the page): as is
+        return image
     if isinstance(image, np.ndarray):
         image = _from_array(image)
     if not isinstance(image, Image.Image):
@@ -87,12 +98,7 @@ def load_image(image: ImageInput) -> np.ndarray:
         image = opened
     else:
         opened = None  # the caller's image: never changed in place
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise InputError(f"the image is too large: {width}×{height} pixels; the limit is "
-                         f"{MAX_PIXELS // 1_000_000} million pixels")
-    if min(width, height) < MIN_SIDE:
-        raise InputError(f"the image is too small: {width}×{height} pixels; each side needs at least {MIN_SIDE}")
+    _check_size(*image.size)
     try:
         image.load()
         if opened is not None:  # one decoded copy plus the array: a 12-megapixel photo is 36 MB each

@@ -22,7 +22,7 @@ from .card import card_body, is_placeholder, read_metrics
 from .explain import GRAD_CAM, METHODS, OVERLAY_OPACITY, overlay
 from .inference import InputError, Predictor, load_image
 from .tasks import ClassInfo
-from .tiles import TiledAnswer, analyse_tiles, classify_tiles, where, worth_tiling
+from .tiles import TiledAnswer, analyse_tiles, tiled_answer, where, worth_tiling
 
 BATCH_HEADERS = ["file", "decided class", "probability", "verdict", "error"]
 BATCH_CSV_KEPT_S = 600  # the server's copy of a batch CSV; the download itself is Gradio's cached copy
@@ -174,6 +174,7 @@ class Handlers:
     def __init__(self, predictors: dict[str, Predictor]):
         self.predictors = predictors
         self.first = next(iter(predictors))
+        self.flags = {task: sanity_flags(p) for task, p in predictors.items()}  # read once, not per request
 
     def predictor(self, task: str | None) -> Predictor:
         task = task or self.first
@@ -208,11 +209,8 @@ class Handlers:
             return None
         try:
             rgb = load_image(source)
-            if tiles_on(predictor, tile) and worth_tiling(rgb.shape[1], rgb.shape[0]):
-                _, per_tile, worst = classify_tiles(predictor, rgb)
-                probabilities = per_tile[worst]
-            else:
-                probabilities = predictor.predict(rgb)
+            tiled = tiled_answer(predictor, rgb) if tiles_on(predictor, tile) else None
+            probabilities = tiled[0] if tiled else predictor.predict(rgb)
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
         return predictor.decide(probabilities), probabilities
@@ -228,8 +226,7 @@ class Handlers:
                 task: str | None = None) -> list[tuple[Image.Image, str]]:
         """Every method's overlay for one image, side by side, each captioned with its name and
         what its sanity check found (the model card's figures)."""
-        predictor = self.predictor(task)
-        flags = sanity_flags(predictor)
+        flags = self.flags[self.predictor(task).task.key]
         return [(self._explained(image, target, opacity, task, "off", m)[1].overlay, m + flags.get(m, ""))
                 for m in METHODS]
 

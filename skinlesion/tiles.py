@@ -65,6 +65,16 @@ def classify_tiles(predictor: Predictor, rgb: np.ndarray, side: int | None = Non
     return boxes, per_tile, int(np.argmax([max(p.values()) for p in per_tile]))
 
 
+def tiled_answer(predictor: Predictor, rgb: np.ndarray
+                 ) -> tuple[dict[str, float], tuple[int, int, int, int]] | None:
+    """The worst tile's probabilities and its box, or None when the image is not long enough
+    to need tiles (the caller then classifies it whole)."""
+    if not worth_tiling(rgb.shape[1], rgb.shape[0]):
+        return None
+    boxes, per_tile, worst = classify_tiles(predictor, rgb)
+    return per_tile[worst], boxes[worst]
+
+
 def analyse_tiles(predictor: Predictor, image: ImageInput, target: str | None = None,
                   opacity: float = OVERLAY_OPACITY, side: int | None = None) -> TiledAnswer:
     """Classify every tile, answer with the worst tile, explain `target` (default: the

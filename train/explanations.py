@@ -25,6 +25,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 from torchvision.transforms.functional import gaussian_blur
 
+from skinlesion.data import read_rgb
 from skinlesion.explain import METHODS, attribution_map, energy_inside, last_stage, peak_inside
 from skinlesion.inference import Predictor
 from skinlesion.model import create_model
@@ -137,7 +138,7 @@ def explanation_report(model: torch.nn.Module, spec: ModelSpec, records, data_ro
     predictor = Predictor(model, spec, device=next(model.parameters()).device)
     images = []
     for record in chosen:
-        rgb = np.asarray(Image.open(record.path).convert("RGB"))
+        rgb = read_rgb(record.path)
         mask = spec.task.annotation(data_root, record.image_id, rgb.shape[:2]) if data_root else None
         images.append((rgb, mask if mask is not None and mask.any() else None))
     torch.manual_seed(0)  # the same random-weights model in every run, so the figures repeat
