@@ -106,7 +106,7 @@ def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_ru
     paths = sorted((tiny_run.parent / "ham" / "images").glob("*.jpg"))[::9]
     records = [Record(p.stem, p.stem, "nv", p) for p in paths]
     data = prepare_splits(records, spec.input_size, 0, None, spec.codes,
-                          split_file=_all_in_test(tiny_run, records))["test"]
+                          split=_all_in_test(tiny_run, records))["test"]
     logits = predict_logits(model, make_loader(data, eval_transform(spec.input_size), 8, 0, shuffle=False),
                             pick_device("cpu"))
     probs = spec.rule.probabilities(logits)

@@ -59,7 +59,7 @@ def test_reloaded_model_predicts_what_training_measured(tiny_run, tmp_path):
     model, spec = load_model_folder(tiny_run / "model")
     config = spec.config
     data = tiny_run.parent / "ham"
-    splits = prepare_splits(load_ham10000(data), 32, 0, None, spec.codes, split_file=tiny_run / "split.csv")
+    splits = prepare_splits(load_ham10000(data), 32, 0, None, spec.codes, split=tiny_run / "split.csv")
     logits = predict_logits(model, make_loader(splits["val"], eval_transform(32), 64, 0, shuffle=False),
                             pick_device("cpu"))
     probs = softmax(logits, config["temperature"])

@@ -46,7 +46,7 @@ class Flipped(torch.nn.Module):
 
 def score(run: Path, data: Path, device: torch.device) -> dict:
     model, spec = load_model_folder(run / "model")
-    splits = prepare_splits(spec.task.load(data), spec.input_size, 0, None, spec.codes, split_file=run / "split.csv")
+    splits = prepare_splits(spec.task.load(data), spec.input_size, 0, None, spec.codes, split=run / "split.csv")
     row: dict = {"run": run.name, **{k: spec.training.get(k) for k in (
         "initialisation", "image_size", "epochs", "best_epoch", "class_weights")},
         "architecture": spec.architecture}

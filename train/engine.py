@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from skinlesion.data import (SPLITS, Record, ImageDataset, load_images, read_split,
                              split_records, stratified_subset)
@@ -47,11 +47,13 @@ def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None
 
 
 def prepare_splits(records: list[Record], image_size: int, seed: int, max_samples: int | None,
-                   codes: Sequence[str], split_file: Path | None = None,
+                   codes: Sequence[str], split: Mapping[str, str] | Path | None = None,
                    workers: int = 4) -> dict[str, SplitData]:
-    """Split (from a file, or lesion-grouped for `seed`), optionally subsample each split to
-    its share of `max_samples`, then decode and resize every image once."""
-    split = read_split(split_file) if split_file else split_records(records, seed)
+    """Split (image id → split name, given or read from a split.csv; None: lesion-grouped for
+    `seed`), optionally subsample each split to its share of `max_samples`, then decode and
+    resize every image once."""
+    if not isinstance(split, Mapping):
+        split = read_split(split) if split else split_records(records, seed)
     codes = list(codes)
     out = {}
     for name in SPLITS:
@@ -70,11 +72,21 @@ def seed_worker(_: int) -> None:
 
 
 def make_loader(data: SplitData, transform, batch_size: int, workers: int, shuffle: bool,
-                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+                seed: int = 0, pin_memory: bool = False, shard: tuple[int, int] | None = None) -> DataLoader:
+    """`shard` = (rank, world size) under torchrun: this rank's share of the data through a
+    DistributedSampler. Shuffled, the shards are disjoint (the last world-size-1 images of an
+    epoch's order may be left out) and reshuffled by `sampler.set_epoch`; unshuffled, every image
+    is kept (padded with repeats; train.distributed.Ranks.gather_rows undoes it)."""
     dataset = ImageDataset(data.images, data.labels, transform)
+    sampler = None
+    if shard is not None:
+        rank, world_size = shard
+        sampler = DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
+        seed += rank  # the same shuffle on every rank, but each rank's own augmentations
     transform.set_random_seed(seed)  # used as is when workers == 0
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=shuffle and len(dataset) > batch_size,
+    per_rank = len(sampler) if sampler is not None else len(dataset)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, pin_memory=pin_memory, drop_last=shuffle and per_rank > batch_size,
                       persistent_workers=workers > 0, worker_init_fn=seed_worker,
                       prefetch_factor=4 if workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed))

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, spec = load_model_folder(args.model)
         splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
-                                spec.codes, split_file=args.split, workers=args.workers + 1)
+                                spec.codes, split=args.split, workers=args.workers + 1)
     except (ModelFolderError, DataError) as error:
         log.error("%s", error)
         return 2

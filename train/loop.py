@@ -1,6 +1,11 @@
 """The training loop: a `Trainer` holds the model and everything that updates it (optimiser,
 loss scaler, weight EMA, weighted loss) and runs one epoch at a time. Orchestration — data,
-resuming, choosing and saving the best epoch, the final evaluation — is in __main__.py."""
+resuming, choosing and saving the best epoch, the final evaluation — is in __main__.py.
+
+Under torchrun the forward and backward run through DistributedDataParallel (`net`), which
+averages the gradients over the ranks; `model` stays the plain module, so the EMA, the
+checkpoint and the saved weights never see the wrapper. Every rank keeps the same EMA (the
+weights are identical after each step); rank 0 alone writes it."""
 from __future__ import annotations
 
 import argparse
@@ -15,12 +20,15 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from skinlesion.model import create_model
 from skinlesion.tasks import Task
 
-from .engine import autocast_dtype, pick_device, predict_logits, to_input
+from .distributed import Ranks
+from .engine import autocast_dtype, predict_logits, to_input
 
 log = logging.getLogger("train")
 WEIGHT_SCHEMES = ("inverse", "inverse-sqrt", "none")
@@ -58,11 +66,13 @@ class Trainer:
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool
+    ranks: Ranks
+    net: torch.nn.Module  # what trains: `model`, or `model` wrapped in DistributedDataParallel
     step: int = 0
 
     @classmethod
-    def build(cls, args: argparse.Namespace, task: Task, train_labels: np.ndarray) -> "Trainer":
-        device = pick_device(args.device)
+    def build(cls, args: argparse.Namespace, task: Task, train_labels: np.ndarray, ranks: Ranks) -> "Trainer":
+        device = ranks.device
         amp_dtype = autocast_dtype(device, args.amp)
         channels_last = True if args.channels_last is None else args.channels_last
         log.info("device %s, precision %s%s", device, amp_dtype or torch.float32,
@@ -71,6 +81,10 @@ class Trainer:
                              image_size=args.image_size, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
         log.info("initialisation: %s", model.initialisation)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        net = model
+        if ranks.enabled:  # rank 0's initial weights are broadcast to the others here
+            net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+            torch.manual_seed(args.seed + ranks.rank)  # each rank its own dropout / drop-path draws
         weights = class_weights(train_labels, len(task.codes), args.class_weights)
         log.info("class weights (%s): %s", args.class_weights,
                  " ".join(f"{c}={w:.2f}" for c, w in zip(task.codes, weights)))
@@ -79,14 +93,19 @@ class Trainer:
                    torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=args.lr),
                    torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                    torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=args.label_smoothing),
-                   device, amp_dtype, channels_last)
+                   device, amp_dtype, channels_last, ranks, net)
 
-    def train_one_epoch(self, loader, epoch: int, total_steps: int, warmup_steps: int) -> dict:
-        """One pass over the training data; the epoch's loss, speed and last learning rate."""
+    def train_one_epoch(self, loader, epoch: int, total_steps: int, warmup_steps: int,
+                        since: float | None = None) -> dict:
+        """One pass over the training data (this rank's shard of it under torchrun); the epoch's
+        loss and speed over all ranks, the last learning rate, and how long the first step took
+        to be done from `since` (default: the epoch's start): worker start-up and warm-up."""
         args, cfg = self.args, self.model.pretrained_cfg
         self.model.train()
-        started, seen, loss_sum, lr = time.perf_counter(), 0, 0.0, args.lr
-        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch",
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)  # a new shuffle, the same on every rank
+        started, seen, loss_sum, lr, first_step = time.perf_counter(), 0, 0.0, args.lr, None
+        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=not self.ranks.is_main,
                    dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
         for batch, target in bar:
             lr = learning_rate(self.step, total_steps, warmup_steps, args.lr, args.min_lr)
@@ -96,16 +115,18 @@ class Trainer:
                                    target.to(self.device, non_blocking=True))
             seen += len(target)
             loss_sum += loss * len(target)
+            first_step = first_step or time.perf_counter() - (since or started)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}",
                             img_s=f"{seen / (time.perf_counter() - started):.0f}")
         bar.close()
+        seen, loss_sum = self.ranks.sum(seen, loss_sum)
         seconds = time.perf_counter() - started
         return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": lr,
-                "images_per_s": seen / seconds, "seconds": seconds}
+                "images_per_s": seen / seconds, "seconds": seconds, "first_step_s": first_step}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.criterion(self.model(x), y)
+            loss = self.criterion(self.net(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}: lower --lr or turn off --amp")
         self.optimizer.zero_grad(set_to_none=True)
@@ -125,8 +146,11 @@ class Trainer:
         return {"model": self.model, **({"ema": self.ema.module} if self.ema is not None else {})}
 
     def validation_scores(self, loader, labels: np.ndarray) -> dict[str, float]:
-        return {name: balanced_accuracy_score(labels, predict_logits(m, loader, self.device, self.amp_dtype,
-                                                                     self.channels_last).argmax(1))
+        """Balanced accuracy of each candidate on the whole validation split; under torchrun each
+        rank predicts its shard and every rank gets the same scores, so all decide alike."""
+        return {name: balanced_accuracy_score(labels, self.ranks.gather_rows(
+                    predict_logits(m, loader, self.device, self.amp_dtype, self.channels_last),
+                    len(labels)).argmax(1))
                 for name, m in self.candidates().items()}
 
     def state(self) -> dict:

@@ -1,0 +1,184 @@
+"""Training batches made on the accelerator (--augment-on device): the split's uint8 images are
+put on the device once, and each batch is indexed and augmented there, per image, with the
+draws of skinlesion.transforms.train_transform. No loader workers: nothing to start, nothing to
+copy per step, so one GPU is not kept waiting by its CPU (README: Training on GPUs).
+
+The same augmentations, with the same probabilities and ranges; what differs:
+- the pose and the affine are one bilinear resampling (F.grid_sample) instead of two; the
+  border reflects about the edge (cv2's BORDER_REFLECT) rather than about the edge pixel
+  (BORDER_REFLECT_101), which differs by one pixel at the border;
+- pixels stay float between the steps and are rounded to uint8 once at the end, where
+  albumentations rounds after each step; the translation is not rounded to whole pixels;
+- the blur kernel has 3 or 5 taps (albumentations may also draw 4 and uses the nearest odd).
+tests/test_device_augment.py checks each draw against albumentations' statistics.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
+
+from .engine import SplitData
+
+GRAY = (0.299, 0.587, 0.114)  # cv2's RGB → gray weights, as albumentations' colour jitter uses
+
+
+class DeviceBatches:
+    """A drop-in for the training / validation DataLoader: yields (uint8 NCHW batch, labels),
+    both already on `device`, in the order of a RandomSampler (or this rank's DistributedSampler)."""
+
+    def __init__(self, data: SplitData, device: torch.device, batch_size: int, shuffle: bool,
+                 strength: float | None, seed: int = 0, shard: tuple[int, int] | None = None):
+        self.images = torch.from_numpy(np.stack(data.images)).permute(0, 3, 1, 2).to(device)
+        self.labels = torch.from_numpy(data.labels).to(device)
+        self.strength = strength  # None: no augmentation (validation)
+        if shard is not None:
+            rank, world_size = shard
+            self.sampler = DistributedSampler(range(len(self.labels)), world_size, rank, shuffle=shuffle, seed=seed,
+                                              drop_last=shuffle)
+            seed += rank
+        elif shuffle:
+            self.sampler = RandomSampler(range(len(self.labels)), generator=torch.Generator().manual_seed(seed))
+        else:
+            self.sampler = SequentialSampler(range(len(self.labels)))
+        per_rank = len(self.sampler)
+        self.batches = BatchSampler(self.sampler, batch_size, drop_last=shuffle and per_rank > batch_size)
+        self.generator = torch.Generator(device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for indices in self.batches:
+            index = torch.as_tensor(indices, device=self.images.device)
+            batch = self.images[index]
+            if self.strength is not None:
+                batch = augment(batch, self.strength, self.generator)
+            yield batch, self.labels[index]
+
+
+def augment(batch: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """uint8 NCHW → uint8 NCHW, each image with its own draws (see the module docstring)."""
+    x = batch.float()
+    x = geometry(x, strength, generator)
+    x = colour_jitter(x, strength, generator)
+    x = noise_or_blur(x, strength, generator)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=g, device=device)
+
+
+def _chance(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) < p
+
+
+def geometry(x: torch.Tensor, s: float, g: torch.Generator) -> torch.Tensor:
+    """HorizontalFlip, VerticalFlip, RandomRotate90, then Affine (p 0.7): scale x and y apart,
+    translation x and y apart, rotation about the centre; one resampling for all of them."""
+    n, device = len(x), x.device
+    one = torch.ones(n, device=device)
+    # the pose: a dihedral matrix on normalised coordinates (exact on the pixel grid)
+    flip_x = torch.where(_chance(n, 0.5, g, device), -one, one)
+    flip_y = torch.where(_chance(n, 0.5, g, device), -one, one)
+    quarter = torch.randint(0, 4, (n,), generator=g, device=device) * (math.pi / 2)
+    pose = _rotation(quarter) @ torch.diag_embed(torch.stack([flip_x, flip_y], 1))
+    # the affine, or the identity for the 30 % it skips
+    applied = _chance(n, 0.7, g, device)
+    scale = torch.stack([_uniform(n, 1 - 0.15 * s, 1 + 0.15 * s, g, device) for _ in range(2)], 1)
+    shift = torch.stack([_uniform(n, -0.05 * s, 0.05 * s, g, device) for _ in range(2)], 1) * 2  # ±1 = half a side
+    angle = _uniform(n, -20 * s, 20 * s, g, device) * (math.pi / 180)
+    scale, shift = torch.where(applied[:, None], scale, 1.0), torch.where(applied[:, None], shift, 0.0)
+    angle = torch.where(applied, angle, 0.0)
+    forward = _rotation(angle) @ torch.diag_embed(scale) @ pose  # input → output coordinates
+    inverse = torch.linalg.inv(forward)  # grid_sample asks, for each output pixel, where to read
+    theta = torch.cat([inverse, -(inverse @ shift[:, :, None])], 2)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _rotation(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(GRAY, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def colour_jitter(x: torch.Tensor, s: float, g: torch.Generator) -> torch.Tensor:
+    """ColorJitter (p 0.8): brightness, contrast, saturation and hue, in an order drawn for each
+    image, with albumentations' formulas; the 20 % it skips get the identity factors."""
+    n, device = len(x), x.device
+    applied = _chance(n, 0.8, g, device)
+    factors = [torch.where(applied, _uniform(n, 1 - b, 1 + b, g, device), 1.0) for b in (0.2 * s, 0.2 * s, 0.15 * s)]
+    factors.append(torch.where(applied, _uniform(n, -0.03 * s, 0.03 * s, g, device), 0.0))
+    ops = (_brightness, _contrast, _saturation, _hue)
+    order = torch.rand(n, 4, generator=g, device=device).argsort(1)
+    for position in range(4):
+        for k, op in enumerate(ops):
+            chosen = (order[:, position] == k).nonzero().squeeze(1)
+            if len(chosen):
+                x[chosen] = op(x[chosen], factors[k][chosen].view(-1, 1, 1, 1)).clamp_(0, 255)
+    return x
+
+
+def _brightness(x, f):
+    return x * f
+
+
+def _contrast(x, f):
+    return x * f + _gray(x).mean((2, 3), keepdim=True) * (1 - f)
+
+
+def _saturation(x, f):
+    return x * f + _gray(x) * (1 - f)
+
+
+def _hue(x, f):
+    """Rotate the hue by f of the full circle (HSV), as cv2's conversion does."""
+    r, g_, b = x.unbind(1)
+    value, _ = x.max(1)
+    low, _ = x.min(1)
+    chroma = value - low
+    safe = torch.where(chroma > 0, chroma, 1.0)
+    hue = torch.where(value == r, ((g_ - b) / safe) % 6,
+                      torch.where(value == g_, (b - r) / safe + 2, (r - g_) / safe + 4))
+    hue = torch.where(chroma > 0, hue, 0.0) / 6 + f.view(-1, 1, 1)
+    hue = (hue % 1.0) * 6
+    k = torch.stack([(5 + hue) % 6, (3 + hue) % 6, (1 + hue) % 6], 1)  # HSV → RGB, one formula per channel
+    return value[:, None] - chroma[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+def noise_or_blur(x: torch.Tensor, s: float, g: torch.Generator) -> torch.Tensor:
+    """OneOf([GaussNoise(std 1–4 % of 255, per channel), GaussianBlur(3–5 taps, sigma 0.5–3)], p 0.3)."""
+    n, device = len(x), x.device
+    applied = _chance(n, 0.3, g, device)
+    noisy = applied & _chance(n, 0.5, g, device)
+    blurred = (applied & ~noisy).nonzero().squeeze(1)
+    std = _uniform(n, 0.01, 0.04 * s, g, device) * 255 * noisy
+    x = x + torch.randn(x.shape, generator=g, device=device) * std.view(-1, 1, 1, 1)
+    if len(blurred):
+        x[blurred] = _blur(x[blurred], g)
+    return x.clamp_(0, 255)
+
+
+def _blur(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A separable Gaussian per image: 5 taps, the outer two zero for a 3-tap kernel; the border
+    reflected about the edge pixel, as cv2 does."""
+    n, c, h, w = x.shape
+    device = x.device
+    sigma = _uniform(n, 0.5, 3.0, g, device)
+    taps = torch.where(_chance(n, 0.5, g, device), 3, 5)
+    offsets = torch.arange(-2, 3, device=device, dtype=torch.float32)
+    kernel = torch.exp(-(offsets ** 2) / (2 * sigma[:, None] ** 2)) * (offsets.abs() <= taps[:, None] // 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # one per image and channel
+    flat = F.pad(x.reshape(1, n * c, h, w), (2, 2, 2, 2), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, 5), groups=n * c)
+    flat = F.conv2d(flat, kernel.view(n * c, 1, 5, 1), groups=n * c)
+    return flat.view(n, c, h, w)
