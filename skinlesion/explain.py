@@ -32,9 +32,9 @@ def last_stage(model: torch.nn.Module) -> torch.nn.Module:
 
 def grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
              index: int | Callable[[torch.Tensor], int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """ReLU'd Grad-CAM (1, 1, h, w) of class `index` for one image, in float32, with the logits
-    of the same pass and the index explained. `index` may be a function of the logits (the
-    decision rule's choice), or None for the arg-max."""
+    """ReLU'd Grad-CAM (n, 1, h, w) of class `index` for each of the n images, in float32, with
+    the logits of the same pass and the index explained. `index` may be a function of the
+    logits (the decision rule's choice), or None for the first image's arg-max."""
     seen: dict = {}
 
     def explained_logit(inputs: torch.Tensor) -> torch.Tensor:

@@ -184,7 +184,11 @@ class Predictor:
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, float]]:
         """Calibrated probabilities of checked RGB arrays (`load_image`'s output), in one
         forward pass: the batch path of `python -m skinlesion predict` and the Batch tab."""
-        probs = self.rule.probabilities(self.model(self.to_batch(images)).float().cpu().numpy())
+        return self.per_image(self.model(self.to_batch(images)))
+
+    def per_image(self, logits: torch.Tensor) -> list[dict[str, float]]:
+        """Each row of a batch's logits as calibrated probabilities."""
+        probs = self.rule.probabilities(logits.float().cpu().numpy())
         return [{code: float(p) for code, p in zip(self.codes, row)} for row in probs]
 
     def explain(self, image: ImageInput, target: str | None = None, opacity: float = OVERLAY_OPACITY,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from .batch import BatchError, Item, analyse, check_limits, expand, write_csv
@@ -79,7 +80,6 @@ class TaskView:
 def display_name(info: ClassInfo) -> str:
     """How the page names a class: the full name, with the code the API uses."""
     return f"{info.name} ({info.code})"
-
 
 
 def sanity_flags(predictor: Predictor) -> dict[str, str]:
@@ -182,20 +182,33 @@ class Handlers:
             raise gr.Error(f"Unknown task {task!r}; this app serves: {', '.join(self.predictors)}.")
         return self.predictors[task]
 
-    def _explained(self, image: dict | None, target: str | None, opacity: float, task: str | None,
-                   tile: str | bool | None, method: str = GRAD_CAM):
-        """The Predictor and its explanation: of the whole image with `method`, or stitched from
-        Grad-CAM tiles when tiling is on (TILE_CHOICES) and the image is long enough."""
-        predictor = self.predictor(task)
+    @staticmethod
+    def _decoded(image: dict | None):
+        """The upload as a checked RGB array (decoded once per request), or a gr.Error."""
         source = image_source(image)
         if source is None:
             raise gr.Error("Upload an image first.")
+        try:
+            return load_image(source)
+        except InputError as error:
+            raise gr.Error(f"Cannot analyse this image: {error}") from None
+
+    def _explained(self, image: dict | None, target: str | None, opacity: float, task: str | None,
+                   tile: str | bool | None, method: str = GRAD_CAM):
+        """The Predictor and its explanation of the upload."""
+        predictor = self.predictor(task)
+        return predictor, self._explain(predictor, self._decoded(image), target, opacity, tile, method)
+
+    @staticmethod
+    def _explain(predictor: Predictor, rgb: np.ndarray, target: str | None, opacity: float,
+                 tile: str | bool | None, method: str):
+        """Of the whole image with `method`, or stitched from Grad-CAM tiles when tiling is on
+        (TILE_CHOICES) and the image is long enough."""
         target = None if target in (None, "", TOP_CLASS) else target
         try:
-            rgb = load_image(source)
             if tiles_on(predictor, tile) and worth_tiling(rgb.shape[1], rgb.shape[0]):
-                return predictor, analyse_tiles(predictor, rgb, target, opacity)
-            return predictor, predictor.explain(rgb, target, opacity, method or GRAD_CAM)
+                return analyse_tiles(predictor, rgb, target, opacity)
+            return predictor.explain(rgb, target, opacity, method or GRAD_CAM)
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
 
@@ -226,8 +239,10 @@ class Handlers:
                 task: str | None = None) -> list[tuple[Image.Image, str]]:
         """Every method's overlay for one image, side by side, each captioned with its name and
         what its sanity check found (the model card's figures)."""
-        flags = self.flags[self.predictor(task).task.key]
-        return [(self._explained(image, target, opacity, task, "off", m)[1].overlay, m + flags.get(m, ""))
+        predictor = self.predictor(task)
+        rgb = self._decoded(image)  # once, for the three methods
+        flags = self.flags[predictor.task.key]
+        return [(self._explain(predictor, rgb, target, opacity, "off", m).overlay, m + flags.get(m, ""))
                 for m in METHODS]
 
     def analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,

@@ -57,34 +57,45 @@ def tile_boxes(width: int, height: int, side: int | None = None,
     return [(x, y, x + side, y + side) for y in starts(height) for x in starts(width)]
 
 
-def classify_tiles(predictor: Predictor, rgb: np.ndarray, side: int | None = None
-                   ) -> tuple[list[tuple[int, int, int, int]], list[dict[str, float]], int]:
-    """Every tile's probabilities (one batch) and the index of the worst tile."""
-    boxes = tile_boxes(rgb.shape[1], rgb.shape[0], side)
-    per_tile = predictor.predict_batch([rgb[top:bottom, left:right] for left, top, right, bottom in boxes])
-    return boxes, per_tile, int(np.argmax([max(p.values()) for p in per_tile]))
+def crops(rgb: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
+    return [rgb[top:bottom, left:right] for left, top, right, bottom in boxes]
+
+
+def worst_tile(per_tile: list[dict[str, float]]) -> int:
+    return int(np.argmax([max(p.values()) for p in per_tile]))
 
 
 def tiled_answer(predictor: Predictor, rgb: np.ndarray
                  ) -> tuple[dict[str, float], tuple[int, int, int, int]] | None:
-    """The worst tile's probabilities and its box, or None when the image is not long enough
-    to need tiles (the caller then classifies it whole)."""
+    """The worst tile's probabilities and its box (every tile in one batch), or None when the
+    image is not long enough to need tiles (the caller then classifies it whole)."""
     if not worth_tiling(rgb.shape[1], rgb.shape[0]):
         return None
-    boxes, per_tile, worst = classify_tiles(predictor, rgb)
+    boxes = tile_boxes(rgb.shape[1], rgb.shape[0])
+    per_tile = predictor.predict_batch(crops(rgb, boxes))
+    worst = worst_tile(per_tile)
     return per_tile[worst], boxes[worst]
 
 
 def analyse_tiles(predictor: Predictor, image: ImageInput, target: str | None = None,
                   opacity: float = OVERLAY_OPACITY, side: int | None = None) -> TiledAnswer:
     """Classify every tile, answer with the worst tile, explain `target` (default: the
-    answer's decided class) on every tile and stitch the maps."""
+    answer's decided class) on every tile and stitch the maps — all tiles in one batch, whose
+    forward pass gives both the answer and the Grad-CAM maps."""
     rgb = load_image(image)
-    boxes, per_tile, worst = classify_tiles(predictor, rgb, side)
-    target = target or predictor.decide(per_tile[worst])
-    crops = [rgb[top:bottom, left:right] for left, top, right, bottom in boxes]
-    heatmap = stitched_cam(predictor, crops, boxes, rgb.shape[:2], predictor.codes.index(target))
-    return TiledAnswer(rgb, boxes, per_tile, worst, per_tile[worst], target, heatmap, overlay(rgb, heatmap, opacity))
+    boxes = tile_boxes(rgb.shape[1], rgb.shape[0], side)
+    found: dict = {}
+
+    def explained(logits) -> int:  # the answer is known once the forward pass has run
+        found["per_tile"] = predictor.per_image(logits)
+        found["worst"] = worst_tile(found["per_tile"])
+        return predictor.codes.index(target or predictor.decide(found["per_tile"][found["worst"]]))
+
+    cams, _, index = grad_cam(predictor.model, predictor.layer, predictor.to_batch(crops(rgb, boxes)), explained)
+    heatmap = stitched(cams, boxes, rgb.shape[:2])
+    per_tile, worst = found["per_tile"], found["worst"]
+    return TiledAnswer(rgb, boxes, per_tile, worst, per_tile[worst], predictor.codes[index], heatmap,
+                       overlay(rgb, heatmap, opacity))
 
 
 def where(region: tuple[int, int, int, int], tiles: int) -> str:
@@ -92,14 +103,12 @@ def where(region: tuple[int, int, int, int], tiles: int) -> str:
     return f"Worst of {tiles} tiles: pixels {left}–{right} from the left, {top}–{bottom} from the top."
 
 
-def stitched_cam(predictor: Predictor, crops: list[np.ndarray], boxes: list[tuple[int, int, int, int]],
-                 shape: tuple[int, int], index: int) -> np.ndarray:
-    """Grad-CAM of class `index` on every tile, upsampled into place; overlaps keep the
-    maximum; scaled by the largest value over the whole image."""
+def stitched(cams, boxes: list[tuple[int, int, int, int]], shape: tuple[int, int]) -> np.ndarray:
+    """Every tile's Grad-CAM (n, 1, h, w) upsampled into place; overlaps keep the maximum;
+    scaled by the largest value over the whole image."""
     full = np.zeros(shape, np.float32)
-    for crop, (left, top, right, bottom) in zip(crops, boxes):
-        cam, _, _ = grad_cam(predictor.model, predictor.layer, predictor.to_batch([crop]), index)
-        up = LayerAttribution.interpolate(cam.float(), (bottom - top, right - left), interpolate_mode="bilinear")
+    for cam, (left, top, right, bottom) in zip(cams, boxes):
+        up = LayerAttribution.interpolate(cam[None].float(), (bottom - top, right - left), interpolate_mode="bilinear")
         np.maximum(full[top:bottom, left:right], up[0, 0].clamp(min=0).cpu().numpy(), out=full[top:bottom, left:right])
     peak = float(full.max())
     return full / peak if peak > 0 else full

@@ -76,7 +76,7 @@ def test_device_batches_shard_like_the_loader():
     for epoch in (1, 2):
         seen = []
         for shard in shards:
-            shard.sampler.set_epoch(epoch)
+            shard.batch_sampler.sampler.set_epoch(epoch)
             seen.append({int(x[0, 0, 0]) for batch, labels in shard for x in batch})
             assert all(torch.equal(labels, batch[:, 0, 0, 0].long() % 7) for batch, labels in shard)
         assert len(seen[0]) == len(seen[1]) == 24 and not seen[0] & seen[1]  # 25 per rank, full batches of 8

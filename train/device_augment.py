@@ -9,8 +9,8 @@ The same augmentations, with the same probabilities and ranges; what differs:
   (BORDER_REFLECT_101), which differs by one pixel at the border;
 - pixels stay float between the steps and are rounded to uint8 once at the end, where
   albumentations rounds after each step; the translation is not rounded to whole pixels;
-- the blur kernel has 3 or 5 taps (albumentations may also draw 4 and uses the nearest odd).
-tests/test_device_augment.py checks each draw against albumentations' statistics.
+tests/test_device_augment.py checks the colour formulas against albumentations' own functions
+and the whole pipeline's output statistics against train_transform's on the same image.
 """
 from __future__ import annotations
 
@@ -19,40 +19,30 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler, SequentialSampler
-
-from .engine import SplitData
+from .engine import SplitData, batch_order, rank_seed
 
 GRAY = (0.299, 0.587, 0.114)  # cv2's RGB → gray weights, as albumentations' colour jitter uses
 
 
 class DeviceBatches:
     """A drop-in for the training / validation DataLoader: yields (uint8 NCHW batch, labels),
-    both already on `device`, in the order of a RandomSampler (or this rank's DistributedSampler)."""
+    both already on `device`, in the same `batch_order` as the loader's."""
 
     def __init__(self, data: SplitData, device: torch.device, batch_size: int, shuffle: bool,
                  strength: float | None, seed: int = 0, shard: tuple[int, int] | None = None):
         self.images = torch.from_numpy(np.stack(data.images)).permute(0, 3, 1, 2).to(device)
         self.labels = torch.from_numpy(data.labels).to(device)
         self.strength = strength  # None: no augmentation (validation)
-        if shard is not None:
-            rank, world_size = shard
-            self.sampler = DistributedSampler(range(len(self.labels)), world_size, rank, shuffle=shuffle, seed=seed,
-                                              drop_last=shuffle)
-            seed += rank
-        elif shuffle:
-            self.sampler = RandomSampler(range(len(self.labels)), generator=torch.Generator().manual_seed(seed))
-        else:
-            self.sampler = SequentialSampler(range(len(self.labels)))
-        per_rank = len(self.sampler)
-        self.batches = BatchSampler(self.sampler, batch_size, drop_last=shuffle and per_rank > batch_size)
-        self.generator = torch.Generator(device).manual_seed(seed)
+        own = rank_seed(seed, shard)
+        self.batch_sampler = batch_order(len(self.labels), batch_size, shuffle, seed, shard,
+                                         torch.Generator().manual_seed(own))
+        self.generator = torch.Generator(device).manual_seed(own)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batch_sampler)
 
     def __iter__(self):
-        for indices in self.batches:
+        for indices in self.batch_sampler:
             index = torch.as_tensor(indices, device=self.images.device)
             batch = self.images[index]
             if self.strength is not None:
@@ -156,7 +146,7 @@ def _hue(x, f):
 
 
 def noise_or_blur(x: torch.Tensor, s: float, g: torch.Generator) -> torch.Tensor:
-    """OneOf([GaussNoise(std 1–4 % of 255, per channel), GaussianBlur(3–5 taps, sigma 0.5–3)], p 0.3)."""
+    """OneOf([GaussNoise(std 1–4 % of 255, per channel), GaussianBlur(3 or 5 taps, sigma 0.5–3)], p 0.3)."""
     n, device = len(x), x.device
     applied = _chance(n, 0.3, g, device)
     noisy = applied & _chance(n, 0.5, g, device)
@@ -169,12 +159,13 @@ def noise_or_blur(x: torch.Tensor, s: float, g: torch.Generator) -> torch.Tensor
 
 
 def _blur(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A separable Gaussian per image: 5 taps, the outer two zero for a 3-tap kernel; the border
-    reflected about the edge pixel, as cv2 does."""
+    """A separable Gaussian per image: 5 taps, the outer two zero for a 3-tap kernel (a third of
+    the time: albumentations draws 3, 4 or 5 taps and makes 4 into 5); the border reflected about
+    the edge pixel, as cv2 does."""
     n, c, h, w = x.shape
     device = x.device
     sigma = _uniform(n, 0.5, 3.0, g, device)
-    taps = torch.where(_chance(n, 0.5, g, device), 3, 5)
+    taps = torch.where(_chance(n, 1 / 3, g, device), 3, 5)
     offsets = torch.arange(-2, 3, device=device, dtype=torch.float32)
     kernel = torch.exp(-(offsets ** 2) / (2 * sigma[:, None] ** 2)) * (offsets.abs() <= taps[:, None] // 2)
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # one per image and channel

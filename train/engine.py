@@ -9,7 +9,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler,
+                              get_worker_info)
 
 from skinlesion.data import (SPLITS, Record, ImageDataset, load_images, read_split,
                              split_records, stratified_subset)
@@ -71,25 +72,39 @@ def seed_worker(_: int) -> None:
     info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
-def make_loader(data: SplitData, transform, batch_size: int, workers: int, shuffle: bool,
-                seed: int = 0, pin_memory: bool = False, shard: tuple[int, int] | None = None) -> DataLoader:
-    """`shard` = (rank, world size) under torchrun: this rank's share of the data through a
-    DistributedSampler. Shuffled, the shards are disjoint (the last world-size-1 images of an
-    epoch's order may be left out) and reshuffled by `sampler.set_epoch`; unshuffled, every image
-    is kept (padded with repeats; train.distributed.Ranks.gather_rows undoes it)."""
-    dataset = ImageDataset(data.images, data.labels, transform)
-    sampler = None
+def batch_order(n: int, batch_size: int, shuffle: bool, seed: int, shard: tuple[int, int] | None,
+                generator: torch.Generator) -> BatchSampler:
+    """Which of `n` images make each batch; shuffled batches are all full. One process: every
+    image, shuffled by `generator` or in order. Under torchrun, `shard` = (rank, world size):
+    this rank's share through a DistributedSampler that every rank seeds alike. Shuffled, the
+    shards are disjoint (the last world-size-1 images of an epoch's order may be left out) and
+    reshuffled by `set_epoch`; unshuffled, every image is kept (padded with repeats, which
+    train.distributed.Ranks.gather_rows removes)."""
     if shard is not None:
         rank, world_size = shard
-        sampler = DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
-        seed += rank  # the same shuffle on every rank, but each rank's own augmentations
-    transform.set_random_seed(seed)  # used as is when workers == 0
-    per_rank = len(sampler) if sampler is not None else len(dataset)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, pin_memory=pin_memory, drop_last=shuffle and per_rank > batch_size,
-                      persistent_workers=workers > 0, worker_init_fn=seed_worker,
-                      prefetch_factor=4 if workers > 0 else None,
-                      generator=torch.Generator().manual_seed(seed))
+        sampler = DistributedSampler(range(n), world_size, rank, shuffle=shuffle, seed=seed, drop_last=shuffle)
+    elif shuffle:
+        sampler = RandomSampler(range(n), generator=generator)
+    else:
+        sampler = SequentialSampler(range(n))
+    return BatchSampler(sampler, batch_size, drop_last=shuffle and len(sampler) > batch_size)
+
+
+def rank_seed(seed: int, shard: tuple[int, int] | None) -> int:
+    """The seed of this rank's augmentations: the shuffle is shared, the augmentations are not."""
+    return seed + (shard[0] if shard else 0)
+
+
+def make_loader(data: SplitData, transform, batch_size: int, workers: int, shuffle: bool,
+                seed: int = 0, pin_memory: bool = False, shard: tuple[int, int] | None = None) -> DataLoader:
+    """Batches through `workers` loader processes, in `batch_order`."""
+    dataset = ImageDataset(data.images, data.labels, transform)
+    own = rank_seed(seed, shard)
+    transform.set_random_seed(own)  # used as is when workers == 0
+    generator = torch.Generator().manual_seed(own)  # the shuffle of one process, the workers' seeds
+    return DataLoader(dataset, batch_sampler=batch_order(len(dataset), batch_size, shuffle, seed, shard, generator),
+                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      worker_init_fn=seed_worker, prefetch_factor=4 if workers > 0 else None, generator=generator)
 
 
 def to_input(batch: torch.Tensor, device: torch.device, mean, std, channels_last: bool) -> torch.Tensor:

@@ -102,8 +102,8 @@ class Trainer:
         to be done from `since` (default: the epoch's start): worker start-up and warm-up."""
         args, cfg = self.args, self.model.pretrained_cfg
         self.model.train()
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)  # a new shuffle, the same on every rank
+        if isinstance(loader.batch_sampler.sampler, DistributedSampler):
+            loader.batch_sampler.sampler.set_epoch(epoch)  # a new shuffle, the same on every rank
         started, seen, loss_sum, lr, first_step = time.perf_counter(), 0, 0.0, args.lr, None
         bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=not self.ranks.is_main,
                    dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
