@@ -7,7 +7,12 @@ read), one row per input file in input order.
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
 file). Images are decoded one by one — a bad file becomes a row with its error and never
 stops the batch — and classified in batches of `BATCH_SIZE` in one forward pass each; with
-`tile`, a long image (tiles.py) is classified by its tiles, in one batch of its own.
+`tile`, a long image (tiles.py) is classified by its tiles, in one batch of its own. A batch
+may carry a budget of decoded pixels (the page and /batch do: `MAX_PIXELS`): the files past
+it get a row saying so instead of being decoded.
+
+Text cells that a spreadsheet would run as a formula (starting with = + - @, tab or carriage
+return: the OWASP CSV-injection rule) are written with a leading apostrophe.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 from .inference import InputError, Predictor, load_image
 from .tiles import tiled_answer
@@ -26,7 +32,13 @@ from .tiles import tiled_answer
 BATCH_SIZE = 8                  # on 2 CPU cores B0 ran faster at batches of 4-8 than 16 (README: benchmark)
 MAX_FILES = 500                 # the page and /batch: more is refused, with this number
 MAX_BYTES = 200 * 1024 ** 2     # ... and so is more than this much (zip members uncompressed)
-SKIPPED = ("__MACOSX/", ".")     # zip folders and hidden files that are not inputs
+# ... and files past this many decoded pixels are not decoded: a 6 MB zip of 500 one-bit
+# 40-megapixel PNGs would otherwise hold the only model slot for two minutes. 1,000 million
+# pixels is 500 images of 2 megapixels, about 6 s of decoding on 2 cores.
+MAX_PIXELS = 1_000_000_000
+MACOS_METADATA = "__MACOSX/"    # resource forks macOS adds to a zip: not the person's files
+HIDDEN = "not analysed: a hidden file (a name starting with '.') or a name leading out of the archive"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class BatchError(ValueError):
@@ -49,10 +61,12 @@ class Item:
         if self.member is None:
             return load_image(self.path)
         try:
-            with zipfile.ZipFile(self.path) as archive:
-                return load_image(archive.read(self.member))
-        except (zipfile.BadZipFile, OSError, RuntimeError) as error:  # RuntimeError: encrypted member
-            raise InputError(f"cannot read it from the zip archive ({error})") from None
+            with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as member:
+                data = member.read(self.size + 1)  # never more than its header declared
+        except Exception:  # bad archive, encrypted member, unsupported compression, CRC error ...
+            raise InputError("cannot read it from the zip archive (damaged, encrypted or of an "
+                             "unsupported compression)") from None
+        return load_image(data)
 
 
 def _zip_items(path: Path) -> list[Item]:
@@ -61,8 +75,9 @@ def _zip_items(path: Path) -> list[Item]:
             members = [m for m in archive.infolist() if not m.is_dir()]
     except (zipfile.BadZipFile, OSError) as error:
         return [Item(str(path), path, error=f"not a readable zip archive ({error})")]
-    return [Item(f"{path.name}/{m.filename}", path, m.filename, m.file_size) for m in members
-            if not any(part.startswith(SKIPPED) for part in (m.filename, Path(m.filename).name))]
+    return [Item(f"{path.name}/{m.filename}", path, m.filename, m.file_size,
+                 error=HIDDEN if any(part.startswith(".") for part in m.filename.split("/")) else "")
+            for m in members if not m.filename.startswith(MACOS_METADATA)]
 
 
 def _file_items(path: Path, name: str) -> list[Item]:
@@ -106,22 +121,31 @@ def columns(predictor: Predictor) -> list[str]:
 
 
 def analyse(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> Iterator[dict]:
+            progress: Callable[[int, int], None] | None = None, max_pixels: int | None = None) -> Iterator[dict]:
     """One row per item, in order (see the module docstring), yielded as soon as its batch is
-    done; `progress(done, total)` after each batch."""
-    pending: list[tuple[Item, np.ndarray | dict]] = []  # decoded images wait for a batch; rows are done
+    done; `progress(done, total)` after each batch. Once `max_pixels` decoded pixels are spent,
+    the remaining items are not decoded: their rows say why."""
+    pending: list[tuple[Item, torch.Tensor | dict]] = []  # model inputs wait for a batch; rows are done
+    decoded = 0
 
     def flush() -> Iterator[dict]:
-        images = [image for _, image in pending if isinstance(image, np.ndarray)]
-        answers = iter(predictor.predict_batch(images) if images else [])
-        for item, image in pending:
-            yield row(predictor, item.name, next(answers)) if isinstance(image, np.ndarray) else image
+        inputs = [x for _, x in pending if isinstance(x, torch.Tensor)]
+        answers = iter(predictor.predict_inputs(torch.cat(inputs)) if inputs else [])
+        for item, x in pending:
+            yield row(predictor, item.name, next(answers)) if isinstance(x, torch.Tensor) else x
         pending.clear()
 
     done = 0
-    for item in items:
-        pending.append((item, read(predictor, item, tile)))
-        if sum(isinstance(image, np.ndarray) for _, image in pending) >= batch_size:
+    for number, item in enumerate(items, 1):
+        if max_pixels is not None and decoded >= max_pixels:
+            pending.append((item, row(predictor, item.name, None, error=(
+                f"not analysed: this batch reached its limit of {max_pixels / 1e6:,.0f} million decoded "
+                f"pixels before file {number}; send the rest in another batch"))))
+        else:
+            result, pixels = read(predictor, item, tile)
+            pending.append((item, result))
+            decoded += pixels
+        if sum(isinstance(x, torch.Tensor) for _, x in pending) >= batch_size:
             done += len(pending)
             yield from flush()
             if progress:
@@ -132,15 +156,25 @@ def analyse(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH
         progress(done, len(items))
 
 
-def read(predictor: Predictor, item: Item, tile: bool) -> np.ndarray | dict:
-    """The decoded image, to be classified in a batch; or the item's finished row (its error,
-    or the answer of its tiles)."""
+def read(predictor: Predictor, item: Item, tile: bool) -> tuple[torch.Tensor | dict, int]:
+    """The image as the model's input (the decoded image is not kept: 8 decoded 40-megapixel
+    images would be 1 GB) to be classified in a batch, or the item's finished row (its error,
+    or the answer of its tiles); with the number of pixels decoded."""
     try:
         image = item.read()
     except InputError as error:
-        return row(predictor, item.name, None, error=str(error))
-    tiled = tiled_answer(predictor, image) if tile else None
-    return row(predictor, item.name, *tiled) if tiled else image
+        return row(predictor, item.name, None, error=str(error)), 0
+    pixels = image.shape[0] * image.shape[1]
+    try:
+        tiled = tiled_answer(predictor, image) if tile else None
+    except InputError as error:  # too long to tile
+        return row(predictor, item.name, None, error=str(error)), pixels
+    return (row(predictor, item.name, *tiled) if tiled else predictor.to_batch([image])), pixels
+
+
+def cell(value):
+    """A CSV cell a spreadsheet shows as text: one starting like a formula gets an apostrophe."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def row(predictor: Predictor, name: str, probabilities: dict[str, float] | None,
@@ -161,7 +195,7 @@ def write_csv(path: str | Path, predictor: Predictor, rows: Iterable[dict]) -> t
         writer = csv.DictWriter(f, fieldnames=columns(predictor))
         writer.writeheader()
         for r in rows:
-            writer.writerow(r)
+            writer.writerow({k: cell(v) for k, v in r.items()})
             f.flush()
             ok, failed = (ok, failed + 1) if r["error"] else (ok + 1, failed)
     return ok, failed

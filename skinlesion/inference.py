@@ -35,6 +35,10 @@ class InputError(ValueError):
     """The input cannot be classified; the message says why, for the person who sent it."""
 
 
+NOT_AN_IMAGE = "this file is not an image that can be read (use JPEG, PNG, WebP, BMP or TIFF)"
+DAMAGED = "the image file is damaged or incomplete"
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode → RGB. Transparency is flattened onto white; 16-bit and float grey
     images are scaled from their own range so they do not come out black or white."""
@@ -76,7 +80,11 @@ def _check_size(width: int, height: int) -> None:
 
 
 def load_image(image: ImageInput) -> np.ndarray:
-    """A PIL image, an array or a file (path or bytes) → upright RGB uint8 array, or InputError."""
+    """A PIL image, an array or a file (path or bytes) → upright RGB uint8 array, or InputError.
+
+    Decoders fail in many ways besides `UnidentifiedImageError` (a JPEG cut inside its header
+    raises OSError, a PNG text-chunk bomb ValueError, a bad QOI file IndexError): every failure
+    of a file's decoding is an InputError in the project's words, never a raw library message."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
         _check_size(image.shape[1], image.shape[0])  # already RGB (e.g. decoded by the page): as is
         return image
@@ -91,23 +99,28 @@ def load_image(image: ImageInput) -> np.ndarray:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 opened = Image.open(source)
         except UnidentifiedImageError:
-            raise InputError("this file is not an image that can be read (use JPEG, PNG, WebP, "
-                             "BMP or TIFF)") from None
+            raise InputError(NOT_AN_IMAGE) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InputError(f"the image is too large (more than {MAX_PIXELS // 1_000_000} million pixels)") from None
+        except Exception:  # a header the decoder chokes on: any exception type, depending on the format
+            raise InputError(DAMAGED) from None
         image = opened
     else:
         opened = None  # the caller's image: never changed in place
-    _check_size(*image.size)
     try:
+        _check_size(*image.size)
         image.load()
         if opened is not None:  # one decoded copy plus the array: a 12-megapixel photo is 36 MB each
             ImageOps.exif_transpose(opened, in_place=True)
         else:
             image = ImageOps.exif_transpose(image)
         return np.asarray(_to_rgb(image))
-    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
-        raise InputError(f"the image file is damaged or incomplete ({error})") from None
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError("the image is too large to decode") from None
+    except Exception:  # truncated or corrupt data, whatever the decoder raises for it
+        raise InputError(DAMAGED) from None
     finally:
         if opened is not None:
             opened.close()
@@ -180,11 +193,16 @@ class Predictor:
             x = torch.cat([x, x.flip(-1), x.flip(-2)])
         return self._probabilities(self.model(x))
 
-    @torch.inference_mode()
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[dict[str, float]]:
         """Calibrated probabilities of checked RGB arrays (`load_image`'s output), in one
-        forward pass: the batch path of `python -m skinlesion predict` and the Batch tab."""
-        return self.per_image(self.model(self.to_batch(images)))
+        forward pass."""
+        return self.predict_inputs(self.to_batch(images))
+
+    @torch.inference_mode()
+    def predict_inputs(self, x: torch.Tensor) -> list[dict[str, float]]:
+        """Calibrated probabilities of a batch of model inputs (`to_batch`'s output): the batch
+        path of `python -m skinlesion predict` and the Batch tab."""
+        return self.per_image(self.model(x))
 
     def per_image(self, logits: torch.Tensor) -> list[dict[str, float]]:
         """Each row of a batch's logits as calibrated probabilities."""

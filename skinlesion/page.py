@@ -1,41 +1,40 @@
 """What the page says and does: the texts that follow the selected task, and the event
 handlers behind the buttons and the API endpoints. The layout that wires them is ui.py.
 
-Handlers receive the upload unprocessed (the events use preprocess=False), so every check and
-the decoding are the Predictor's, and a bad file gets its message as a `gr.Error`.
+Handlers receive the request's values unprocessed (the events use preprocess=False): each
+handler first checks every value against its choices (`Handlers.checked`) and takes only
+uploaded files (uploads.py); the decoding is the Predictor's. Whatever is wrong gets its
+message as a `gr.Error`, which echoes at most `ECHO` characters of what the client sent.
 """
 from __future__ import annotations
 
-import base64
-import os
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 
-from .batch import BatchError, Item, analyse, check_limits, expand, write_csv
+from .batch import MAX_PIXELS, BatchError, analyse, check_limits, write_csv
 from .card import card_body, is_placeholder, read_metrics
 from .explain import GRAD_CAM, METHODS, OVERLAY_OPACITY, overlay
 from .inference import InputError, Predictor, load_image
 from .tasks import ClassInfo
 from .tiles import TiledAnswer, analyse_tiles, tiled_answer, where, worth_tiling
+from .uploads import UploadRefused, batch_csv_path, held, upload_source, uploaded_files
 
 BATCH_HEADERS = ["file", "decided class", "probability", "verdict", "error"]
-BATCH_CSV_KEPT_S = 600  # the server's copy of a batch CSV; the download itself is Gradio's cached copy
 TILE_AUTO = "auto"
 TILE_CHOICES = [("Auto (on for steel strips)", TILE_AUTO), ("On", "on"), ("Off", "off")]
+ECHO = 40  # characters of a client's value an error message repeats
 TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
 VERDICT_COLOURS = {"refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
                    "review": "#e65100", "defect": "#1565c0"}
 PRIVACY = """
 **Privacy.** Images are processed in memory. Nothing is flagged, logged or kept: the
-temporary copies the web server needs to show an image are deleted within two minutes, and
-all of them when the app stops.
+temporary copies the web server needs to show an image, and a batch's CSV, are deleted within
+about three minutes, and all of them when the app stops. The app reads only what is uploaded
+to it.
 """
 
 
@@ -128,17 +127,19 @@ def example_images(predictor: Predictor, data_root: str | None) -> list[tuple[st
     return [(first[c], c) for c in task.codes if c in first]
 
 
-def image_source(payload: dict | None) -> str | bytes | None:
-    """The uploaded file as gradio hands it over unprocessed: its cached path, or the bytes of
-    a data URL."""
-    if not payload:
-        return None
-    if payload.get("path"):
-        return payload["path"]
-    url = payload.get("url") or ""
-    if url.startswith("data:") and "," in url:
-        return base64.b64decode(url.split(",", 1)[1])
-    raise gr.Error("Cannot analyse this image: the upload arrived without a file.")
+def shown(value: object) -> str:
+    """A client's value as an error message repeats it: its repr, cut to ECHO characters."""
+    text = repr(value)
+    return text if len(text) <= ECHO else text[:ECHO] + "…"
+
+
+def image_source(payload: object) -> Path | bytes | None:
+    """The uploaded image as gradio hands it over unprocessed: the uploaded file, or the bytes
+    of a data URL (uploads.py); a gr.Error for anything else."""
+    try:
+        return upload_source(payload)
+    except UploadRefused as error:
+        raise gr.Error(f"Cannot analyse this image: {error}.") from None
 
 
 def tiles_on(predictor: Predictor, choice: str | bool | None) -> bool:
@@ -146,25 +147,6 @@ def tiles_on(predictor: Predictor, choice: str | bool | None) -> bool:
     if isinstance(choice, bool):
         return choice
     return predictor.task.tile_large_images if choice in (None, "", TILE_AUTO) else choice == "on"
-
-
-def uploaded_items(files: list[dict] | None) -> list[Item]:
-    """The uploads of the Batch tab (or /batch) as batch items, named as the person's files."""
-    items = []
-    for payload in files or []:
-        path = Path(payload["path"])
-        original = payload.get("orig_name") or path.name
-        items += [replace(i, name=original if i.member is None else f"{original}/{i.member}") for i in expand([path])]
-    return items
-
-
-def batch_csv_path() -> Path:
-    """A fresh results.csv in the app's temporary folder; earlier ones past their time go."""
-    parent = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
-    for old in parent.glob("batch-*"):
-        if time.time() - old.stat().st_mtime > BATCH_CSV_KEPT_S:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix="batch-", dir=parent)) / "skinlesion-results.csv"
 
 
 class Handlers:
@@ -176,14 +158,30 @@ class Handlers:
         self.first = next(iter(predictors))
         self.flags = {task: sanity_flags(p) for task, p in predictors.items()}  # read once, not per request
 
-    def predictor(self, task: str | None) -> Predictor:
+    def predictor(self, task: object) -> Predictor:
         task = task or self.first
-        if task not in self.predictors:
-            raise gr.Error(f"Unknown task {task!r}; this app serves: {', '.join(self.predictors)}.")
+        if not isinstance(task, str) or task not in self.predictors:
+            raise gr.Error(f"Unknown task {shown(task)}; this app serves: {', '.join(self.predictors)}.")
         return self.predictors[task]
 
+    def checked(self, task: object, target: object = None, opacity: object = OVERLAY_OPACITY,
+                tile: object = TILE_AUTO, method: object = GRAD_CAM) -> tuple[Predictor, str | None, float]:
+        """Every value of a request against its choices, before anything is read or decoded:
+        the task's Predictor, the class to explain (None: the decided one) and the opacity."""
+        predictor = self.predictor(task)
+        target = None if target in (None, "", TOP_CLASS) else target
+        if target is not None and target not in predictor.codes:
+            raise gr.Error(f"Unknown class {shown(target)}; choose {TOP_CLASS!r} or one of {', '.join(predictor.codes)}.")
+        if tile not in (None, "", True, False, *(value for _, value in TILE_CHOICES)):
+            raise gr.Error(f"Unknown tile setting {shown(tile)}; choose one of {', '.join(v for _, v in TILE_CHOICES)}.")
+        if method not in (None, "", *METHODS):
+            raise gr.Error(f"Unknown explanation method {shown(method)}; choose one of {', '.join(METHODS)}.")
+        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
+            raise gr.Error(f"The opacity must be a number from 0 to 1, not {shown(opacity)}.")
+        return predictor, target, float(opacity)
+
     @staticmethod
-    def _decoded(image: dict | None):
+    def _decoded(image: object):
         """The upload as a checked RGB array (decoded once per request), or a gr.Error."""
         source = image_source(image)
         if source is None:
@@ -193,18 +191,17 @@ class Handlers:
         except InputError as error:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
 
-    def _explained(self, image: dict | None, target: str | None, opacity: float, task: str | None,
-                   tile: str | bool | None, method: str = GRAD_CAM):
+    def _explained(self, image: object, target: object, opacity: object, task: object, tile: object,
+                   method: object = GRAD_CAM):
         """The Predictor and its explanation of the upload."""
-        predictor = self.predictor(task)
+        predictor, target, opacity = self.checked(task, target, opacity, tile, method)
         return predictor, self._explain(predictor, self._decoded(image), target, opacity, tile, method)
 
     @staticmethod
     def _explain(predictor: Predictor, rgb: np.ndarray, target: str | None, opacity: float,
-                 tile: str | bool | None, method: str):
+                 tile: str | bool | None, method: str | None):
         """Of the whole image with `method`, or stitched from Grad-CAM tiles when tiling is on
         (TILE_CHOICES) and the image is long enough."""
-        target = None if target in (None, "", TOP_CLASS) else target
         try:
             if tiles_on(predictor, tile) and worth_tiling(rgb.shape[1], rgb.shape[0]):
                 return analyse_tiles(predictor, rgb, target, opacity)
@@ -216,7 +213,7 @@ class Handlers:
                  tile: str = TILE_AUTO) -> tuple[str, dict[str, float]] | None:
         """The decided class and the calibrated probability of every class, for one image (a
         long one by tiles when tiling is on: the worst tile's)."""
-        predictor = self.predictor(task)
+        predictor, _, _ = self.checked(task, tile=tile)
         source = image_source(image)
         if source is None:
             return None
@@ -239,7 +236,7 @@ class Handlers:
                 task: str | None = None) -> list[tuple[Image.Image, str]]:
         """Every method's overlay for one image, side by side, each captioned with its name and
         what its sanity check found (the model card's figures)."""
-        predictor = self.predictor(task)
+        predictor, target, opacity = self.checked(task, target, opacity)
         rgb = self._decoded(image)  # once, for the three methods
         flags = self.flags[predictor.task.key]
         return [(self._explain(predictor, rgb, target, opacity, "off", m).overlay, m + flags.get(m, ""))
@@ -261,17 +258,19 @@ class Handlers:
               progress=gr.Progress()):
         """Many images (or .zip archives of images) at once: per file the decided class, its
         probability and the verdict (a table), and a CSV with every class's probability."""
-        predictor = self.predictor(task)
-        items = uploaded_items(files)
-        if not items:
-            raise gr.Error("Add images or a .zip archive of images first.")
+        predictor, _, _ = self.checked(task, tile=tile)
         try:
-            check_limits(items)
-        except BatchError as error:
-            raise gr.Error(str(error)) from None
-        progress((0, len(items)), desc="Analysing", unit="files")
-        rows = list(analyse(predictor, items, tile=tiles_on(predictor, tile),
-                            progress=lambda done, total: progress((done, total), unit="files")))
+            uploads = uploaded_files(files)
+        except UploadRefused as error:
+            raise gr.Error(f"Cannot analyse this batch: {error}.") from None
+        with held(uploads) as items:
+            try:
+                check_limits(items)
+            except BatchError as error:
+                raise gr.Error(str(error)) from None
+            progress((0, len(items)), desc="Analysing", unit="files")
+            rows = list(analyse(predictor, items, tile=tiles_on(predictor, tile), max_pixels=MAX_PIXELS,
+                                progress=lambda done, total: progress((done, total), unit="files")))
         path = batch_csv_path()
         write_csv(path, predictor, rows)
         table = [[r["file"], display_name(predictor.task.info(r["decided"])), f"{r[r['decided']]:.1%}", r["verdict"], ""]

@@ -7,20 +7,29 @@ whole inspection image squashed to its input), not a magnified corner. The image
 answer is the worst tile's — the tile whose top probability is highest, with where it is —
 and one Grad-CAM map of that answer's class is stitched over the whole image from every
 tile, on one common scale, so a tile with weak evidence stays faint.
+
+Tiling is bounded, since a small file can describe a very long image: an image thinner than
+`MIN_TILE_SIDE` is analysed whole (its tiles would be magnified slivers), one that would need
+more than `MAX_TILES` tiles is refused with the numbers, and tiles go through the model
+`TILE_CHUNK` at a time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from captum.attr import LayerAttribution
 from PIL import Image
 
 from .explain import OVERLAY_OPACITY, grad_cam, overlay
-from .inference import ImageInput, Predictor, load_image
+from .inference import ImageInput, InputError, Predictor, load_image
 
 OVERLAP = 0.5
-MIN_ASPECT = 1.5   # an image this much longer than it is tall (or wide) is worth tiling
+MIN_ASPECT = 1.5     # an image this much longer than it is tall (or wide) is worth tiling
+MIN_TILE_SIDE = 64   # thinner images are analysed whole: a 16-pixel tile magnified to 192 shows nothing
+MAX_TILES = 32       # half-overlapping squares: images up to about 16 times longer than tall
+TILE_CHUNK = 16      # tiles per forward pass: a NEU strip (1600×200: 15 tiles) is one pass
 
 
 @dataclass
@@ -40,7 +49,22 @@ class TiledAnswer:
 
 
 def worth_tiling(width: int, height: int) -> bool:
-    return max(width, height) >= MIN_ASPECT * min(width, height)
+    """Long enough to need tiles, and thick enough for tiles to show something."""
+    return min(width, height) >= MIN_TILE_SIDE and max(width, height) >= MIN_ASPECT * min(width, height)
+
+
+def checked_boxes(width: int, height: int, side: int | None = None) -> list[tuple[int, int, int, int]]:
+    """`tile_boxes`, or InputError when there would be more than MAX_TILES of them."""
+    boxes = tile_boxes(width, height, side)
+    if len(boxes) > MAX_TILES:
+        raise InputError(f"the image is {width}×{height} pixels: analysing it by tiles would take {len(boxes)} "
+                         f"tiles, and the limit is {MAX_TILES} (an image about {MAX_TILES // 2} times longer than "
+                         f"tall); crop it into parts, or turn tiling off to analyse it whole")
+    return boxes
+
+
+def chunks(images: list[np.ndarray]) -> list[list[np.ndarray]]:
+    return [images[i:i + TILE_CHUNK] for i in range(0, len(images), TILE_CHUNK)]
 
 
 def tile_boxes(width: int, height: int, side: int | None = None,
@@ -67,12 +91,12 @@ def worst_tile(per_tile: list[dict[str, float]]) -> int:
 
 def tiled_answer(predictor: Predictor, rgb: np.ndarray
                  ) -> tuple[dict[str, float], tuple[int, int, int, int]] | None:
-    """The worst tile's probabilities and its box (every tile in one batch), or None when the
-    image is not long enough to need tiles (the caller then classifies it whole)."""
+    """The worst tile's probabilities and its box, or None when the image is not worth tiling
+    (the caller then classifies it whole); InputError when it is too long to tile."""
     if not worth_tiling(rgb.shape[1], rgb.shape[0]):
         return None
-    boxes = tile_boxes(rgb.shape[1], rgb.shape[0])
-    per_tile = predictor.predict_batch(crops(rgb, boxes))
+    boxes = checked_boxes(rgb.shape[1], rgb.shape[0])
+    per_tile = [p for chunk in chunks(crops(rgb, boxes)) for p in predictor.predict_batch(chunk)]
     worst = worst_tile(per_tile)
     return per_tile[worst], boxes[worst]
 
@@ -80,10 +104,12 @@ def tiled_answer(predictor: Predictor, rgb: np.ndarray
 def analyse_tiles(predictor: Predictor, image: ImageInput, target: str | None = None,
                   opacity: float = OVERLAY_OPACITY, side: int | None = None) -> TiledAnswer:
     """Classify every tile, answer with the worst tile, explain `target` (default: the
-    answer's decided class) on every tile and stitch the maps — all tiles in one batch, whose
-    forward pass gives both the answer and the Grad-CAM maps."""
+    answer's decided class) on every tile and stitch the maps. When the tiles fit in one chunk,
+    one forward pass gives both the answer and the Grad-CAM maps; else the answer comes first
+    (chunk by chunk), then the maps of its class."""
     rgb = load_image(image)
-    boxes = tile_boxes(rgb.shape[1], rgb.shape[0], side)
+    boxes = checked_boxes(rgb.shape[1], rgb.shape[0], side)
+    tiles = crops(rgb, boxes)
     found: dict = {}
 
     def explained(logits) -> int:  # the answer is known once the forward pass has run
@@ -91,7 +117,13 @@ def analyse_tiles(predictor: Predictor, image: ImageInput, target: str | None = 
         found["worst"] = worst_tile(found["per_tile"])
         return predictor.codes.index(target or predictor.decide(found["per_tile"][found["worst"]]))
 
-    cams, _, index = grad_cam(predictor.model, predictor.layer, predictor.to_batch(crops(rgb, boxes)), explained)
+    if len(tiles) <= TILE_CHUNK:
+        cams, _, index = grad_cam(predictor.model, predictor.layer, predictor.to_batch(tiles), explained)
+    else:
+        with torch.inference_mode():
+            index = explained(torch.cat([predictor.model(predictor.to_batch(chunk)) for chunk in chunks(tiles)]))
+        cams = torch.cat([grad_cam(predictor.model, predictor.layer, predictor.to_batch(chunk), index)[0]
+                          for chunk in chunks(tiles)])
     heatmap = stitched(cams, boxes, rgb.shape[:2])
     per_tile, worst = found["per_tile"], found["worst"]
     return TiledAnswer(rgb, boxes, per_tile, worst, per_tile[worst], predictor.codes[index], heatmap,

@@ -7,13 +7,7 @@ session State, so the opacity slider re-blends without the model.
 """
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import signal
-import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +17,7 @@ from .explain import GRAD_CAM, METHODS, OVERLAY_OPACITY
 from .inference import Predictor
 from .batch import MAX_BYTES, MAX_FILES
 from .page import BATCH_HEADERS, TILE_AUTO, TILE_CHOICES, TOP_CLASS, Handlers, TaskView, display_name, example_images
+from .server import KEEP_SECONDS, SWEEP_SECONDS, App, UploadFiles, UploadImage, private_temp_dir
 from .tasks import DEFAULT_TASK, TASKS
 
 TITLE = "skinlesion — explainable image classifier"
@@ -79,7 +74,7 @@ def layout(views: dict[str, TaskView], first: str, n_classes: int) -> SimpleName
     with gr.Tab("Classify"):
         with gr.Row():
             with gr.Column():
-                c.image = gr.Image(type="filepath", label="Image", elem_id="input-image",
+                c.image = UploadImage(type="filepath", label="Image", elem_id="input-image",
                                    sources=["upload", "webcam", "clipboard"], height=320)
                 c.button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 shown = v if v.examples else next((w for w in views.values() if w.examples), None)
@@ -132,7 +127,7 @@ def batch_tab(c: SimpleNamespace) -> None:
     gr.Markdown(f"Many images at once: image files or `.zip` archives of them, up to {MAX_FILES} files "
                 f"and {MAX_BYTES // 1024 ** 2} MB per batch. A file that cannot be read gets its reason "
                 "in the table and the rest go on; the CSV has every class's probability.")
-    c.batch_files = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or .zip",
+    c.batch_files = UploadFiles(file_count="multiple", file_types=["image", ".zip"], label="Images or .zip",
                             elem_id="batch-files")
     c.batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
     c.batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, elem_id="batch-table")
@@ -175,29 +170,14 @@ def wire(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskView]) -> 
     c.task.change(switch, c.task, outputs, api_visibility="private")
 
 
-def build_demo(predictors: dict[str, Predictor], data_root: str | None = None) -> gr.Blocks:
-    """The page for `predictors` (task key → Predictor; the default task first)."""
-    handlers = Handlers(predictors)
-    views = {key: TaskView.of(p, example_images(p, data_root)) for key, p in predictors.items()}
-    with gr.Blocks(title=TITLE, delete_cache=(60, 120)) as demo:
+def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
+    """The page of `handlers`' models, showing `views` (task key → what follows the task)."""
+    predictors = handlers.predictors
+    with gr.Blocks(title=TITLE, delete_cache=(SWEEP_SECONDS, KEEP_SECONDS)) as demo:
         components = layout(views, handlers.first, max(len(p.codes) for p in predictors.values()))
         wire(components, handlers, views)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
-
-
-def private_temp_dir() -> str:
-    """Gradio keeps uploads and outputs as files to serve them: put them in a folder of this
-    process (inside GRADIO_TEMP_DIR when set, created if missing) and remove it at exit,
-    SIGTERM included."""
-    parent = os.environ.get("GRADIO_TEMP_DIR")
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    path = tempfile.mkdtemp(prefix="skinlesion-", dir=parent)
-    os.environ["GRADIO_TEMP_DIR"] = path
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    return path
 
 
 def load_predictors() -> dict[str, Predictor]:
@@ -215,16 +195,6 @@ def load_predictors() -> dict[str, Predictor]:
     return predictors
 
 
-@dataclass
-class App:
-    demo: gr.Blocks
-    allowed_paths: list[str]  # the model folders (confusion matrices) and the example images
-
-    def launch(self) -> None:
-        self.demo.launch(show_error=True, max_file_size="25mb", footer_links=["api"],
-                         allowed_paths=self.allowed_paths)
-
-
 def create_app() -> App:
     """The page with every task's model; example images from SKINLESION_DATA (default
     ../shared/data when it exists)."""
@@ -232,5 +202,7 @@ def create_app() -> App:
     private_temp_dir()
     predictors = load_predictors()
     data_root = os.environ.get(DATA_ENV, str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None) or None
-    demo = build_demo(predictors, data_root)
-    return App(demo, [str(p.folder.resolve()) for p in predictors.values()] + ([data_root] if data_root else []))
+    handlers = Handlers(predictors)
+    views = {key: TaskView.of(p, example_images(p, data_root)) for key, p in predictors.items()}
+    shown = [path for v in views.values() for path in [v.confusion_matrix, *v.examples] if path]
+    return App(build_demo(handlers, views), [str(Path(path).resolve()) for path in shown])

@@ -5,19 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REAL_HAM, ROOT, SHARED_DATA
+from conftest import REAL_HAM, SHARED_DATA, running_app
 from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import RESEARCH_DEMO as DISCLAIMER
 
@@ -28,45 +22,12 @@ CODES = get_task("ham10000").codes
 NEU_CODES = get_task("neu").codes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited: {log.read_text()[-3000:] if log else process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"app.py did not answer within {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python app.py` with the bundled model, on a free port; yields (url, temp dir)."""
     temp = tmp_path_factory.mktemp("gradio-tmp")
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1"}
-    env.pop("SKINLESION_MODEL", None)
-    log = (temp.parent / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    wait_for(url, process, temp.parent / "server.log")
-    yield url, temp
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with running_app(temp, temp.parent / "server.log") as (url, _):
+        yield url, temp
 
 
 def test_nothing_is_left_behind_after_the_app_stops(tmp_path, lesion):
@@ -74,19 +35,10 @@ def test_nothing_is_left_behind_after_the_app_stops(tmp_path, lesion):
     a GRADIO_TEMP_DIR that does not exist yet is created."""
     from gradio_client import Client, handle_file
     temp = tmp_path / "gradio-tmp" / "not-made-yet"
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "SKINLESION_DATA": ""}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/", process)
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    with running_app(temp, SKINLESION_DATA="") as (url, _):
+        client = Client(url, verbose=False)
         client.predict(handle_file(lesion), "top", 0.5, api_name="/explain")
         assert any(p.is_file() for p in temp.rglob("*")), "the upload should be in the app's temp folder"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
     left = [p for p in temp.rglob("*") if p.is_file()]
     assert not left, left
 

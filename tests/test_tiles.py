@@ -7,7 +7,9 @@ from PIL import Image
 from conftest import needs_real_neu, REAL_NEU
 from skinlesion import Predictor
 from skinlesion.batch import Item, analyse
-from skinlesion.tiles import analyse_tiles, tile_boxes, worth_tiling
+from skinlesion import tiles
+from skinlesion.inference import InputError
+from skinlesion.tiles import analyse_tiles, checked_boxes, tile_boxes, tiled_answer, worth_tiling
 
 
 def test_tiles_cover_the_strip_half_overlapping_the_last_flush():
@@ -17,6 +19,27 @@ def test_tiles_cover_the_strip_half_overlapping_the_last_flush():
     assert tile_boxes(1650, 200)[-1] == (1450, 0, 1650, 200)  # flush with the far edge
     assert tile_boxes(200, 200) == [(0, 0, 200, 200)]
     assert worth_tiling(1600, 256) and worth_tiling(200, 400) and not worth_tiling(200, 150)
+
+
+def test_tiling_is_bounded():
+    """A small file can describe a 65535×16 image: too thin to tile, it is analysed whole; one
+    needing more than MAX_TILES tiles is refused with the numbers."""
+    assert not worth_tiling(65535, 16) and worth_tiling(6000, 64)
+    assert len(checked_boxes(1600, 100)) == 31
+    with pytest.raises(InputError, match="would take 249 tiles, and the limit is 32"):
+        checked_boxes(8000, 64)
+
+
+def test_tiles_in_chunks_give_the_answer_of_one_pass(predictor, monkeypatch):
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64 * 12), dtype=np.uint8).repeat(3).reshape(64, -1, 3)
+    assert len(tile_boxes(rgb.shape[1], rgb.shape[0])) > tiles.TILE_CHUNK
+    chunked, chunked_answer = analyse_tiles(predictor, rgb), tiled_answer(predictor, rgb)
+    monkeypatch.setattr(tiles, "TILE_CHUNK", 64)
+    whole = analyse_tiles(predictor, rgb)
+    assert chunked.region == whole.region == chunked_answer[1] and chunked.target == whole.target
+    assert chunked.probabilities == pytest.approx(whole.probabilities, abs=1e-5)
+    assert chunked_answer[0] == pytest.approx(whole.probabilities, abs=1e-5)
+    assert np.abs(chunked.heatmap - whole.heatmap).max() < 1e-4
 
 
 def strip(defect: str, position: int, tiles: int = 8) -> np.ndarray:

@@ -1,0 +1,209 @@
+"""The running server, probed as an attacker would, through raw HTTP and gradio_client: it reads
+only what was uploaded to it, bounds what a request can make it hold or compute, serves only
+the files the page shows, and deletes what it was sent."""
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REAL_HAM, ROOT, SHARED_DATA, running_app
+from skinlesion.page import example_images
+from skinlesion.tasks import get_task
+from test_hardening import jpeg_bytes
+
+pytestmark = pytest.mark.slow
+KEEP = 4  # seconds the server keeps uploads and outputs here (SKINLESION_KEEP_SECONDS)
+FILE_DATA = {"_type": "gradio.FileData"}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app with a short keep time: its url, temp folder, process and log, and the files the
+    page itself keeps in that folder (its confusion matrices and examples, cached at start)."""
+    base = tmp_path_factory.mktemp("secure")
+    log = base / "server.log"
+    with running_app(base / "tmp", log, SKINLESION_KEEP_SECONDS=str(KEEP)) as (url, process):
+        temp = next((base / "tmp").glob("skinlesion-*"))
+        yield SimpleNamespace(url=url, temp=temp, process=process, log=log, own=set(temp.rglob("*")))
+
+
+def left_by_requests(app) -> list[Path]:
+    return sorted(set(app.temp.rglob("*")) - app.own)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+    return Client(app.url, verbose=False)
+
+
+def call(url: str, api: str, data: list) -> tuple[str, object]:
+    """POST /gradio_api/call/<api>, then read its event stream: ("complete" | "error", data)."""
+    request = urllib.request.Request(f"{url}gradio_api/call/{api}", json.dumps({"data": data}).encode(),
+                                     {"Content-Type": "application/json"})
+    event = json.load(urllib.request.urlopen(request, timeout=60))["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event}", timeout=300) as response:
+        text = response.read().decode()
+    kind = re.findall(r"^event: (\w+)", text, re.M)[-1]
+    return kind, json.loads(re.findall(r"^data: (.*)$", text, re.M)[-1])
+
+
+def error_of(url: str, api: str, data: list) -> str:
+    kind, answer = call(url, api, data)
+    assert kind == "error", answer
+    return answer["error"]
+
+
+def test_a_file_the_client_names_is_not_read_and_its_existence_not_told(app, tmp_path):
+    url = app.url
+    secret = tmp_path / "secret.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(secret)
+    for payload in ({"path": str(secret)}, {"path": str(secret), "meta": FILE_DATA}):
+        message = error_of(url, "explain", [payload, "top", 0, "ham10000", "off", "Grad-CAM"])
+        assert "only files uploaded" in message or "not uploaded by a user" in message  # Gradio's own check
+    exists = error_of(url, "classify", [{"path": str(secret)}, "ham10000", "auto"])
+    missing = error_of(url, "classify", [{"path": str(tmp_path / "nothing.png")}, "ham10000", "auto"])
+    text = error_of(url, "classify", [{"path": "/etc/hostname"}, "ham10000", "auto"])
+    assert exists == missing == text == "Cannot analyse this image: only files uploaded to this app are accepted."
+    assert error_of(url, "classify", [{"path": "https://example.com/a.jpg", "meta": FILE_DATA}, "ham10000", "auto"])
+
+
+def test_batch_takes_no_folder_and_the_cleanup_goes_on(app, client, tmp_path):
+    from gradio_client import handle_file
+    url, temp = app.url, app.temp
+    client.predict(handle_file(write(tmp_path / "mine.jpg", jpeg_bytes())), api_name="/classify")
+    uploads = [p for p in temp.rglob("*") if p.is_file()]
+    assert uploads, "the upload should be in the server's folder"
+    for named in (str(temp), str(uploads[0].parent), f"{temp}/*", f"{temp}/**/*.jpg"):
+        for payload in ({"path": named, "meta": FILE_DATA}, {"path": named}):
+            assert error_of(url, "batch", [[payload], "ham10000", "off"])
+    time.sleep(4 * KEEP)  # Gradio's cleanup still runs: the upload, and its folder, are gone
+    assert not left_by_requests(app)
+
+
+def test_long_images_are_bounded(app, client, tmp_path):
+    from gradio_client import handle_file
+    thin = tmp_path / "thin.png"
+    Image.new("L", (65535, 16)).save(thin)  # a few hundred bytes
+    assert thin.stat().st_size < 2000
+    assert client.predict(handle_file(thin), task="neu", api_name="/classify")["label"]  # analysed whole
+    long = tmp_path / "long.png"
+    Image.new("L", (8000, 64)).save(long)
+    with pytest.raises(Exception, match="would take 249 tiles, and the limit is 32"):
+        client.predict(handle_file(long), "top", 0.45, "neu", api_name="/analyse")
+    table, _ = client.predict([handle_file(long), handle_file(thin)], "neu", api_name="/batch")
+    assert "limit is 32" in table["data"][0][4] and table["data"][1][1]
+
+
+def test_request_bodies_and_echoed_values_are_bounded(app, client):
+    import base64
+    url, log = app.url, app.log
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/gradio_api/call/classify")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(30 * 1024 ** 2))
+    connection.endheaders()  # refused from the header, before the body is sent
+    response = connection.getresponse()
+    assert response.status == 413 and b"larger than 25 MB" in response.read()
+    with pytest.raises((urllib.error.URLError, ConnectionError)) as refused:  # a data URL inside the JSON:
+        call(url, "classify", [{"url": "data:image/png;base64," + "A" * (26 * 1024 ** 2)}, "ham10000", "auto"])
+    assert getattr(refused.value, "code", 413) == 413  # 413, or the connection closed while still sending
+    small = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()
+    assert call(url, "classify", [{"url": small}, "ham10000", "auto"])[0] == "complete"
+    message = error_of(url, "classify", [{"url": small}, "t" * 1_000_000, "auto"])
+    assert message.startswith("Unknown task 'tttt") and len(message) < 200
+    for bad in ([{"url": small}, "top", "0.5; rm", "ham10000", "auto", "Grad-CAM"],
+                [{"url": small}, "top", 0.5, "ham10000", "sideways", "Grad-CAM"],
+                [{"url": small}, "top", 0.5, "ham10000", "auto", "x" * 100_000],
+                [{"url": small}, {"a": 1}, 0.5, "ham10000", "auto", "Grad-CAM"]):
+        assert len(error_of(url, "explain", bad)) < 300
+    assert max(map(len, log.read_text().splitlines())) < 5000
+
+
+def test_a_bad_file_in_a_batch_gets_its_row_and_the_rest_go_on(client, tmp_path):
+    from gradio_client import handle_file
+    files = [write(tmp_path / f"good{i}.jpg", jpeg_bytes(i)) for i in range(3)]
+    files.insert(1, write(tmp_path / "cut.jpg", jpeg_bytes()[:10]))
+    table, _ = client.predict([handle_file(f) for f in files], "ham10000", api_name="/batch")
+    rows = table["data"]
+    assert [r[0] for r in rows] == [f.name for f in files]
+    assert "damaged" in rows[1][4] and all(r[1] and not r[4] for i, r in enumerate(rows) if i != 1)
+
+
+def test_the_batch_pixel_budget(client, tmp_path):
+    """A small zip of large one-bit PNGs: decoding stops at the budget, and the rows say so."""
+    from gradio_client import handle_file
+    buffer = io.BytesIO()
+    Image.new("1", (6000, 6500)).save(buffer, "PNG")  # 39 million pixels in a few kB
+    archive = tmp_path / "bombs.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(28):
+            z.writestr(f"{i:02d}.png", buffer.getvalue())
+    assert archive.stat().st_size < 1_000_000
+    table, _ = client.predict([handle_file(archive)], "ham10000", "off", api_name="/batch")
+    errors = [r[4] for r in table["data"]]
+    assert len(errors) == 28 and not any(errors[:26]), errors
+    assert all("limit of 1,000 million decoded pixels" in e for e in errors[26:])
+
+
+@pytest.mark.skipif(not REAL_HAM.is_dir(), reason="no local HAM10000: the page shows no examples")
+def test_only_the_files_the_page_shows_are_served(app):
+    url = app.url
+
+    def status(path: Path) -> int:
+        try:
+            return urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=30).status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    shown = {Path(path).resolve() for path, _ in example_images(SimpleNamespace(task=get_task("ham10000")),
+                                                                 str(SHARED_DATA))}
+    not_shown = next(p.resolve() for p in sorted((REAL_HAM / "images").glob("*.jpg")) if p.resolve() not in shown)
+    assert status(REAL_HAM / "HAM10000_metadata.csv") == 403 and status(not_shown) == 403
+    assert status(min(shown)) == 200 and status(ROOT / "assets" / "model" / "confusion_matrix.png") == 200
+    assert status(ROOT / "assets" / "model" / "config.json") == 403
+
+
+def test_the_batch_csv_is_deleted_with_the_uploads_and_formulas_are_text(app, client, tmp_path):
+    from gradio_client import handle_file
+    named = write(tmp_path / "=SUM(1+1).jpg", jpeg_bytes())
+    archive = tmp_path / "dots.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(".hidden.jpg", jpeg_bytes())
+        z.writestr("../up.jpg", jpeg_bytes())
+    table, csv_path = client.predict([handle_file(named), handle_file(archive)], "ham10000", api_name="/batch")
+    with open(csv_path, newline="") as f:
+        saved = list(csv.DictReader(f))
+    assert saved[0]["file"] == "'=SUM(1+1).jpg"
+    assert [r["file"] for r in saved[1:]] == ["dots.zip/.hidden.jpg", "dots.zip/../up.jpg"]
+    assert all("not analysed" in r["error"] for r in saved[1:])
+    assert list(app.temp.rglob("*.csv"))
+    time.sleep(4 * KEEP)
+    assert not left_by_requests(app)
+
+
+def test_peak_memory_of_the_server_under_these_tests(app):
+    """Last in this module: the server's peak resident memory after everything above."""
+    status = Path(f"/proc/{app.process.pid}/status").read_text()
+    peak_kb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+    assert peak_kb < 1.5 * 1024 ** 2, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
