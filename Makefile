@@ -1,6 +1,7 @@
 # The README's quick start: two commands on a fresh Debian machine with Python 3.11+.
-#   make run    set up, then serve the app on the bundled models (http://127.0.0.1:7860)
-#   make test   set up (and Debian's Chromium for the page test), then run the tests
+#   make run        set up, then serve the app on the bundled models (http://127.0.0.1:7860)
+#   make test       set up (and Debian's Chromium for the page test), then lint and run every test (CI)
+#   make test-fast  lint and the fast tier: pytest -m "not slow" (no servers, browser, training, torchrun)
 # Both are idempotent: the virtual environment is made once and reinstalled only when
 # requirements.txt changes; Chromium is installed only when it is missing.
 
@@ -10,13 +11,20 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test setup chromium
+.PHONY: run test test-fast lint setup chromium
+TEST_ENV := GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
 
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/python app.py
 
-test: setup chromium
-	GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
+test: setup chromium lint
+	$(TEST_ENV) $(VENV)/bin/python -m pytest
+
+test-fast: setup lint
+	$(TEST_ENV) $(VENV)/bin/python -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 setup: $(INSTALLED)
 

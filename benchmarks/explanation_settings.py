@@ -12,18 +12,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import skinlesion.explain as explain
+
 from skinlesion import Predictor
 from skinlesion.data import read_rgb
+from skinlesion.explain import INTEGRATED_GRADIENTS, OCCLUSION, SHIPPED
 from train.explanations import curves, input_map
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = [(explain.INTEGRATED_GRADIENTS, "IG_STEPS", n) for n in (8, 16, 32)] + \
-           [(explain.OCCLUSION, "OCCLUSION_STRIDE", n) for n in (8, 16, 24)]
+SETTINGS = [(INTEGRATED_GRADIENTS, "ig_steps", n) for n in (8, 16, 32)] + \
+           [(OCCLUSION, "occlusion_stride", n) for n in (8, 16, 24)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,25 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     print("| method | setting | deletion area (lower is better) | insertion area (higher) | seconds per image |")
     print("|---|---|---|---|---|")
     for method, name, value in SETTINGS:
-        shipped = getattr(explain, name)
-        setattr(explain, name, value)
-        try:
-            used = explain.occlusion_stride(predictor.spec.input_size)
-            areas, seconds = [], []
-            for x in xs:
-                with torch.inference_mode():
-                    index = int(predictor.model(x).argmax())
-                started = time.perf_counter()
-                heat = input_map(predictor.model, x, method, index)
-                seconds.append(time.perf_counter() - started)
-                areas.append(curves(predictor.model, x, heat.flatten().argsort(descending=True), index,
-                                    predictor.rule.temperature))
-        finally:
-            setattr(explain, name, shipped)
+        settings = replace(SHIPPED, **{name: value})
+        used = settings.stride(predictor.spec.input_size)
+        areas, seconds = [], []
+        for x in xs:
+            with torch.inference_mode():
+                index = int(predictor.model(x).argmax())
+            started = time.perf_counter()
+            heat = input_map(predictor.model, x, method, index, settings)
+            seconds.append(time.perf_counter() - started)
+            areas.append(curves(predictor.model, x, heat.flatten().argsort(descending=True), index,
+                                predictor.rule.temperature))
         deletion, insertion = np.mean(areas, axis=0)
-        mark = " (shipped)" if value == shipped else ""
-        actual = f" ({used} at {predictor.spec.input_size} px)" if method == explain.OCCLUSION and used != value else ""
-        print(f"| {method} | {name} = {value}{actual}{mark} | {deletion:.3f} | {insertion:.3f} | {np.median(seconds):.2f} |")
+        mark = " (shipped)" if value == getattr(SHIPPED, name) else ""
+        actual = f" ({used} at {predictor.spec.input_size} px)" if method == OCCLUSION and used != value else ""
+        print(f"| {method} | {name} = {value}{actual}{mark} | {deletion:.3f} | {insertion:.3f} "
+              f"| {np.median(seconds):.2f} |")
     return 0
 
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Issue 13's GPU measurement in one command on the GPU machine (the `device` tool, whose
-# python3 is 3.12 with torch but without albumentations, captum or a recent timm).
-# Prepare here, once (both folders are git-ignored; together about 52 MB of the 64 MiB carry):
-#   ../shared/tools/device-wheels.sh .whl
-#   mkdir -p .device/ham10000 && cp -r ../shared/data/ham10000/{HAM10000_metadata.csv,images} .device/ham10000/
-# Then run `bash benchmarks/gpu.sh` there with carry [".whl", ".device"]; the table comes back
-# through $OUT (copy it to results/training_throughput.md).
+# The training-throughput measurement on a GPU machine, in one command (docs/results.md: Training
+# throughput). Written for a machine whose python3 (3.12) has torch but lacks albumentations,
+# captum and timm >= 1.0.31; prepare, on a machine with the repository and the data:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     -d .whl albumentations==2.0.8 albucore==0.0.24 simsimd stringzilla pydantic==2.14.3 pydantic-core==2.50.4 \
+#     annotated-types typing-inspection captum==0.9.0 timm==1.0.31
+#   mkdir -p .device/ham10000 && cp -r DATA/ham10000/{HAM10000_metadata.csv,images} .device/ham10000/
+# (both folders are git-ignored), copy the working tree with them to the GPU machine and run
+# `bash benchmarks/gpu.sh` there; the table is written to $OUT (or results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from skinlesion.tasks import get_task
-from train.__main__ import parse_args
+from train.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from train.distributed import Ranks
 from train.engine import autocast_dtype, pick_device, to_input
 from train.loop import Trainer
@@ -32,20 +32,20 @@ from train.loop import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ceiling(args: argparse.Namespace, steps: int) -> float:
+def ceiling(config: TrainConfig, steps: int) -> float:
     """Images/s of the training step alone, on random uint8 batches resident on the device."""
-    task = get_task(args.task)
-    device = pick_device(args.device)
-    trainer = Trainer.build(args, task, np.arange(len(task.codes)), Ranks(device=device))
-    cfg = trainer.model.pretrained_cfg
-    x = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8, device=device)
-    y = torch.randint(0, len(task.codes), (args.batch_size,), device=device)
+    task = get_task(config.dataset.task)
+    device = pick_device(config.runtime.device)
+    trainer = Trainer.build(config, task, np.arange(len(task.codes)), Ranks(device=device))
+    cfg, batch, size = trainer.model.pretrained_cfg, config.optim.batch_size, config.model.image_size
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    y = torch.randint(0, len(task.codes), (batch,), device=device)
     trainer.model.train()
     for step in range(steps + 5):  # 5 warm-up steps
         if step == 5:
             started = time.perf_counter()
         trainer.train_step(to_input(x, device, cfg["mean"], cfg["std"], trainer.channels_last), y)
-    return steps * args.batch_size / (time.perf_counter() - started)  # train_step syncs (loss.item())
+    return steps * batch / (time.perf_counter() - started)  # train_step syncs (loss.item())
 
 
 def end_to_end(common: list[str], setting: list[str], out: Path) -> dict:
@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--data", str(a.data), "--task", a.task, "--device", a.device, "--image-size", str(a.image_size),
               "--batch-size", str(a.batch_size), "--epochs", str(a.epochs)]
     common += ["--max-samples", str(a.max_samples)] if a.max_samples else []
-    args = parse_args([*common, "--out", "unused"])
+    config = TrainConfig(DataConfig(task=a.task), ModelConfig(image_size=a.image_size),
+                         OptimConfig(epochs=a.epochs, batch_size=a.batch_size), runtime=RuntimeConfig(device=a.device))
     device = pick_device(a.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    top = ceiling(args, a.steps)
+    top = ceiling(config, a.steps)
     rows = [("model only: the training step on batches already on the device", f"{top:,.0f}", "–", "100%")]
     settings = [(f"albumentations in loader workers (--workers {w})", ["--augment-on", "workers", "--workers", str(w)])
                 for w in a.workers]
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, f"{speed:,.0f}", f"{history[0]['first_step_s']:.1f} s", f"{speed / top:.0%}"))
             print(f"{label}: {speed:,.0f} images/s", file=sys.stderr)
 
-    precision = autocast_dtype(device, args.amp)
+    precision = autocast_dtype(device, config.runtime.amp)
     header = (f"Training throughput on {name}: {a.task}, {a.image_size} px, batch {a.batch_size}, "
               f"{f'{precision} autocast' if precision else 'float32'}, images/s over epochs 2–{a.epochs}"
               + (f" of a {a.max_samples}-image subset" if a.max_samples else "") + ".\n"

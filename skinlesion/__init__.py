@@ -1,6 +1,6 @@
 """skinlesion: an explainable image classifier (skin lesions, steel defects; timm EfficientNet-B0, Grad-CAM).
 
-`from skinlesion import Predictor` is the Python API; README.md's "Architecture" maps the package.
+`from skinlesion import Predictor` is the Python API (docs/api.md); docs/architecture.md maps the package.
 """
 from .inference import Predictor
 

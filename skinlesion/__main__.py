@@ -2,7 +2,8 @@
 
 Classifies many images — files, folders, globs, zip archives — with the task's bundled model
 (or --model), in batches, writing one CSV row per file as it goes (skinlesion/batch.py says
-the layout). Long images are classified by tiles with --tile (skinlesion/tiles.py). An unreadable file gets its error in the `error` column and the run goes on; the
+the layout). Long images are classified by tiles with --tile (skinlesion/tiles.py). An
+unreadable file gets its error in the `error` column and the run goes on; the
 exit code is 1 only when no file could be read.
 """
 from __future__ import annotations
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     items = expand(args.paths)
     with tqdm(total=len(items), unit="image", file=sys.stderr) as bar:
-        tile = predictor.task.tile_large_images if args.tile is None else args.tile
-        rows = analyse(predictor, items, args.batch_size, tile, progress=lambda done, _: bar.update(done - bar.n))
+        rows = analyse(predictor, items, args.batch_size, args.tile, progress=lambda done, _: bar.update(done - bar.n))
         ok, failed = write_csv(args.out, predictor, rows)
     print(f"{ok} of {len(items)} files classified with the {predictor.task.title.lower()} model, {failed} "
           f"could not be read; wrote {args.out}", file=sys.stderr)

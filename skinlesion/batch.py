@@ -5,9 +5,9 @@ of the worst tile when the image was tiled, else empty) and `error` (empty when 
 read), one row per input file in input order.
 
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
-file). Images are decoded one by one — a bad file becomes a row with its error and never
-stops the batch — and classified in batches of `BATCH_SIZE` in one forward pass each; with
-`tile`, a long image (tiles.py) is classified by its tiles, in one batch of its own. A batch
+file). Images are decoded one by one into the model's input (`Predictor.prepare`: a long image
+into its tiles when tiling is on) — a bad file becomes a row with its error and never stops
+the batch — and analysed in batches of `BATCH_SIZE` (`Predictor.analyse_many`). A batch
 may carry a budget of decoded pixels (the page and /batch do: `MAX_PIXELS`): the files past
 it get a row saying so instead of being decoded.
 
@@ -23,13 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
-import torch
+from .images import InputError
+from .inference import Analysis, Predictor, Prepared
 
-from .inference import InputError, Predictor, load_image
-from .tiles import tiled_answer
-
-BATCH_SIZE = 8                  # on 2 CPU cores B0 ran faster at batches of 4-8 than 16 (README: benchmark)
+BATCH_SIZE = 8                  # on 2 CPU cores B0 ran faster at batches of 4-8 than 16 (docs/results.md)
 MAX_FILES = 500                 # the page and /batch: more is refused, with this number
 MAX_BYTES = 200 * 1024 ** 2     # ... and so is more than this much (zip members uncompressed)
 # ... and files past this many decoded pixels are not decoded: a 6 MB zip of 500 one-bit
@@ -54,19 +51,19 @@ class Item:
     size: int = 0                   # bytes (uncompressed for a zip member)
     error: str = ""                 # already known not to be readable
 
-    def read(self) -> np.ndarray:
-        """The checked RGB image, or InputError saying why not."""
+    def source(self) -> Path | bytes:
+        """The file, or the zip member's bytes; InputError saying why not."""
         if self.error:
             raise InputError(self.error)
         if self.member is None:
-            return load_image(self.path)
+            return self.path
         try:
             with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as member:
                 data = member.read(self.size + 1)  # never more than its header declared
         except Exception:  # bad archive, encrypted member, unsupported compression, CRC error ...
             raise InputError("cannot read it from the zip archive (damaged, encrypted or of an "
                              "unsupported compression)") from None
-        return load_image(data)
+        return data
 
 
 def _zip_items(path: Path) -> list[Item]:
@@ -120,32 +117,32 @@ def columns(predictor: Predictor) -> list[str]:
     return ["file", *predictor.codes, "decided", "verdict", "region", "error"]
 
 
-def analyse(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool = False,
+def analyse(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool | None = None,
             progress: Callable[[int, int], None] | None = None, max_pixels: int | None = None) -> Iterator[dict]:
     """One row per item, in order (see the module docstring), yielded as soon as its batch is
-    done; `progress(done, total)` after each batch. Once `max_pixels` decoded pixels are spent,
-    the remaining items are not decoded: their rows say why."""
-    pending: list[tuple[Item, torch.Tensor | dict]] = []  # model inputs wait for a batch; rows are done
-    decoded = 0
+    done; `progress(done, total)` after each batch. `tile`: None for the task's default. Once
+    `max_pixels` decoded pixels are spent, the remaining items are not decoded: their rows say why."""
+    pending: list[tuple[Item, Prepared | dict]] = []  # model inputs wait for a batch; rows are done
+    decoded = done = 0
 
     def flush() -> Iterator[dict]:
-        inputs = [x for _, x in pending if isinstance(x, torch.Tensor)]
-        answers = iter(predictor.predict_inputs(torch.cat(inputs)) if inputs else [])
-        for item, x in pending:
-            yield row(predictor, item.name, next(answers)) if isinstance(x, torch.Tensor) else x
+        answers = iter(predictor.analyse_many([p for _, p in pending if isinstance(p, Prepared)]))
+        for item, p in pending:
+            yield row(predictor, item.name, next(answers)) if isinstance(p, Prepared) else p
         pending.clear()
 
-    done = 0
     for number, item in enumerate(items, 1):
         if max_pixels is not None and decoded >= max_pixels:
-            pending.append((item, row(predictor, item.name, None, error=(
+            pending.append((item, row(predictor, item.name, error=(
                 f"not analysed: this batch reached its limit of {max_pixels / 1e6:,.0f} million decoded "
                 f"pixels before file {number}; send the rest in another batch"))))
         else:
-            result, pixels = read(predictor, item, tile)
-            pending.append((item, result))
-            decoded += pixels
-        if sum(isinstance(x, torch.Tensor) for _, x in pending) >= batch_size:
+            try:
+                pending.append((item, predictor.prepare(item.source(), tile)))
+                decoded += pending[-1][1].size[0] * pending[-1][1].size[1]
+            except InputError as error:
+                pending.append((item, row(predictor, item.name, error=str(error))))
+        if sum(isinstance(p, Prepared) for _, p in pending) >= batch_size:
             done += len(pending)
             yield from flush()
             if progress:
@@ -156,35 +153,18 @@ def analyse(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH
         progress(done, len(items))
 
 
-def read(predictor: Predictor, item: Item, tile: bool) -> tuple[torch.Tensor | dict, int]:
-    """The image as the model's input (the decoded image is not kept: 8 decoded 40-megapixel
-    images would be 1 GB) to be classified in a batch, or the item's finished row (its error,
-    or the answer of its tiles); with the number of pixels decoded."""
-    try:
-        image = item.read()
-    except InputError as error:
-        return row(predictor, item.name, None, error=str(error)), 0
-    pixels = image.shape[0] * image.shape[1]
-    try:
-        tiled = tiled_answer(predictor, image) if tile else None
-    except InputError as error:  # too long to tile
-        return row(predictor, item.name, None, error=str(error)), pixels
-    return (row(predictor, item.name, *tiled) if tiled else predictor.to_batch([image])), pixels
-
-
 def cell(value):
     """A CSV cell a spreadsheet shows as text: one starting like a formula gets an apostrophe."""
     return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
-def row(predictor: Predictor, name: str, probabilities: dict[str, float] | None,
-        region: tuple[int, int, int, int] | None = None, error: str = "") -> dict:
-    if probabilities is None:
+def row(predictor: Predictor, name: str, analysis: Analysis | None = None, error: str = "") -> dict:
+    if analysis is None:
         return {"file": name, **{c: "" for c in predictor.codes}, "decided": "", "verdict": "", "region": "",
                 "error": error}
-    return {"file": name, **{c: round(p, 6) for c, p in probabilities.items()},
-            "decided": predictor.decide(probabilities), "verdict": predictor.triage(probabilities).headline,
-            "region": " ".join(map(str, region)) if region else "", "error": ""}
+    return {"file": name, **{c: round(p, 6) for c, p in analysis.probabilities.items()},
+            "decided": analysis.decided, "verdict": analysis.verdict.headline,
+            "region": " ".join(map(str, analysis.region)) if analysis.region else "", "error": ""}
 
 
 def write_csv(path: str | Path, predictor: Predictor, rows: Iterable[dict]) -> tuple[int, int]:

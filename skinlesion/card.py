@@ -1,6 +1,6 @@
 """The measured results of a model, rendered from one source: the model folder's metrics.json
 (written by `python -m train.evaluate`). The model card (README.md in the folder), the page's
-Model tab, a run's report.md and the tables in the project README all come from here, so they
+Model tab, a run's report.md and the tables of docs/results.md all come from here, so they
 cannot disagree."""
 from __future__ import annotations
 
@@ -35,16 +35,6 @@ def read_metrics(folder: str | Path) -> dict[str, Any] | None:
 
 def is_placeholder(metrics: dict[str, Any]) -> bool:
     return metrics["splits"]["test"]["balanced_accuracy"] < PLACEHOLDER_BELOW
-
-
-def read_card(folder: str | Path) -> tuple[dict[str, Any], str]:
-    """The model card's metadata (YAML front matter) and Markdown body; empty when absent."""
-    path = Path(folder) / CARD_FILE
-    text = path.read_text() if path.is_file() else ""
-    if text.startswith("---\n") and "\n---\n" in text[4:]:
-        head, body = text[4:].split("\n---\n", 1)
-        return yaml.safe_load(head) or {}, body
-    return {}, text
 
 
 def f(value: float | None, digits: int = 3) -> str:
@@ -186,7 +176,8 @@ def card_body(spec: ModelSpec, metrics: dict) -> str:
     how it was trained, and the measured results."""
     task, t, size = spec.task, spec.training, spec.input_size
     subset = f"a stratified subset of {t['max_samples']} images" if t.get("max_samples") else "the whole dataset"
-    init = INITIALISATIONS.get(spec.initialisation, "ImageNet weights" if t.get("pretrained") else INITIALISATIONS[INIT_RANDOM])
+    init = INITIALISATIONS.get(spec.initialisation,
+                               "ImageNet weights" if t.get("pretrained") else INITIALISATIONS[INIT_RANDOM])
     calibration = ("the malignant and pre-malignant classes have recall-first thresholds in `config.json`"
                    if metrics["thresholds"] else
                    f"answers whose top probability is under {metrics['review_threshold']:.3f} go to manual review")

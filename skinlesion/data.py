@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
-SPLIT_COLUMNS = ("image_id", "lesion_id", "label", "split")
+SPLIT_COLUMNS = ("image_id", "group", "label", "split")
 
 
 class DataError(ValueError):
@@ -39,7 +39,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Record:
     image_id: str
-    lesion_id: str   # the group: images of one lesion (or byte-identical files) share a split
+    group: str       # images of one group share a split: a lesion (HAM10000), byte-identical files (NEU)
     label: str
     path: Path
 
@@ -58,7 +58,7 @@ def split_records(records: Sequence[Record], seed: int = 0) -> dict[str, str]:
     from sklearn.model_selection import StratifiedGroupKFold  # here: the app never splits (~100 MB)
     n_folds = 20
     labels = [r.label for r in records]
-    groups = [r.lesion_id for r in records]
+    groups = [r.group for r in records]
     if len(set(groups)) < n_folds or max(Counter(labels).values()) < n_folds:
         raise DataError(f"too few images to split 70/15/15 by lesion: {len(records)} images of "
                         f"{len(set(groups))} lesions; needs at least {n_folds} lesions and "
@@ -100,14 +100,14 @@ def write_split(path: Path, records: Sequence[Record], split: dict[str, str]) ->
         writer = csv.writer(f)
         writer.writerow(SPLIT_COLUMNS)
         for r in records:
-            writer.writerow((r.image_id, r.lesion_id, r.label, split[r.image_id]))
+            writer.writerow((r.image_id, r.group, r.label, split[r.image_id]))
 
 
 def read_split(path: Path) -> dict[str, str]:
     with Path(path).open(newline="") as f:
         reader = csv.DictReader(f)
-        if not set(SPLIT_COLUMNS) <= set(reader.fieldnames or []):
-            raise DataError(f"{path} is not a split file: needs columns {', '.join(SPLIT_COLUMNS)}")
+        if not {"image_id", "split"} <= set(reader.fieldnames or []):
+            raise DataError(f"{path} is not a split file: needs the columns image_id and split")
         return {row["image_id"]: row["split"] for row in reader}
 
 

@@ -1,9 +1,11 @@
-"""The decision rule, in one place: logits → calibrated probabilities → decided class → verdict.
+"""The decision rule, in one place: logits → calibrated probabilities → decided class, and the
+thresholds a task's verdict policy compares against (verdicts.py: the words are the task's).
 
 `DecisionRule.fit` (run by `python -m train.evaluate` on the validation split) chooses the
-temperature, the per-class bias of the decided class and the recall-first thresholds, and the
-rule is stored in the model folder's config.json. Evaluation and serving both apply it with
-the same methods, so the figures in the model card are the page's behaviour by construction.
+temperature, the per-class bias of the decided class, the recall-first thresholds of the
+high-risk classes and the manual-review threshold, and the rule is stored in the model
+folder's config.json. Evaluation and serving both apply it with the same methods, so the
+figures in the model card are the page's behaviour by construction.
 
 Why a class bias: a model trained on imbalanced classes (nv is two thirds of HAM10000) puts
 the arg-max where plain accuracy is best; balanced accuracy, the score this project selects
@@ -13,7 +15,6 @@ there without changing the probabilities shown.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -23,8 +24,6 @@ import torch
 from .tasks import get_task
 
 SENSITIVITY_TARGET = 0.90         # recall-first operating point of the high-risk classes
-UNCERTAIN_TOP_PROBABILITY = 0.5   # below it (or above the entropy bound) the verdict is "uncertain"
-UNCERTAIN_ENTROPY = 0.75          # normalised entropy, 0 (one class) .. 1 (all classes equal)
 BIAS_STRENGTHS = np.round(np.arange(0.0, 2.01, 0.05), 2)  # the tau grid of the logit adjustment
 
 
@@ -92,23 +91,10 @@ def review_threshold(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarra
     return float(np.nextafter(confidences[int(np.ceil(target * len(confidences))) - 1], 1.0))
 
 
-def normalised_entropy(probs: np.ndarray) -> float:
-    p = probs[probs > 0]
-    return float(-(p * np.log(p)).sum() / math.log(len(probs)))
-
-
-@dataclass(frozen=True)
-class Verdict:
-    level: str      # dermoscopy: "refer", "uncertain", "clear"; inspection: "review", "defect"
-    headline: str
-    detail: str
-
-
 @dataclass(frozen=True)
 class DecisionRule:
     """What a model folder's config.json says about turning logits into an answer."""
     codes: tuple[str, ...]
-    task: str                               # its key: class names, risk groups, disclaimer
     temperature: float = 1.0
     class_bias: tuple[float, ...] = ()      # added to log-probabilities before the arg-max; () = none
     thresholds: dict[str, float] = field(default_factory=dict)  # recall-first, high-risk classes
@@ -116,8 +102,7 @@ class DecisionRule:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "DecisionRule":
-        return cls(codes=tuple(config["label_names"]), task=get_task(config.get("task")).key,
-                   temperature=float(config.get("temperature", 1.0)),
+        return cls(codes=tuple(config["label_names"]), temperature=float(config.get("temperature", 1.0)),
                    class_bias=tuple(config.get("class_bias") or ()),
                    thresholds=dict(config.get("thresholds") or {}),
                    review_threshold=config.get("review_threshold"))
@@ -130,19 +115,20 @@ class DecisionRule:
     @classmethod
     def fit(cls, logits: np.ndarray, labels: np.ndarray, codes: Sequence[str],
             task: str) -> tuple["DecisionRule", float]:
-        """Fit on validation: temperature (NLL), class bias (balanced accuracy), then thresholds
-        on the calibrated probabilities. Returns the rule and the bias strength tau."""
+        """Fit on validation: temperature (NLL), class bias (balanced accuracy), then the
+        thresholds on the calibrated probabilities: recall-first for the task's high-risk
+        classes, and manual review. Returns the rule and the bias strength tau."""
         # With no mistake on validation, NLL keeps falling as T → 0 (every probability → 1):
         # nothing to calibrate against, so the raw probabilities (T = 1) are kept.
         separable = bool((np.asarray(logits).argmax(1) == labels).all())
-        rule = cls(tuple(codes), task, 1.0 if separable else fit_temperature(logits, labels))
+        rule = cls(tuple(codes), 1.0 if separable else fit_temperature(logits, labels))
         probs = rule.probabilities(logits)
         tau, bias = fit_class_bias(probs, labels)
-        rule = cls(rule.codes, task, rule.temperature, tuple(float(b) for b in bias))
+        rule = cls(rule.codes, rule.temperature, tuple(float(b) for b in bias))
         risky = [i for i, c in enumerate(codes) if c in get_task(task).high_risk_codes]
         thresholds = {codes[i]: t for i, t in recall_first_thresholds(probs, labels, risky).items()}
-        review = None if risky else review_threshold(probs, labels, rule.decide(probs))
-        return cls(rule.codes, task, rule.temperature, rule.class_bias, thresholds, review), tau
+        review = review_threshold(probs, labels, rule.decide(probs))
+        return cls(rule.codes, rule.temperature, rule.class_bias, thresholds, review), tau
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax), float64, rows summing to 1."""
@@ -154,35 +140,3 @@ class DecisionRule:
         if not self.class_bias:
             return probs.argmax(axis=-1)
         return (np.log(np.maximum(probs, 1e-12)) + np.asarray(self.class_bias)).argmax(axis=-1)
-
-    def verdict(self, probabilities: dict[str, float]) -> Verdict:
-        """Dermoscopy, recall-first: a malignant or pre-malignant class at or over its threshold
-        refers; else a flat distribution is 'uncertain'; else the decided class is named.
-        Inspection (no high-risk classes): under the review threshold a person looks; else the
-        decided defect is named (the Grad-CAM overlay shows where). Always with the task's
-        disclaimer."""
-        task = get_task(self.task)
-        names, disclaimer = {c.code: c.name for c in task.classes}, task.disclaimer
-        probs = np.array([probabilities[c] for c in self.codes])
-        decided = self.codes[int(self.decide(probs))]
-        decided_text = f"{names[decided]} ({probabilities[decided]:.0%})"
-        high_risk = [c for c in self.codes if c in task.high_risk_codes]
-        if not high_risk:
-            review = self.review_threshold if self.review_threshold is not None else UNCERTAIN_TOP_PROBABILITY
-            if probs.max() < review:
-                return Verdict("review", "Manual review",
-                               f"Not sure enough for an automatic label: classified as {decided_text}, under "
-                               f"the review threshold of {review:.0%}. {disclaimer}")
-            return Verdict("defect", f"Defect: {names[decided]}",
-                           f"{decided_text}. The Grad-CAM overlay shows where the model found it. {disclaimer}")
-        flagged = [c for c in high_risk if probabilities[c] >= self.thresholds.get(c, 0.5)]
-        if flagged:
-            listed = ", ".join(f"{names[c]} ({probabilities[c]:.0%})" for c in flagged)
-            return Verdict("refer", "Refer to a dermatologist",
-                           f"Probability at or above the high-sensitivity threshold for: {listed}. {disclaimer}")
-        if probs.max() < UNCERTAIN_TOP_PROBABILITY or normalised_entropy(probs) > UNCERTAIN_ENTROPY:
-            return Verdict("uncertain", "Uncertain — have it checked",
-                           f"No class is clearly ahead (top probability {probs.max():.0%}). {disclaimer}")
-        return Verdict("clear", "No high-risk pattern found",
-                       f"Classified as {decided_text}; no malignant or pre-malignant class reached its "
-                       f"threshold. {disclaimer}")

@@ -9,13 +9,14 @@ pass runs through the head alone and costs little next to the forward pass.
 Every method's map is the evidence *for* the explained class (negative attributions are
 dropped), one value per input pixel or per Grad-CAM cell, scaled to 0..1 by `upsample_heatmap`.
 Integrated Gradients integrates from the mean colour (zeros after normalisation) in
-`IG_STEPS` batched steps, and its pixel map is averaged over `IG_SMOOTH` pixels so that it
-ranks regions, as deletion and insertion test them; Occlusion greys out `OCCLUSION_WINDOW`
-squares of the model's input at the largest stride up to `OCCLUSION_STRIDE` that tiles it
-exactly (no edge left unexamined), in batches.
+`Settings.ig_steps` batched steps, and its pixel map is averaged over `ig_smooth` pixels so
+that it ranks regions, as deletion and insertion test them; Occlusion greys out
+`occlusion_window` squares of the model's input at the largest stride up to
+`occlusion_stride` that tiles it exactly (no edge left unexamined), in batches.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -51,21 +52,29 @@ def grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
 
 GRAD_CAM, INTEGRATED_GRADIENTS, OCCLUSION = "Grad-CAM", "Integrated Gradients", "Occlusion"
 METHODS = (GRAD_CAM, INTEGRATED_GRADIENTS, OCCLUSION)  # the names the page and /explain take
-# Chosen by `python -m benchmarks.explanation_settings` (README): 8 steps are as faithful as 16 or
-# 32 at half the time or less; a stride of 24 (20 at 192 px) as faithful as 16 or 8, and faster.
-IG_STEPS, IG_SMOOTH = 8, 9
-OCCLUSION_WINDOW, OCCLUSION_STRIDE = 32, 24
-PER_BATCH = 16
 
 
-def occlusion_stride(size: int) -> int:
-    """The largest stride ≤ OCCLUSION_STRIDE whose windows end exactly at the input's edge."""
-    span = max(size - OCCLUSION_WINDOW, 0)
-    return next((s for s in range(min(OCCLUSION_STRIDE, span), 0, -1) if span % s == 0), 1)
+@dataclass(frozen=True)
+class Settings:
+    """How the slower methods run. Chosen by `python -m benchmarks.explanation_settings`
+    (docs/explanations.md): the cheapest setting within noise of the most faithful."""
+    ig_steps: int = 8            # as faithful as 16 or 32, at half the time or less
+    ig_smooth: int = 9           # pixels the IG map is averaged over, so that it ranks regions
+    occlusion_window: int = 32   # pixels of the model's input greyed out at a time
+    occlusion_stride: int = 24   # (20 at 192 px) as faithful as 16 or 8, and faster
+    per_batch: int = 16          # occluded copies per forward pass
+
+    def stride(self, size: int) -> int:
+        """The largest stride ≤ occlusion_stride whose windows end exactly at the input's edge."""
+        span = max(size - self.occlusion_window, 0)
+        return next((s for s in range(min(self.occlusion_stride, span), 0, -1) if span % s == 0), 1)
+
+
+SHIPPED = Settings()
 
 
 def attribution_map(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, method: str = GRAD_CAM,
-                    index: int | Callable[[torch.Tensor], int] | None = None
+                    index: int | Callable[[torch.Tensor], int] | None = None, settings: Settings = SHIPPED
                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The map (1, 1, h, w) of `method` for class `index` (as in `grad_cam`), non-negative, with
     the logits of the image and the index explained."""
@@ -79,14 +88,15 @@ def attribution_map(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Ten
     chosen = index(logits) if callable(index) else int(logits[0].argmax()) if index is None else int(index)
     with torch.autocast(x.device.type, enabled=False):
         if method == INTEGRATED_GRADIENTS:
+            steps, smooth = settings.ig_steps, settings.ig_smooth
             attr = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=chosen,
-                                                        n_steps=IG_STEPS, internal_batch_size=IG_STEPS)
-            attr = torch.nn.functional.avg_pool2d(attr.sum(1, keepdim=True).clamp(min=0), IG_SMOOTH, 1, IG_SMOOTH // 2)
+                                                        n_steps=steps, internal_batch_size=steps)
+            attr = torch.nn.functional.avg_pool2d(attr.sum(1, keepdim=True).clamp(min=0), smooth, 1, smooth // 2)
         else:
-            window, stride = min(OCCLUSION_WINDOW, *x.shape[-2:]), occlusion_stride(min(x.shape[-2:]))
+            window, stride = min(settings.occlusion_window, *x.shape[-2:]), settings.stride(min(x.shape[-2:]))
             attr = Occlusion(model).attribute(
                 x, sliding_window_shapes=(x.shape[1], window, window), strides=(x.shape[1], stride, stride),
-                baselines=0, target=chosen, perturbations_per_eval=PER_BATCH).sum(1, keepdim=True).clamp(min=0)
+                baselines=0, target=chosen, perturbations_per_eval=settings.per_batch).sum(1, keepdim=True).clamp(min=0)
     return attr.detach(), logits.detach(), int(chosen)
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,9 @@ from typing import Any
 import safetensors.torch
 import timm
 import torch
-from timm.models import save_for_hf
+from timm.models._hub import save_config_for_hf
 
+from .folder import write_atomically
 from .hub import hub_offline, hub_reachable
 from .spec import CONFIG_FILE, ModelFolderError, ModelSpec, read_spec
 from .tasks import Task
@@ -135,23 +134,19 @@ def create_model(num_classes: int, architecture: str = ARCHITECTURE, pretrained:
 
 def save_model_folder(model: torch.nn.Module, folder: str | Path, task: Task,
                       extra: dict[str, Any] | None = None) -> None:
-    """Write weights + config (the task's labels, licence and key, plus `extra`); each file
-    replaced atomically, so a crash never leaves a half-written file behind (other files in
-    the folder, such as the card, are kept)."""
+    """Write weights + config (the task's labels, licence and key, plus `extra`) in timm's Hub
+    format; each file replaced atomically (folder.py), so a crash never leaves a half-written
+    file behind (other files in the folder, such as the card, are kept)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # safetensors wants contiguous CPU tensors; channels_last training leaves them strided.
     model = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
     image_size = model.pretrained_cfg["input_size"][-1]
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".save.") as tmp:
-        # The source cfg's tag and licence describe ImageNet weights, not these.
-        own = {"pretrained_cfg": {"tag": None, "license": task.license}, "label_names": task.codes,
-               "task": task.key}
-        save_for_hf(model, tmp, model_config={**own, **(extra or {})},
-                    safe_serialization=True, data_config=data_config(image_size))
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            os.chmod(Path(tmp) / name, 0o644)
-            os.replace(Path(tmp) / name, folder / name)
+    # The source cfg's tag and licence describe ImageNet weights, not these.
+    own = {"pretrained_cfg": {"tag": None, "license": task.license}, "label_names": task.codes, "task": task.key}
+    write_atomically(folder / WEIGHTS_FILE, lambda tmp: safetensors.torch.save_file(model.state_dict(), tmp))
+    write_atomically(folder / CONFIG_FILE, lambda tmp: save_config_for_hf(
+        model, tmp, model_config={**own, **(extra or {})}, data_config=data_config(image_size)))
 
 
 def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, ModelSpec]:

@@ -8,13 +8,12 @@ code that writes the folder back.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .decision import DecisionRule
+from .folder import write_json
 from .tasks import Task, get_task
 
 CONFIG_FILE = "config.json"
@@ -82,17 +81,8 @@ def read_spec(folder: str | Path) -> ModelSpec:
     return ModelSpec.from_config(read_config(folder), str(Path(folder) / CONFIG_FILE))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file next to `path`, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a model folder is meant to be shared
-    os.replace(tmp, path)
-
-
 def update_config(folder: str | Path, **values: Any) -> dict[str, Any]:
     """Add or replace top-level config entries (the decision rule, training facts) in place."""
     config = {**read_config(folder), **values}
-    atomic_write_text(Path(folder) / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    write_json(Path(folder) / CONFIG_FILE, config)
     return config

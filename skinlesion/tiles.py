@@ -15,37 +15,16 @@ more than `MAX_TILES` tiles is refused with the numbers, and tiles go through th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import torch
 from captum.attr import LayerAttribution
-from PIL import Image
 
-from .explain import OVERLAY_OPACITY, grad_cam, overlay
-from .inference import ImageInput, InputError, Predictor, load_image
+from .images import InputError
 
 OVERLAP = 0.5
 MIN_ASPECT = 1.5     # an image this much longer than it is tall (or wide) is worth tiling
 MIN_TILE_SIDE = 64   # thinner images are analysed whole: a 16-pixel tile magnified to 192 shows nothing
 MAX_TILES = 32       # half-overlapping squares: images up to about 16 times longer than tall
 TILE_CHUNK = 16      # tiles per forward pass: a NEU strip (1600×200: 15 tiles) is one pass
-
-
-@dataclass
-class TiledAnswer:
-    image: np.ndarray                        # the checked RGB input
-    boxes: list[tuple[int, int, int, int]]   # (left, top, right, bottom) of every tile
-    tile_probabilities: list[dict[str, float]]
-    worst: int                               # index of the tile behind the answer
-    probabilities: dict[str, float]          # the image-level answer: the worst tile's
-    target: str                              # the class the heat-map explains
-    heatmap: np.ndarray                      # H×W in 0..1, stitched from every tile
-    overlay: Image.Image
-
-    @property
-    def region(self) -> tuple[int, int, int, int]:
-        return self.boxes[self.worst]
 
 
 def worth_tiling(width: int, height: int) -> bool:
@@ -63,8 +42,9 @@ def checked_boxes(width: int, height: int, side: int | None = None) -> list[tupl
     return boxes
 
 
-def chunks(images: list[np.ndarray]) -> list[list[np.ndarray]]:
-    return [images[i:i + TILE_CHUNK] for i in range(0, len(images), TILE_CHUNK)]
+def chunks(tiles):
+    """A list or a batch of tiles in parts of TILE_CHUNK."""
+    return [tiles[i:i + TILE_CHUNK] for i in range(0, len(tiles), TILE_CHUNK)]
 
 
 def tile_boxes(width: int, height: int, side: int | None = None,
@@ -85,49 +65,9 @@ def crops(rgb: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> list[np.nd
     return [rgb[top:bottom, left:right] for left, top, right, bottom in boxes]
 
 
-def worst_tile(per_tile: list[dict[str, float]]) -> int:
-    return int(np.argmax([max(p.values()) for p in per_tile]))
-
-
-def tiled_answer(predictor: Predictor, rgb: np.ndarray
-                 ) -> tuple[dict[str, float], tuple[int, int, int, int]] | None:
-    """The worst tile's probabilities and its box, or None when the image is not worth tiling
-    (the caller then classifies it whole); InputError when it is too long to tile."""
-    if not worth_tiling(rgb.shape[1], rgb.shape[0]):
-        return None
-    boxes = checked_boxes(rgb.shape[1], rgb.shape[0])
-    per_tile = [p for chunk in chunks(crops(rgb, boxes)) for p in predictor.predict_batch(chunk)]
-    worst = worst_tile(per_tile)
-    return per_tile[worst], boxes[worst]
-
-
-def analyse_tiles(predictor: Predictor, image: ImageInput, target: str | None = None,
-                  opacity: float = OVERLAY_OPACITY, side: int | None = None) -> TiledAnswer:
-    """Classify every tile, answer with the worst tile, explain `target` (default: the
-    answer's decided class) on every tile and stitch the maps. When the tiles fit in one chunk,
-    one forward pass gives both the answer and the Grad-CAM maps; else the answer comes first
-    (chunk by chunk), then the maps of its class."""
-    rgb = load_image(image)
-    boxes = checked_boxes(rgb.shape[1], rgb.shape[0], side)
-    tiles = crops(rgb, boxes)
-    found: dict = {}
-
-    def explained(logits) -> int:  # the answer is known once the forward pass has run
-        found["per_tile"] = predictor.per_image(logits)
-        found["worst"] = worst_tile(found["per_tile"])
-        return predictor.codes.index(target or predictor.decide(found["per_tile"][found["worst"]]))
-
-    if len(tiles) <= TILE_CHUNK:
-        cams, _, index = grad_cam(predictor.model, predictor.layer, predictor.to_batch(tiles), explained)
-    else:
-        with torch.inference_mode():
-            index = explained(torch.cat([predictor.model(predictor.to_batch(chunk)) for chunk in chunks(tiles)]))
-        cams = torch.cat([grad_cam(predictor.model, predictor.layer, predictor.to_batch(chunk), index)[0]
-                          for chunk in chunks(tiles)])
-    heatmap = stitched(cams, boxes, rgb.shape[:2])
-    per_tile, worst = found["per_tile"], found["worst"]
-    return TiledAnswer(rgb, boxes, per_tile, worst, per_tile[worst], predictor.codes[index], heatmap,
-                       overlay(rgb, heatmap, opacity))
+def worst_tile(probs: np.ndarray) -> int:
+    """The tile behind the answer: the highest top probability (rows: tiles)."""
+    return int(np.argmax(np.asarray(probs).max(axis=-1)))
 
 
 def where(region: tuple[int, int, int, int], tiles: int) -> str:

@@ -6,6 +6,7 @@ images are cached and at inference, so training and serving see identical pixels
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import albumentations as A
@@ -29,23 +30,72 @@ def eval_transform(size: int) -> A.Compose:
     return A.Compose([resize(size), ToTensorV2()])
 
 
-def train_transform(size: int, strength: float = 1.0) -> A.Compose:
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentations' probabilities and ranges: one object read by the albumentations
+    pipeline (`train_transform`) and by the device path (train/device_augment.py), so the two
+    cannot drift apart. `strength` scales the affine, the colour jitter and the noise's upper
+    std (0: the eight poses alone); the other settings are the ranges at strength 1."""
+    strength: float = 1.0                     # --aug-strength; 1 is what the bundled models used
+    affine_p: float = 0.7                     # some images keep their exact pixels (only a pose)
+    scale: float = 0.15                       # zoom ±15 % per axis: lesion size carries little
+    translate: float = 0.05                   # shift ±5 % of a side: lesions are roughly centred
+    rotate: float = 20.0                      # ± degrees, on top of the quarter turns
+    colour_p: float = 0.8                     # colour jitter on most images ...
+    brightness: float = 0.2                   # ... and mild: colour carries diagnosis
+    contrast: float = 0.2
+    saturation: float = 0.15
+    hue: float = 0.03                         # of the full circle; a larger shift changes the lesion
+    noise_or_blur_p: float = 0.3              # one of the two, a third of the time: camera variety
+    noise_std: tuple[float, float] = (0.01, 0.04)   # of 255, per channel; the upper one scaled
+    blur_taps: tuple[int, int] = (3, 5)       # Gaussian kernel sides (odd)
+    blur_sigma: tuple[float, float] = (0.5, 3.0)    # albumentations' GaussianBlur default
+
+    def _around(self, centre: float, spread: float) -> tuple[float, float]:
+        return centre - spread * self.strength, centre + spread * self.strength
+
+    @property
+    def scale_range(self) -> tuple[float, float]:
+        return self._around(1.0, self.scale)
+
+    @property
+    def translate_range(self) -> tuple[float, float]:
+        """As a fraction of the side."""
+        return self._around(0.0, self.translate)
+
+    @property
+    def rotate_range(self) -> tuple[float, float]:
+        """In degrees."""
+        return self._around(0.0, self.rotate)
+
+    @property
+    def jitter(self) -> tuple[float, float, float, float]:
+        """(brightness, contrast, saturation, hue) at this strength: ColorJitter's arguments."""
+        s = self.strength
+        return self.brightness * s, self.contrast * s, self.saturation * s, self.hue * s
+
+    @property
+    def noise_std_range(self) -> tuple[float, float]:
+        return self.noise_std[0], self.noise_std[1] * self.strength
+
+
+def train_transform(size: int, augmentation: Augmentation = Augmentation()) -> A.Compose:
     """The training augmentations of every task: the eight dihedral poses (flips and quarter
     turns), a small affine, mild colour jitter, noise or blur. A dermoscopic image has no up
     or left; a steel strip image does (the rolling direction), but its defect type does not
     change with the pose. Scale and colour changes stay small: colour carries diagnosis."""
-    s = strength
+    a = augmentation
+    brightness, contrast, saturation, hue = a.jitter
     return A.Compose([
         resize(size),
         A.HorizontalFlip(),
         A.VerticalFlip(),
         A.RandomRotate90(),
-        A.Affine(scale=(1 - 0.15 * s, 1 + 0.15 * s), translate_percent=(-0.05 * s, 0.05 * s),
-                 rotate=(-20 * s, 20 * s), border_mode=cv2.BORDER_REFLECT_101, p=0.7),
-        A.ColorJitter(brightness=0.2 * s, contrast=0.2 * s, saturation=0.15 * s,
-                      hue=0.03 * s, p=0.8),
-        A.OneOf([A.GaussNoise(std_range=(0.01, 0.04 * s)),
-                 A.GaussianBlur(blur_limit=(3, 5))], p=0.3),
+        A.Affine(scale=a.scale_range, translate_percent=a.translate_range, rotate=a.rotate_range,
+                 border_mode=cv2.BORDER_REFLECT_101, p=a.affine_p),
+        A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=a.colour_p),
+        A.OneOf([A.GaussNoise(std_range=a.noise_std_range),
+                 A.GaussianBlur(blur_limit=a.blur_taps, sigma_limit=a.blur_sigma)], p=a.noise_or_blur_p),
         ToTensorV2(),
     ])
 

@@ -94,8 +94,9 @@ def trained_looking(model):
 @pytest.fixture(scope="session")
 def model_folder(tmp_path_factory) -> Path:
     """A small model folder (64 px) with calibration, as training writes it."""
-    from skinlesion.model import create_model, save_model_folder
     import torch
+
+    from skinlesion.model import create_model, save_model_folder
     folder = tmp_path_factory.mktemp("model") / "m"
     torch.manual_seed(0)  # the same body weights in every run, so the tests see the same maps
     model = trained_looking(create_model(7, image_size=64))
@@ -152,3 +153,12 @@ def running_app(temp: Path, log: Path | None = None, **env: str):
             process.kill()
         if log:
             out.close()
+
+
+def read_card(folder: Path) -> tuple[dict, str]:
+    """A model card's metadata (YAML front matter) and Markdown body, as the Hub reads them."""
+    import yaml
+    text = (Path(folder) / "README.md").read_text()
+    assert text.startswith("---\n") and "\n---\n" in text[4:], "the card has no YAML front matter"
+    head, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(head) or {}, body

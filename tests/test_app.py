@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL_HAM, SHARED_DATA, running_app
 from PIL import Image
 
-from conftest import REAL_HAM, SHARED_DATA, running_app
 from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import RESEARCH_DEMO as DISCLAIMER
 
+pytestmark = pytest.mark.slow  # real servers, a real browser, the benchmark
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -80,6 +81,7 @@ def probabilities(label: dict) -> dict[str, float]:
 
 def test_classify_endpoint_gives_every_class_and_the_decided_class(client, lesion):
     from gradio_client import handle_file
+
     from skinlesion import Predictor
     label = client.predict(handle_file(lesion), api_name="/classify")
     result = probabilities(label)
@@ -87,7 +89,7 @@ def test_classify_endpoint_gives_every_class_and_the_decided_class(client, lesio
     assert sum(result.values()) == pytest.approx(1, abs=1e-5)
     bundled = Predictor.from_pretrained()  # what the server loaded
     assert result == pytest.approx(bundled.predict(lesion), abs=1e-5)
-    assert label["label"] == bundled.decide(bundled.predict(lesion))
+    assert label["label"] == bundled.analyse(lesion, method=None).decided
 
 
 def test_classify_takes_the_task(client, steel):
@@ -178,7 +180,6 @@ def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_pat
 @pytest.mark.skipif(not (SHARED_DATA / "neu_det" / "images").is_dir(), reason="NEU data not found")
 def test_a_steel_strip_is_analysed_by_tiles_through_the_api(client, tmp_path):
     from gradio_client import handle_file
-
     from test_tiles import strip
     path = tmp_path / "strip.png"
     Image.fromarray(strip("scratches_5", 5)).save(path)
@@ -269,5 +270,5 @@ def test_benchmark_script_prints_its_table(capsys):
     from benchmarks.inference import main
     assert main(["--runs", "2", "--clients", "2"]) == 0
     table = capsys.readouterr().out
-    for row in ("plain forward pass", "predict + Grad-CAM", "app cold start", "app peak RSS", "2/2 ok"):
+    for row in ("plain forward pass", "analyse with Grad-CAM", "app cold start", "app peak RSS", "2/2 ok"):
         assert row in table, table

@@ -6,9 +6,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from skinlesion.batch import BatchError, analyse, check_limits, columns, expand, write_csv
 
 
@@ -57,9 +57,11 @@ def test_rows_keep_input_order_errors_included_and_match_single_predictions(pred
     assert set(errors) == {"broken.jpg", "missing.jpg"} and "not an image" in errors["broken.jpg"]
     for row in rows:
         if not row["error"]:
-            single = predictor.predict(row["file"] if "more.zip" not in row["file"] else images / "in" / "a.jpg")
-            assert np.allclose([row[c] for c in predictor.codes], [single[c] for c in predictor.codes], atol=1e-5)
-            assert row["decided"] == predictor.decide(single) and row["verdict"] == predictor.triage(single).headline
+            single = predictor.analyse(row["file"] if "more.zip" not in row["file"] else images / "in" / "a.jpg",
+                                       method=None)
+            assert np.allclose([row[c] for c in predictor.codes], [single.probabilities[c] for c in predictor.codes],
+                               atol=1e-5)
+            assert row["decided"] == single.decided and row["verdict"] == single.verdict.headline
 
 
 def test_csv_keeps_the_rows_written_before_an_interruption(predictor, tmp_path, images):
@@ -84,6 +86,7 @@ def run_predict(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs the command line in a new process
 def test_command_line_writes_one_row_per_file_and_exits_by_what_it_read(images, tmp_path):
     result = run_predict(images / "in", images / "more.zip", "--task", "steel", "--out", tmp_path / "r.csv")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from conftest import SHARED_DATA, read_card
 from sklearn.metrics import balanced_accuracy_score
 
-from conftest import SHARED_DATA
 from skinlesion import Predictor
-from skinlesion.card import read_card
 from skinlesion.tasks import TASKS, get_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -61,6 +60,7 @@ def test_card_and_metrics_json_give_the_same_numbers(bundled):
         assert figures["insertion_random"] is not None and len(figures["sanity"]["spearman"]) == 10
 
 
+@pytest.mark.slow
 def test_scores_on_the_committed_test_ids_match_the_card(bundled):
     task = bundled.task
     root = SHARED_DATA / task.data_folder
@@ -71,14 +71,14 @@ def test_scores_on_the_committed_test_ids_match_the_card(bundled):
     truth, predicted = [], []
     for image_id in ids:
         label, path = labels[image_id]
-        probs = bundled.predict(path)
         truth.append(label)
-        predicted.append(bundled.decide(probs))
+        predicted.append(bundled.analyse(path, method=None).decided)
     results = card_results(bundled)
     assert balanced_accuracy_score(truth, predicted) == pytest.approx(results["balanced_accuracy"], abs=0.01)
     assert np.mean(np.array(truth) == np.array(predicted)) == pytest.approx(results["accuracy"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_shipped_weights_give_the_probabilities_measured_at_export(bundled):
     """train.export ships float16 weights only when no probability moves by more than 1e-3
     (else float32), and keeps the float32 model's probabilities of the first committed test

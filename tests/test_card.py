@@ -1,21 +1,23 @@
 """One source for measured figures: metrics.json renders the model card, the Model tab and the
 README's results tables (skinlesion/card.py, train/report.py)."""
 import pytest
+from conftest import ROOT, read_card
 
-from conftest import ROOT
-from skinlesion.card import card_body, headline_table, read_card, read_metrics, render_card
+from skinlesion.card import card_body, headline_table, read_metrics, render_card
 from skinlesion.spec import read_spec
 from skinlesion.tasks import TASKS
-from train.report import readme_with_results
+from train.report import DOCS, with_results
 
 BUNDLED = [t for t in TASKS.values() if (t.model_folder / "metrics.json").is_file()]
 
 
-def test_readme_tables_are_rendered_from_the_bundled_metrics():
-    text = (ROOT / "README.md").read_text()
-    assert readme_with_results(text) == text, "README results are stale: run python -m train.report"
+def test_results_tables_are_rendered_from_the_bundled_metrics():
+    for doc in DOCS:
+        assert with_results(doc.read_text()) == doc.read_text(), f"{doc.name} is stale: run python -m train.report"
+    text = (ROOT / "docs" / "results.md").read_text()
     for task in BUNDLED:
-        assert f"<!-- results: {task.key} -->\n{headline_table(read_metrics(task.model_folder))}<!-- /results -->" in text
+        table = headline_table(read_metrics(task.model_folder))
+        assert f"<!-- results: {task.key} -->\n{table}<!-- /results -->" in text
 
 
 @pytest.mark.parametrize("task", BUNDLED, ids=lambda t: t.key)

@@ -5,13 +5,20 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-
+from conftest import REAL_HAM, make_ham_folder, needs_real_ham, needs_real_neu
+from conftest import REAL_NEU as NEU
 from PIL import Image
 
-from conftest import REAL_HAM, REAL_NEU as NEU, make_ham_folder, needs_real_ham, needs_real_neu
-from skinlesion.data import (SPLITS, DataError, ImageDataset, load_images,
-                             read_split, split_records, stratified_subset,
-                             write_split)
+from skinlesion.data import (
+    SPLITS,
+    DataError,
+    ImageDataset,
+    load_images,
+    read_split,
+    split_records,
+    stratified_subset,
+    write_split,
+)
 from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import ham_lesion_mask, load_ham10000
 from skinlesion.tasks.steel import load_neu, neu_box_mask
@@ -95,7 +102,7 @@ def test_split_is_grouped_stratified_and_deterministic(tmp_path):
     assert split != split_records(records, seed=2)
     lesion_splits = {}
     for r in records:
-        lesion_splits.setdefault(r.lesion_id, set()).add(split[r.image_id])
+        lesion_splits.setdefault(r.group, set()).add(split[r.image_id])
     assert all(len(s) == 1 for s in lesion_splits.values())
     shares = Counter(split.values())
     assert abs(shares["train"] / len(records) - 0.70) < 0.05
@@ -119,7 +126,7 @@ def test_split_file_round_trip(tmp_path, ham_folder):
     write_split(tmp_path / "split.csv", records, split)
     assert read_split(tmp_path / "split.csv") == split
     header = (tmp_path / "split.csv").read_text().splitlines()[0]
-    assert header == "image_id,lesion_id,label,split"
+    assert header == "image_id,group,label,split"
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="not a split file"):
         read_split(tmp_path / "bad.csv")
@@ -140,7 +147,7 @@ def real_records():
 @needs_real_ham
 def test_real_loader_sees_the_published_dataset(real_records):
     assert len(real_records) == 10_015
-    assert len({r.lesion_id for r in real_records}) == 7_470
+    assert len({r.group for r in real_records}) == 7_470
     assert Counter(r.label for r in real_records) == {
         "akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142}
 
@@ -150,7 +157,7 @@ def test_real_split_is_grouped_and_stratified(real_records):
     split = split_records(real_records, seed=0)
     by_lesion = {}
     for r in real_records:
-        by_lesion.setdefault(r.lesion_id, set()).add(split[r.image_id])
+        by_lesion.setdefault(r.group, set()).add(split[r.image_id])
     assert all(len(s) == 1 for s in by_lesion.values()), "a lesion appears in two splits"
     n = len(real_records)
     overall = Counter(r.label for r in real_records)
@@ -176,9 +183,9 @@ def test_neu_reader_counts_balance_and_duplicate_pair():
     records = load_neu(NEU)
     assert len(records) == 1800
     assert Counter(r.label for r in records) == {c: 300 for c in get_task("neu").codes}
-    duplicate = {r.image_id: r.lesion_id for r in records if r.image_id in ("patches_101", "patches_105")}
+    duplicate = {r.image_id: r.group for r in records if r.image_id in ("patches_101", "patches_105")}
     assert duplicate["patches_101"] == duplicate["patches_105"]
-    assert len({r.lesion_id for r in records}) == 1799
+    assert len({r.group for r in records}) == 1799
     split = split_records(records, seed=0)
     assert split["patches_101"] == split["patches_105"]
     for name, share in (("train", 0.70), ("val", 0.15), ("test", 0.15)):

@@ -14,6 +14,12 @@ from skinlesion.tasks import get_task
 CODES = get_task("ham10000").codes
 
 
+def verdict_of(rule: DecisionRule, task: str, probabilities: dict[str, float]):
+    """The task's verdict for these probabilities, as the Predictor gives it (no heat-map)."""
+    decided = rule.codes[int(rule.decide(np.array([probabilities[c] for c in rule.codes])))]
+    return get_task(task).verdict(probabilities, decided, rule, get_task(task), None)
+
+
 def imbalanced(n=4000, seed=0):
     """Logits of a model that learned the class prior: rare classes lose the close calls."""
     rng = np.random.default_rng(seed)
@@ -32,7 +38,7 @@ def test_fitted_class_bias_raises_balanced_accuracy_on_held_out_data():
     assert tau > 0.3 and len(rule.class_bias) == 7
     assert adjusted > argmax + 0.05
     assert np.allclose(probs, softmax(logits, rule.temperature))  # the bias never touches the probabilities
-    assert set(rule.thresholds) == {"akiec", "bcc", "mel"} and rule.review_threshold is None
+    assert set(rule.thresholds) == {"akiec", "bcc", "mel"} and 0 < rule.review_threshold < 1  # for any policy
 
 
 def test_balanced_classes_keep_the_argmax():
@@ -52,36 +58,37 @@ def test_rule_round_trips_through_the_config():
     assert DecisionRule.from_config({"label_names": CODES}).decide(np.array([0.1, 0.2, 0.1, 0.1, 0.1, 0.3, 0.1])) == 5
 
 
+@pytest.mark.slow
 def test_evaluation_and_serving_decide_alike(tiny_run):
     """predictions.csv (written by evaluation) and the Predictor (serving) give the same decided
     class and the same verdict for the same probabilities."""
     folder = tiny_run / "model"
     config = read_config(folder)
     assert "class_bias" in config and len(config["class_bias"]) == 7
-    predictor = Predictor.from_pretrained(folder)
+    rule = Predictor.from_pretrained(folder).rule  # what serving applies
+    assert rule == DecisionRule.from_config(config)
     with (tiny_run / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows
     for row in rows:
-        probabilities = {c: float(row[f"p_{c}"]) for c in CODES}
-        assert predictor.decide(probabilities) == row["predicted"]
-        assert predictor.triage(probabilities) == DecisionRule.from_config(config).verdict(probabilities)
+        probs = np.array([float(row[f"p_{c}"]) for c in CODES])
+        assert CODES[int(rule.decide(probs))] == row["predicted"]
 
 
 def test_verdict_names_the_decided_class_not_the_argmax():
-    rule = DecisionRule(tuple(CODES), "ham10000", class_bias=(0, 0, 0, 3.0, 0, 0, 0))
+    rule = DecisionRule(tuple(CODES), class_bias=(0, 0, 0, 3.0, 0, 0, 0))
     probabilities = dict(zip(CODES, [0.0, 0.0, 0.02, 0.13, 0.0, 0.85, 0.0]))
     assert CODES[int(rule.decide(np.array(list(probabilities.values()))))] == "df"
-    verdict = rule.verdict(probabilities)
+    verdict = verdict_of(rule, "ham10000", probabilities)
     assert verdict.level == "clear" and verdict.detail.startswith("Classified as Dermatofibroma (13%)")
 
 
 @pytest.mark.parametrize("task", ["ham10000", "neu"])
 def test_steel_rule_sends_doubtful_answers_to_review(task):
     codes = get_task(task).codes
-    rule = DecisionRule(tuple(codes), task, review_threshold=0.8)
+    rule = DecisionRule(tuple(codes), review_threshold=0.8)
     flat = {c: 1 / len(codes) for c in codes}
-    assert rule.verdict(flat).level == ("review" if task == "neu" else "uncertain")
+    assert verdict_of(rule, task, flat).level == ("review" if task == "neu" else "uncertain")
 
 
 def test_perfect_validation_keeps_the_raw_probabilities():
@@ -93,6 +100,7 @@ def test_perfect_validation_keeps_the_raw_probabilities():
     assert rule.temperature == 1.0 and rule.review_threshold == 0.5
 
 
+@pytest.mark.slow
 def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_run):
     """Evaluation's path (a loader of in-memory images → logits → the stored rule) and serving's
     (Predictor.predict → decide → triage) agree on probabilities, decided class and verdict."""
@@ -112,13 +120,14 @@ def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_ru
     probs = spec.rule.probabilities(logits)
     predictor = Predictor.from_pretrained(folder)
     for path, row, decided in zip(paths, probs, spec.rule.decide(probs)):
-        served = predictor.predict(path)
-        assert np.allclose([served[c] for c in spec.codes], row, atol=1e-5)
-        assert predictor.decide(served) == spec.codes[int(decided)]
-        assert predictor.triage(served) == spec.rule.verdict(dict(zip(spec.codes, row)))
+        served = predictor.analyse(path, method=None)
+        assert np.allclose([served.probabilities[c] for c in spec.codes], row, atol=1e-5)
+        assert served.decided == spec.codes[int(decided)]
+        assert served.verdict == verdict_of(spec.rule, "ham10000", dict(zip(spec.codes, row)))
 
 
 def _all_in_test(run, records):
     path = run.parent / "all-test-split.csv"
-    path.write_text("image_id,lesion_id,label,split\n" + "".join(f"{r.image_id},{r.lesion_id},nv,test\n" for r in records))
+    rows = "".join(f"{r.image_id},{r.group},nv,test\n" for r in records)
+    path.write_text("image_id,group,label,split\n" + rows)
     return path

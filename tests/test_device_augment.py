@@ -5,9 +5,9 @@ import albumentations.augmentations.pixel.functional as AF
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_ham_folder, run_train
-from skinlesion.transforms import train_transform
+
+from skinlesion.transforms import Augmentation, train_transform
 from train.device_augment import DeviceBatches, _contrast, _hue, _saturation, augment, geometry
 from train.engine import SplitData
 
@@ -35,7 +35,7 @@ def test_colour_steps_use_albumentations_formulas(op, reference, factor):
 
 def test_the_pose_is_one_of_the_eight_dihedral_poses_drawn_evenly():
     poses = [np.rot90(IMAGE[:, ::-1] if flip else IMAGE, k) for flip in (0, 1) for k in range(4)]
-    out = geometry(as_batch(IMAGE, 800).float(), 0.0, torch.Generator().manual_seed(0)).round()
+    out = geometry(as_batch(IMAGE, 800).float(), Augmentation(strength=0.0), torch.Generator().manual_seed(0)).round()
     found = [next(i for i, pose in enumerate(poses) if np.array_equal(as_image(o), pose)) for o in out]
     counts = np.bincount(found, minlength=8)
     assert counts.min() > 800 / 8 * 0.7  # every pose, none much rarer than 1/8
@@ -50,7 +50,7 @@ def test_whole_pipeline_matches_albumentations_statistics():
     transform = train_transform(48)
     transform.set_random_seed(0)
     theirs = np.stack([transform(image=image)["image"].permute(1, 2, 0).numpy() for _ in range(2000)])
-    ours = augment(as_batch(image, 2000), 1.0, torch.Generator().manual_seed(0)).permute(0, 2, 3, 1).numpy()
+    ours = augment(as_batch(image, 2000), Augmentation(), torch.Generator().manual_seed(0)).permute(0, 2, 3, 1).numpy()
 
     def pure(images):
         return np.mean([any(np.array_equal(i, p) for p in poses) for i in images])
@@ -64,8 +64,8 @@ def test_whole_pipeline_matches_albumentations_statistics():
 
 def test_augment_gives_each_image_its_own_draws_and_is_seeded():
     batch = as_batch(IMAGE, 16)
-    a = augment(batch, 1.0, torch.Generator().manual_seed(1))
-    b = augment(batch, 1.0, torch.Generator().manual_seed(1))
+    a = augment(batch, Augmentation(), torch.Generator().manual_seed(1))
+    b = augment(batch, Augmentation(), torch.Generator().manual_seed(1))
     assert a.dtype == torch.uint8 and a.shape == batch.shape and torch.equal(a, b)
     assert len({bytes(x.numpy()) for x in a}) == 16
 
@@ -84,6 +84,7 @@ def test_device_batches_shard_like_the_loader():
     assert torch.equal(torch.cat([b[:, 0, 0, 0] for b, _ in val]), torch.arange(50, dtype=torch.uint8))
 
 
+@pytest.mark.slow
 def test_training_with_device_augmentation_end_to_end(tmp_path):
     data = make_ham_folder(tmp_path / "ham", per_class=20)
     result = run_train("--data", data, "--out", tmp_path / "run", "--epochs", "2", "--image-size", "32",
@@ -94,3 +95,16 @@ def test_training_with_device_augmentation_end_to_end(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2] and all(h["first_step_s"] > 0 for h in history)
     config = json.loads((tmp_path / "run/model/config.json").read_text())
     assert config["training"]["augment_on"] == "device"
+
+
+def test_one_augmentation_object_drives_both_pipelines():
+    """With the affine, the colour jitter and the noise / blur turned off in the one settings
+    object, both pipelines give nothing but the eight poses."""
+    poses_only = Augmentation(affine_p=0.0, colour_p=0.0, noise_or_blur_p=0.0)
+    poses = [np.rot90(IMAGE[:, ::-1] if flip else IMAGE, k) for flip in (0, 1) for k in range(4)]
+    transform = train_transform(32, poses_only)
+    transform.set_random_seed(0)
+    theirs = [transform(image=IMAGE)["image"].permute(1, 2, 0).numpy() for _ in range(40)]
+    ours = augment(as_batch(IMAGE, 40), poses_only, torch.Generator().manual_seed(0)).permute(0, 2, 3, 1).numpy()
+    for images in (theirs, ours):
+        assert all(any(np.array_equal(i, p) for p in poses) for i in images)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, make_ham_folder, run_train
+
 from skinlesion import Predictor
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 SMALL = ["--image-size", "32", "--batch-size", "16", "--workers", "0"]
+pytestmark = pytest.mark.slow  # real torchrun jobs
 
 
 def torchrun(*args, **kwargs):

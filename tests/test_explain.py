@@ -33,21 +33,24 @@ def plain_grad_cam(model, layer, x, index, size):
 
 @pytest.mark.parametrize("target", [None, "mel", "df"])
 def test_captum_grad_cam_matches_a_plain_implementation(predictor, photo, target):
-    result = predictor.explain(photo, target=target)
-    _, x = predictor.preprocess(photo)
+    result = predictor.analyse(photo, target=target)
+    x = predictor.to_batch([photo])
     index = predictor.codes.index(result.target)
     reference, logits = plain_grad_cam(predictor.model, last_stage(predictor.model), x, index, photo.shape[:2])
     if target is None:
-        assert index == int(logits[0].argmax())
+        assert result.target == result.decided == predictor.codes[int(predictor.rule.decide(
+            predictor.rule.probabilities(logits.numpy()))[0])]
     assert result.heatmap.shape == photo.shape[:2] and result.heatmap.dtype == np.float32
     assert result.heatmap.max() == pytest.approx(1) and result.heatmap.min() >= 0
     assert np.abs(result.heatmap - reference).max() < 1e-4
 
 
-def test_explain_returns_the_probabilities_of_the_same_pass(predictor, photo):
-    result = predictor.explain(photo, target="bcc")
-    assert result.target == "bcc"
+def test_analyse_returns_the_probabilities_of_the_same_pass(predictor, photo):
+    result = predictor.analyse(photo, target="bcc")
+    assert result.target == "bcc" and result.method == "Grad-CAM"
     assert result.probabilities == pytest.approx(predictor.predict(photo), abs=1e-6)
+    plain = predictor.analyse(photo, method=None)  # no heat-map: the same answer
+    assert plain.heatmap is None and plain.decided == result.decided and plain.verdict == result.verdict
 
 
 def test_last_stage_is_the_last_block_of_efficientnet(predictor):
@@ -55,18 +58,19 @@ def test_last_stage_is_the_last_block_of_efficientnet(predictor):
 
 
 def test_overlay_keeps_the_image_size_and_follows_opacity(predictor, photo):
-    result = predictor.explain(photo, opacity=0.6)
-    assert result.overlay.size == (100, 75) and result.overlay.mode == "RGB"
+    result = predictor.analyse(photo)
+    shown = overlay(result.image, result.heatmap, 0.6)
+    assert shown.size == (100, 75) and shown.mode == "RGB"
     assert np.array_equal(np.asarray(overlay(photo, result.heatmap, 0.0)), photo)
     hot = result.heatmap > 0.8
-    changed = np.abs(np.asarray(result.overlay).astype(int) - photo).sum(-1)
+    changed = np.abs(np.asarray(shown).astype(int) - photo).sum(-1)
     assert changed[hot].mean() > changed[result.heatmap < 0.05].mean()
 
 
 def test_unknown_target_is_a_clear_error(predictor, photo):
-    from skinlesion.inference import InputError
+    from skinlesion.images import InputError
     with pytest.raises(InputError, match="unknown class 'xyz'; choose one of akiec"):
-        predictor.explain(photo, target="xyz")
+        predictor.analyse(photo, target="xyz")
 
 
 @pytest.mark.parametrize("method", ["Grad-CAM", "Integrated Gradients", "Occlusion"])
@@ -78,11 +82,11 @@ def test_every_method_depends_on_the_input_and_on_the_weights(predictor, photo, 
     from scipy.stats import spearmanr
 
     from skinlesion import Predictor
-    result = predictor.explain(photo, target="mel", method=method)
+    result = predictor.analyse(photo, target="mel", method=method)
     assert result.method == method and result.heatmap.shape == photo.shape[:2]
     assert 0 <= result.heatmap.min() and result.heatmap.max() == pytest.approx(1.0)
     moved = np.roll(photo, (20, 35), axis=(0, 1))  # the dark patch elsewhere
-    other_input = predictor.explain(moved, target="mel", method=method).heatmap
+    other_input = predictor.analyse(moved, target="mel", method=method).heatmap
     assert spearmanr(result.heatmap.ravel(), other_input.ravel())[0] < 0.9
     model = copy.deepcopy(predictor.model)
     torch.manual_seed(1)
@@ -90,11 +94,11 @@ def test_every_method_depends_on_the_input_and_on_the_weights(predictor, photo, 
         if hasattr(module, "reset_parameters") and module is not model:
             module.reset_parameters()
     torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
-    other_weights = Predictor(model, predictor.spec).explain(photo, target="mel", method=method).heatmap
+    other_weights = Predictor(model, predictor.spec).analyse(photo, target="mel", method=method).heatmap
     assert other_weights.std() == 0 or abs(spearmanr(result.heatmap.ravel(), other_weights.ravel())[0]) < 0.9
 
 
 def test_unknown_method_is_refused_with_the_choices(predictor, photo):
-    from skinlesion.inference import InputError
-    with pytest.raises(InputError, match="unknown explanation method 'LIME'.*Grad-CAM, Integrated Gradients, Occlusion"):
-        predictor.explain(photo, method="LIME")
+    from skinlesion.images import InputError
+    with pytest.raises(InputError, match="unknown explanation method 'LIME'.*Grad-CAM, Integrated Gradients, Occ"):
+        predictor.analyse(photo, method="LIME")

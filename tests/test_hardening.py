@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from skinlesion.app.uploads import REFUSED, UPLOAD_LIMIT, UploadRefused, data_url_bytes, upload_source, uploaded_file
 from skinlesion.batch import HIDDEN, Item, analyse, expand, write_csv
-from skinlesion.inference import InputError, load_image
-from skinlesion.uploads import REFUSED, UPLOAD_LIMIT, UploadRefused, data_url_bytes, upload_source, uploaded_file
+from skinlesion.images import InputError, load_image
 
 
 def jpeg_bytes(seed: int = 0, size=(150, 200)) -> bytes:
@@ -144,13 +144,13 @@ def test_the_body_limit_refuses_by_length_and_while_reading():
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from skinlesion.server import BodyLimit
+    from skinlesion.app.server import BodyLimit
 
     async def echo(request):
         return PlainTextResponse(str(len(await request.body())))
 
-    app = BodyLimit(Starlette(routes=[Route("/call", echo, methods=["POST"]), Route("/upload", echo, methods=["POST"])]),
-                    limit=100, upload_limit=1000)
+    routes = [Route("/call", echo, methods=["POST"]), Route("/upload", echo, methods=["POST"])]
+    app = BodyLimit(Starlette(routes=routes), limit=100, upload_limit=1000)
     with TestClient(app) as client:
         assert client.post("/call", content=b"x" * 100).text == "100"
         assert client.post("/call", content=b"x" * 101).status_code == 413

@@ -10,11 +10,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from skinlesion import Predictor
-from skinlesion.inference import InputError, load_image
+from skinlesion.images import InputError, load_image
 from skinlesion.spec import ModelFolderError
 from skinlesion.tasks.dermoscopy import RESEARCH_DEMO as DISCLAIMER
 
@@ -47,7 +47,7 @@ def test_probabilities_of_every_class_sum_to_one_for_every_input_kind(predictor,
 
 
 def test_temperature_from_the_config_is_applied(predictor, photo):
-    _, x = predictor.preprocess(photo)
+    x = predictor.to_batch([photo])
     with torch.no_grad():
         logits = predictor.model(x)[0]
     expected = torch.softmax(logits / 1.5, -1).numpy()
@@ -58,7 +58,7 @@ def test_temperature_from_the_config_is_applied(predictor, photo):
 def test_flip_tta_averages_mirror_images(predictor, photo):
     plain, tta = predictor.predict(photo), predictor.predict(photo, tta=True)
     assert sum(tta.values()) == pytest.approx(1) and tta != pytest.approx(plain, abs=1e-7)
-    _, x = predictor.preprocess(photo)
+    x = predictor.to_batch([photo])
     with torch.no_grad():
         probs = torch.softmax(predictor.model(torch.cat([x, x.flip(-1), x.flip(-2)])) / 1.5, -1).mean(0)
     assert np.allclose(list(tta.values()), probs.numpy(), atol=1e-6)
@@ -132,18 +132,20 @@ def test_huge_but_allowed_image_is_handled(predictor):
     assert sum(predictor.predict(buffer.getvalue()).values()) == pytest.approx(1, abs=1e-6)
 
 
-def test_triage_levels_and_disclaimer(predictor):
+def test_verdict_levels_and_disclaimer(predictor):
     codes = predictor.codes
 
-    def probs(**values):
+    def verdict(**values):
         rest = (1 - sum(values.values())) / (len(codes) - len(values))
-        return {c: values.get(c, rest) for c in codes}
+        probabilities = {c: values.get(c, rest) for c in codes}
+        decided = codes[int(predictor.rule.decide(np.array(list(probabilities.values()))))]
+        return predictor.task.verdict(probabilities, decided, predictor.rule, predictor.task, None)
 
-    refer = predictor.triage(probs(mel=0.25, nv=0.6))  # mel over its 0.2 threshold, not top
+    refer = verdict(mel=0.25, nv=0.6)  # mel over its 0.2 threshold, not top
     assert refer.level == "refer" and refer.headline == "Refer to a dermatologist" and "Melanoma (25%)" in refer.detail
-    uncertain = predictor.triage(probs(nv=0.4, bkl=0.35))
+    uncertain = verdict(nv=0.4, bkl=0.35)
     assert uncertain.level == "uncertain" and uncertain.headline.startswith("Uncertain")
-    clear = predictor.triage(probs(nv=0.9))
+    clear = verdict(nv=0.9)
     assert clear.level == "clear" and clear.headline == "No high-risk pattern found"
     assert all(DISCLAIMER in v.detail for v in (refer, uncertain, clear))
 

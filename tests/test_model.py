@@ -9,12 +9,21 @@ import pytest
 import safetensors.torch
 import timm
 import torch
-from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
-
 from conftest import trained_looking
-from skinlesion.model import (INIT_LITE0, INIT_RANDOM, create_model, lite0_state_dict, load_model_folder,
-                              save_model_folder, transplant_lite0)
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
+from skinlesion.folder import write_atomically, write_json
+from skinlesion.model import (
+    INIT_LITE0,
+    INIT_RANDOM,
+    create_model,
+    lite0_state_dict,
+    load_model_folder,
+    save_model_folder,
+    transplant_lite0,
+)
 from skinlesion.spec import ModelFolderError, read_config, update_config
 from skinlesion.tasks import get_task
 
@@ -69,7 +78,8 @@ def test_config_that_does_not_match_the_weights_fails_clearly(saved):
     config = read_config(folder)
     config.update(architecture="efficientnet_lite0")  # B0's weights, without squeeze-excite
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelFolderError, match=r"weights do not match config.json \(efficientnet_lite0, 7 classes\).*se\."):
+    mismatch = r"weights do not match config.json \(efficientnet_lite0, 7 classes\).*se\."
+    with pytest.raises(ModelFolderError, match=mismatch):
         load_model_folder(folder)
     config.update(architecture="efficientnet_b0", num_classes=6, label_names=CODES[:6])
     (folder / "config.json").write_text(json.dumps(config))
@@ -155,3 +165,17 @@ def test_new_head_starts_at_uniform_probabilities():
     model = create_model(7, image_size=32).train()
     logits = model(torch.randn(4, 3, 32, 32))
     assert torch.allclose(logits, torch.zeros_like(logits))
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_nothing_behind(tmp_path):
+    """skinlesion/folder.py: every model-folder file (and the checkpoint) is written this way."""
+    path = tmp_path / "config.json"
+    write_json(path, {"temperature": 1.0})
+
+    def broken(tmp):
+        tmp.write_text('{"temper')
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(path, broken)
+    assert json.loads(path.read_text()) == {"temperature": 1.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"] and path.stat().st_mode & 0o777 == 0o644

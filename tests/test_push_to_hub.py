@@ -1,7 +1,10 @@
 import os
 from functools import partial
 
+import pytest
 from conftest import run_train
+
+pytestmark = pytest.mark.slow  # each test runs the command line in a new process
 
 
 def env_without_token(tmp_path, **extra):

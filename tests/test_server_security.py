@@ -18,12 +18,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REAL_HAM, ROOT, SHARED_DATA, running_app
-from skinlesion.page import example_images
-from skinlesion.tasks import get_task
+from PIL import Image
 from test_hardening import jpeg_bytes
+
+from skinlesion.app.views import example_images
+from skinlesion.tasks import get_task
 
 pytestmark = pytest.mark.slow
 KEEP = 4  # seconds the server keeps uploads and outputs here (SKINLESION_KEEP_SECONDS)

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from skinlesion.tasks import BENIGN, DEFAULT_TASK, HIGH_RISK, MALIGNANT, PRE_MALIGNANT, TASKS, get_task
 
 
@@ -39,6 +39,7 @@ def test_registry_finds_both_tasks_default_first_and_names_an_unknown_one():
 THIRD_TASK = '''
 from pathlib import Path
 from ..data import Record
+from ..verdicts import ManualReview
 from .base import ASSETS, DEFECT, ClassInfo, Task
 
 def load(root):
@@ -50,10 +51,12 @@ TASK = Task(key="leaves", title="Leaf disease", subject="a photograph of a leaf"
             load=load, annotation=lambda root, image_id, shape: None, annotation_name="none",
             model_folder=ASSETS / "models" / "leaves", data_folder="leaves", dataset="Leaves",
             license="other", license_text="", citation="", intended_use="", out_of_scope="",
-            limitations="", ethics="", disclaimer="A person decides.")
+            limitations="", ethics="", disclaimer="A person decides.",
+            verdict=ManualReview(review="Look again", found="Found: {name}"))
 '''
 
 
+@pytest.mark.slow  # runs the command line in a new process
 def test_a_third_task_is_one_file(tmp_path):
     """A copy of the code plus one task module: the CLI offers it, the decision rule and the
     verdict work for it, and nothing else had to change."""
@@ -64,12 +67,14 @@ def test_a_third_task_is_one_file(tmp_path):
              "from skinlesion.tasks import TASKS\n"
              "from skinlesion.decision import DecisionRule\n"
              "assert list(TASKS) == ['ham10000', 'leaves', 'neu'], list(TASKS)\n"
-             "labels = np.array([0, 1] * 20); logits = np.eye(2)[labels] * 2 + np.random.default_rng(0).normal(0, 1, (40, 2))\n"
+             "labels = np.array([0, 1] * 20)\n"
+             "logits = np.eye(2)[labels] * 2 + np.random.default_rng(0).normal(0, 1, (40, 2))\n"
              "rule, _ = DecisionRule.fit(logits, labels, TASKS['leaves'].codes, 'leaves')\n"
-             "print(rule.verdict({'rust': 0.9, 'healthy': 0.1}).headline)\n")
+             "task = TASKS['leaves']\n"
+             "print(task.verdict({'rust': 0.9, 'healthy': 0.1}, 'rust', rule, task, None).headline)\n")
     result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "Defect: Rust"
+    assert result.stdout.strip() == "Found: Rust"  # the task's own words
     help_text = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=tmp_path, capture_output=True,
                                text=True, timeout=120).stdout
     assert "{ham10000,leaves,neu,dermoscopy,steel}" in help_text

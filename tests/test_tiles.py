@@ -2,14 +2,13 @@
 defect among plain steel, must be answered with that defect and where it is."""
 import numpy as np
 import pytest
+from conftest import REAL_NEU, needs_real_neu
 from PIL import Image
 
-from conftest import needs_real_neu, REAL_NEU
-from skinlesion import Predictor
+from skinlesion import Predictor, inference, tiles
 from skinlesion.batch import Item, analyse
-from skinlesion import tiles
-from skinlesion.inference import InputError
-from skinlesion.tiles import analyse_tiles, checked_boxes, tile_boxes, tiled_answer, worth_tiling
+from skinlesion.images import InputError
+from skinlesion.tiles import checked_boxes, tile_boxes, worth_tiling
 
 
 def test_tiles_cover_the_strip_half_overlapping_the_last_flush():
@@ -33,12 +32,13 @@ def test_tiling_is_bounded():
 def test_tiles_in_chunks_give_the_answer_of_one_pass(predictor, monkeypatch):
     rgb = np.random.default_rng(0).integers(0, 255, (64, 64 * 12), dtype=np.uint8).repeat(3).reshape(64, -1, 3)
     assert len(tile_boxes(rgb.shape[1], rgb.shape[0])) > tiles.TILE_CHUNK
-    chunked, chunked_answer = analyse_tiles(predictor, rgb), tiled_answer(predictor, rgb)
-    monkeypatch.setattr(tiles, "TILE_CHUNK", 64)
-    whole = analyse_tiles(predictor, rgb)
-    assert chunked.region == whole.region == chunked_answer[1] and chunked.target == whole.target
+    chunked, plain = predictor.analyse(rgb, tile=True), predictor.analyse(rgb, tile=True, method=None)
+    monkeypatch.setattr(inference, "TILE_CHUNK", 64)
+    whole = predictor.analyse(rgb, tile=True)
+    assert chunked.region == whole.region == plain.region and chunked.target == whole.target
+    assert chunked.tiles == whole.tiles == len(tile_boxes(rgb.shape[1], rgb.shape[0]))
     assert chunked.probabilities == pytest.approx(whole.probabilities, abs=1e-5)
-    assert chunked_answer[0] == pytest.approx(whole.probabilities, abs=1e-5)
+    assert plain.probabilities == pytest.approx(whole.probabilities, abs=1e-5) and plain.decided == whole.decided
     assert np.abs(chunked.heatmap - whole.heatmap).max() < 1e-4
 
 
@@ -59,12 +59,12 @@ def steel():
 @needs_real_neu
 @pytest.mark.parametrize("defect, position", [("scratches_5", 5), ("inclusion_7", 2), ("patches_9", 0)])
 def test_strip_answer_names_and_locates_the_defect(steel, defect, position):
-    answer = analyse_tiles(steel, strip(defect, position))
+    answer = steel.analyse(strip(defect, position))  # tiled: the steel task's default
     left, _, right, _ = answer.region
-    assert answer.target == defect.rsplit("_", 1)[0]
-    assert steel.decide(answer.probabilities) == answer.target
+    assert answer.target == answer.decided == defect.rsplit("_", 1)[0] and answer.method == "Grad-CAM"
+    assert f"Worst of {answer.tiles} tiles" in answer.verdict.detail
     assert position * 200 <= (left + right) / 2 <= position * 200 + 200, answer.region
-    assert answer.heatmap.shape == (200, 1600) and answer.overlay.size == (1600, 200)
+    assert answer.heatmap.shape == (200, 1600)
     peak_column = np.unravel_index(answer.heatmap.argmax(), answer.heatmap.shape)[1]
     assert position * 200 - 100 <= peak_column < position * 200 + 300  # the map's peak is at the defect
     assert answer.heatmap[:, position * 200:position * 200 + 200].mean() > 2 * answer.heatmap.mean() / 3
@@ -75,5 +75,6 @@ def test_batch_rows_of_a_strip_carry_the_region(steel, tmp_path):
     path = tmp_path / "strip.png"
     Image.fromarray(strip("scratches_5", 5)).save(path)
     tiled, whole = (next(analyse(steel, [Item(str(path), path)], tile=t)) for t in (True, False))
-    assert tiled["decided"] == "scratches" and tiled["region"] in ("1000 0 1200 200", "900 0 1100 200", "1100 0 1300 200")
+    assert tiled["decided"] == "scratches"
+    assert tiled["region"] in ("1000 0 1200 200", "900 0 1100 200", "1100 0 1300 200")
     assert whole["region"] == ""

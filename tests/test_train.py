@@ -10,15 +10,15 @@ import time
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REAL_HAM, REAL_NEU, ROOT, make_ham_folder, needs_real_ham, needs_real_neu, run_train
+
 from skinlesion.decision import softmax
 from skinlesion.model import load_model_folder
-from train.__main__ import parse_args
-from train.loop import class_weights, learning_rate
-from train.engine import make_loader, pick_device, predict_logits, prepare_splits
 from skinlesion.tasks.dermoscopy import load_ham10000
 from skinlesion.transforms import eval_transform
+from train.config import TrainConfig, parse_args, read_yaml
+from train.engine import make_loader, pick_device, predict_logits, prepare_splits
+from train.loop import class_weights, learning_rate
 
 
 def read_csv(path):
@@ -26,16 +26,17 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_run_folder_has_everything(tiny_run):
     for name in ("split.csv", "metrics.json", "report.md", "predictions.csv", "confusion_matrix.png",
                  "validation_curve.png", "checkpoint.pt", "model/model.safetensors", "model/config.json",
                  "model/README.md", "model/metrics.json", "model/confusion_matrix.png"):
         assert (tiny_run / name).is_file(), name
     split = read_csv(tiny_run / "split.csv")
-    assert list(split[0]) == ["image_id", "lesion_id", "label", "split"] and len(split) == 140
+    assert list(split[0]) == ["image_id", "group", "label", "split"] and len(split) == 140
     lesion_split = {}
     for row in split:
-        assert lesion_split.setdefault(row["lesion_id"], row["split"]) == row["split"]
+        assert lesion_split.setdefault(row["group"], row["split"]) == row["split"]
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     for s in ("val", "test"):
@@ -55,6 +56,7 @@ def test_run_folder_has_everything(tiny_run):
     assert "balanced accuracy" in report and "Recall-first operating point" in report
 
 
+@pytest.mark.slow
 def test_reloaded_model_predicts_what_training_measured(tiny_run, tmp_path):
     model, spec = load_model_folder(tiny_run / "model")
     config = spec.config
@@ -74,6 +76,7 @@ def test_reloaded_model_predicts_what_training_measured(tiny_run, tmp_path):
     assert config["training"]["val_balanced_accuracy"] == pytest.approx(val)
 
 
+@pytest.mark.slow
 def test_model_card_carries_hub_metadata_and_the_measured_results(tiny_run):
     card = (tiny_run / "model/README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
@@ -88,6 +91,7 @@ def test_model_card_carries_hub_metadata_and_the_measured_results(tiny_run):
         assert text in card
 
 
+@pytest.mark.slow
 def test_evaluate_program_reproduces_the_training_evaluation(tiny_run, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_run / "model", model_dir)
@@ -103,6 +107,7 @@ def test_evaluate_program_reproduces_the_training_evaluation(tiny_run, tmp_path)
     assert (tmp_path / "eval/report.md").is_file() and (model_dir / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_resume_after_an_interrupted_epoch(tmp_path):
     data = make_ham_folder(tmp_path / "ham")
     out = tmp_path / "run"
@@ -129,6 +134,7 @@ def test_resume_after_an_interrupted_epoch(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # runs the command line in a new process
 def test_bad_data_folder_gives_a_message_not_a_traceback(tmp_path):
     result = run_train("--data", tmp_path / "nothing", "--out", tmp_path / "run")
     assert result.returncode == 2
@@ -138,11 +144,50 @@ def test_bad_data_folder_gives_a_message_not_a_traceback(tmp_path):
 def test_yaml_config_with_command_line_overrides(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 7\nlr: 0.01\nclass_weights: inverse\ndata: /d\n")
-    args = parse_args(["--config", str(config), "--out", "o", "--lr", "0.5"])
-    assert (args.epochs, args.lr, args.class_weights, str(args.data)) == (7, 0.5, "inverse", "/d")
-    config.write_text("epoch: 7\n")
+    parsed = parse_args(["--config", str(config), "--out", "o", "--lr", "0.5"])
+    assert (parsed.optim.epochs, parsed.optim.lr, parsed.optim.class_weights) == (7, 0.5, "inverse")
+    assert str(parsed.dataset.data) == "/d" and str(parsed.runtime.out) == "o"
+    for bad in ("epoch: 7\n", "lr: fast\n", "lr: -1\n", "class_weights: square\n", "pretrained: 1\n"):
+        config.write_text(bad)
+        with pytest.raises(SystemExit):
+            parse_args(["--config", str(config), "--data", "d", "--out", "o"])
     with pytest.raises(SystemExit):
-        parse_args(["--config", str(config), "--data", "d", "--out", "o"])
+        parse_args(["--data", "d", "--out", "o", "--epochs", "0"])
+
+
+def test_every_bundled_config_file_parses():
+    for path in sorted((ROOT / "train" / "configs").glob("*.yaml")):
+        settings, given = parse_args(["--config", str(path), "--data", "d", "--out", "o"]).settings(), read_yaml(path)
+        assert {k: settings[k] for k in given} == given
+
+
+def test_help_shows_the_settings_groups(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--help"])
+    assert stopped.value.code == 0
+    text = capsys.readouterr().out
+    for title in ("data:", "model:", "optimisation:", "augmentation:", "runtime:"):
+        assert f"\n{title}\n" in text
+    for flag in ("--config", "--weight-decay", "--augment-on", "--no-explanations", "--resume", "--image-size"):
+        assert flag in text
+
+
+@pytest.mark.slow
+def test_the_whole_config_is_saved_beside_the_run_and_in_the_model_folder(tmp_path):
+    data = make_ham_folder(tmp_path / "ham", per_class=20)
+    out, config = tmp_path / "run", tmp_path / "run.yaml"
+    config.write_text("image_size: 32\nepochs: 1\nbatch_size: 16\nworkers: 0\ndevice: cpu\nseed: 3\n"
+                      "lr: 0.004\nweight_decay: 0.01\nwarmup_epochs: 0.25\nclip_grad: 1.5\nema_decay: 0.99\n"
+                      "aug_strength: 0.5\nclass_weights: none\nno_explanations: true\n")
+    result = run_train("--config", config, "--data", data, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    given = parse_args(["--config", str(config), "--data", str(data), "--out", str(out)])
+    assert TrainConfig.from_settings(read_yaml(out / "config.yaml")) == given
+    training = json.loads((out / "model/config.json").read_text())["training"]
+    settings = given.settings()
+    assert {k: training[k] for k in settings} == {**settings, "data": data.name, "out": out.name}
+    assert training["world_size"] == 1 and training["device"] == "cpu" and training["best_epoch"] == 1
+    assert {"weights", "val_balanced_accuracy", "precision", "initialisation"} <= set(training)
 
 
 def test_class_weights_schemes_keep_the_loss_scale():
@@ -160,13 +205,15 @@ def test_learning_rate_warms_up_then_decays():
 
 
 @needs_real_ham
+@pytest.mark.slow
 def test_tiny_real_training_run(tmp_path):
     out = tmp_path / "run"
     result = run_train("--data", REAL_HAM, "--out", out, "--max-samples", "300", "--image-size", "64",
                        "--epochs", "2", "--workers", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     split = read_csv(out / "split.csv")
-    assert 290 <= len(split) <= 300 and {r["label"] for r in split} == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
+    assert 290 <= len(split) <= 300
+    assert {r["label"] for r in split} == {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
     model, spec = load_model_folder(out / "model")
     assert spec.training["max_samples"] == 300 and spec.input_size == 64
     metrics = json.loads((out / "metrics.json").read_text())
@@ -174,6 +221,7 @@ def test_tiny_real_training_run(tmp_path):
 
 
 @needs_real_neu
+@pytest.mark.slow
 def test_short_cpu_training_on_neu_beats_chance_by_far(tmp_path):
     out = tmp_path / "neu"
     result = run_train("--task", "neu", "--data", REAL_NEU, "--out", out, "--max-samples", "600",
@@ -186,7 +234,8 @@ def test_short_cpu_training_on_neu_beats_chance_by_far(tmp_path):
     assert set(test["review"]) == {"threshold", "review_rate", "auto_accuracy", "mistakes_caught"}
     quality = metrics["explanations"]
     assert quality["annotation"] == "defect boxes" and quality["n"] == min(50, test["n"])
-    assert all(0 <= quality["methods"][m]["energy_inside"] <= 1 for m in ("Grad-CAM", "Integrated Gradients", "Occlusion"))
+    methods = ("Grad-CAM", "Integrated Gradients", "Occlusion")
+    assert all(0 <= quality["methods"][m]["energy_inside"] <= 1 for m in methods)
     card = (out / "model" / "README.md").read_text()
     assert "license: other" in card and "Song K., Yan Y." in card and "Manual review" in card
     split = read_csv(out / "split.csv")

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from skinlesion.transforms import eval_transform, normalize, resizer, train_transform
+from skinlesion.transforms import Augmentation, eval_transform, normalize, resizer, train_transform
 
 
 def test_train_transform_keeps_size_and_dtype_and_varies():
@@ -28,3 +28,11 @@ def test_normalize_matches_the_formula():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = (batch.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     assert torch.allclose(normalize(batch, mean, std), expected, atol=1e-5)
+
+
+def test_augmentation_strength_scales_the_ranges():
+    half = Augmentation(strength=0.5)
+    assert half.scale_range == (1 - 0.075, 1 + 0.075) and half.rotate_range == (-10.0, 10.0)
+    assert half.translate_range == (-0.025, 0.025) and half.jitter == (0.1, 0.1, 0.075, 0.015)
+    assert half.noise_std_range == (0.01, 0.02)  # the upper std only, as train_transform always did
+    assert Augmentation(strength=0.0).rotate_range == (0.0, 0.0)

@@ -1,7 +1,7 @@
 """Data-parallel training under torchrun: one process per GPU (or per CPU share), joined by
 PyTorch's own DistributedDataParallel — NCCL between GPUs, gloo between CPU processes.
 
-    torchrun --standalone --nproc_per_node N -m train ...     (README: Training on several GPUs)
+    torchrun --standalone --nproc_per_node N -m train ...     (docs/training.md)
 
 Without torchrun's environment (WORLD_SIZE unset or 1) there is no process group and every
 helper here is the identity, so a single-process run is exactly what it was.
@@ -75,10 +75,6 @@ class Ranks:
         for r, part in enumerate(parts):
             full[r::self.world_size] = part
         return full[:n]
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
 
     @property
     def _comm_device(self) -> torch.device:

@@ -9,11 +9,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler,
-                              get_worker_info)
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    get_worker_info,
+)
 
-from skinlesion.data import (SPLITS, Record, ImageDataset, load_images, read_split,
-                             split_records, stratified_subset)
+from skinlesion.data import SPLITS, ImageDataset, Record, load_images, read_split, split_records, stratified_subset
 from skinlesion.transforms import normalize, resizer
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,10 @@ import torch
 from skinlesion.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, render_card
 from skinlesion.data import DataError
 from skinlesion.decision import DecisionRule, softmax
+from skinlesion.folder import copy_file, write_atomically, write_json, write_text
 from skinlesion.metrics import classification_report, expected_calibration_error, operating_point, review_report
 from skinlesion.model import load_model_folder
-from skinlesion.spec import ModelFolderError, ModelSpec, update_config, read_spec
+from skinlesion.spec import ModelFolderError, ModelSpec, read_spec, update_config
 from skinlesion.transforms import eval_transform
 
 from .engine import SplitData, autocast_dtype, make_loader, pick_device, predict_logits, prepare_splits
@@ -56,13 +55,15 @@ class EvalOptions:
 def write_predictions(path: Path, splits: dict[str, SplitData], probs: dict[str, np.ndarray],
                       decided: dict[str, np.ndarray], codes: list[str]) -> None:
     """Per image calibrated probabilities, for error analysis and for checking a model later."""
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_id", "split", "label", "predicted", *(f"p_{c}" for c in codes)])
-        for s in EVAL_SPLITS:
-            for record, row, k in zip(splits[s].records, probs[s], decided[s]):
-                writer.writerow([record.image_id, s, record.label, codes[int(k)],
-                                 *(f"{p:.6f}" for p in row)])
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image_id", "split", "label", "predicted", *(f"p_{c}" for c in codes)])
+            for s in EVAL_SPLITS:
+                for record, row, k in zip(splits[s].records, probs[s], decided[s]):
+                    writer.writerow([record.image_id, s, record.label, codes[int(k)],
+                                     *(f"{p:.6f}" for p in row)])
+    write_atomically(path, write)
 
 
 def split_metrics(rule: DecisionRule, logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -107,17 +108,18 @@ def evaluate(model: torch.nn.Module, spec: ModelSpec, splits: dict[str, SplitDat
 
 def write_reports(metrics: dict, spec: ModelSpec, model_dir: Path, out: Path) -> None:
     """metrics.json, report.md and plots to `out`; metrics.json, the confusion matrix and the
-    card (rendered from them) into the model folder, which carries its evidence when it ships."""
+    card (rendered from them) into the model folder, which carries its evidence when it ships.
+    Each file is replaced whole (skinlesion/folder.py): the app may be reading the folder."""
     test = metrics["splits"]["test"]
     plot_confusion_matrix(test["confusion_matrix"], spec.codes, out / CONFUSION_PNG, f"test split (n={test['n']})")
     if metrics.get("history"):
         plot_history(metrics["history"], out / CURVE_PNG)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.md").write_text(render_report(metrics))
+    write_json(out / METRICS_FILE, metrics)
+    write_text(out / "report.md", render_report(metrics))
     if out.resolve() != model_dir.resolve():
         for name in (METRICS_FILE, CONFUSION_PNG):
-            shutil.copy(out / name, model_dir / name)
-    (model_dir / CARD_FILE).write_text(render_card(spec, metrics))
+            copy_file(out / name, model_dir / name)
+    write_text(model_dir / CARD_FILE, render_card(spec, metrics))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from torchvision.transforms.functional import gaussian_blur
 
 from skinlesion.data import read_rgb
-from skinlesion.explain import METHODS, attribution_map, energy_inside, last_stage, peak_inside
+from skinlesion.explain import METHODS, SHIPPED, Settings, attribution_map, energy_inside, last_stage, peak_inside
 from skinlesion.inference import Predictor
 from skinlesion.model import create_model
 from skinlesion.spec import ModelSpec
@@ -37,9 +37,10 @@ SAMPLE = 50           # images for localisation and faithfulness
 SANITY_SAMPLE = 8     # images for the (costly) cascading randomisation
 
 
-def input_map(model: torch.nn.Module, x: torch.Tensor, method: str, index: int) -> torch.Tensor:
+def input_map(model: torch.nn.Module, x: torch.Tensor, method: str, index: int,
+              settings: Settings = SHIPPED) -> torch.Tensor:
     """The method's map for class `index` at the model's input resolution (S×S)."""
-    cam, _, _ = attribution_map(model, last_stage(model), x, method, index)
+    cam, _, _ = attribution_map(model, last_stage(model), x, method, index, settings)
     return torch.nn.functional.interpolate(cam.float(), x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
 
 

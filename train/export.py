@@ -21,6 +21,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from skinlesion.folder import copy_file, write_atomically
 from skinlesion.model import WEIGHTS_FILE, load_model_folder
 from skinlesion.transforms import eval_transform
 
@@ -32,11 +33,11 @@ REFERENCE_IMAGES = 100  # the first committed test ids whose float32 probabiliti
 
 
 def to_float16(folder: Path) -> None:
+    """The folder's weights rewritten (whole, folder.py) as float16."""
     path = folder / WEIGHTS_FILE
     state = safetensors.torch.load_file(path)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    safetensors.torch.save_file(half, path, metadata={"format": "pt"})
-    path.chmod(0o644)
+    write_atomically(path, lambda tmp: safetensors.torch.save_file(half, tmp, metadata={"format": "pt"}))
 
 
 def answers(folder: Path, data, device) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.out.exists():
         shutil.rmtree(args.out)
-    shutil.copytree(args.model, args.out)
+    args.out.mkdir(parents=True)
+    for file in sorted(args.model.iterdir()):  # a model folder is flat; hidden files are leftovers
+        if file.is_file() and not file.name.startswith("."):
+            copy_file(file, args.out / file.name)
     to_float16(args.out)
     (full, full_decided), (half, half_decided) = (answers(args.model, held_out, device),
                                                   answers(args.out, held_out, device))
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("float16 vs float32 on %d validation + test images: largest probability change %.2e, "
              "decided class changed for %d", len(full), worst, int((full_decided != half_decided).sum()))
     if worst > args.tolerance:
-        shutil.copy(args.model / WEIGHTS_FILE, args.out / WEIGHTS_FILE)
+        copy_file(args.model / WEIGHTS_FILE, args.out / WEIGHTS_FILE)
         log.warning("over the tolerance %.0e: kept the float32 weights", args.tolerance)
     if args.reference:
         ids = (FIXTURES / f"{spec.task.key}_test_ids.txt").read_text().split()[:REFERENCE_IMAGES]

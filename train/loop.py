@@ -8,7 +8,6 @@ checkpoint and the saved weights never see the wrapper. Every rank keeps the sam
 weights are identical after each step); rank 0 alone writes it."""
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -27,11 +26,11 @@ from tqdm import tqdm
 from skinlesion.model import create_model
 from skinlesion.tasks import Task
 
+from .config import TrainConfig
 from .distributed import Ranks
 from .engine import autocast_dtype, predict_logits, to_input
 
 log = logging.getLogger("train")
-WEIGHT_SCHEMES = ("inverse", "inverse-sqrt", "none")
 
 
 def class_weights(labels: np.ndarray, num_classes: int, scheme: str) -> torch.Tensor:
@@ -57,7 +56,7 @@ def learning_rate(step: int, total: int, warmup: int, peak: float, floor: float)
 @dataclass
 class Trainer:
     """The model being trained and everything that updates it; one method per step of an epoch."""
-    args: argparse.Namespace
+    config: TrainConfig
     model: torch.nn.Module
     ema: ModelEmaV3 | None
     optimizer: torch.optim.Optimizer
@@ -71,28 +70,30 @@ class Trainer:
     step: int = 0
 
     @classmethod
-    def build(cls, args: argparse.Namespace, task: Task, train_labels: np.ndarray, ranks: Ranks) -> "Trainer":
-        device = ranks.device
-        amp_dtype = autocast_dtype(device, args.amp)
-        channels_last = True if args.channels_last is None else args.channels_last
+    def build(cls, config: TrainConfig, task: Task, train_labels: np.ndarray, ranks: Ranks) -> "Trainer":
+        """The model of `config.model` on this rank's device, the optimiser, loss and EMA of
+        `config.optim`, the precision and memory format of `config.runtime`."""
+        device, m, o = ranks.device, config.model, config.optim
+        amp_dtype = autocast_dtype(device, config.runtime.amp)
+        channels_last = True if config.runtime.channels_last is None else config.runtime.channels_last
         log.info("device %s, precision %s%s", device, amp_dtype or torch.float32,
                  ", channels_last" if channels_last else "")
-        model = create_model(len(task.codes), architecture=args.architecture, pretrained=args.pretrained,
-                             image_size=args.image_size, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
+        model = create_model(len(task.codes), architecture=m.architecture, pretrained=m.pretrained,
+                             image_size=m.image_size, drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate)
         log.info("initialisation: %s", model.initialisation)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         net = model
         if ranks.enabled:  # rank 0's initial weights are broadcast to the others here
             net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-            torch.manual_seed(args.seed + ranks.rank)  # each rank its own dropout / drop-path draws
-        weights = class_weights(train_labels, len(task.codes), args.class_weights)
-        log.info("class weights (%s): %s", args.class_weights,
+            torch.manual_seed(config.dataset.seed + ranks.rank)  # each rank its own dropout / drop-path draws
+        weights = class_weights(train_labels, len(task.codes), o.class_weights)
+        log.info("class weights (%s): %s", o.class_weights,
                  " ".join(f"{c}={w:.2f}" for c, w in zip(task.codes, weights)))
-        return cls(args, model,
-                   ModelEmaV3(model, decay=args.ema_decay, use_warmup=True) if args.ema_decay > 0 else None,
-                   torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=args.lr),
+        return cls(config, model,
+                   ModelEmaV3(model, decay=o.ema_decay, use_warmup=True) if o.ema_decay > 0 else None,
+                   torch.optim.AdamW(param_groups_weight_decay(model, o.weight_decay), lr=o.lr),
                    torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                   torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=args.label_smoothing),
+                   torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=o.label_smoothing),
                    device, amp_dtype, channels_last, ranks, net)
 
     def train_one_epoch(self, loader, epoch: int, total_steps: int, warmup_steps: int,
@@ -100,15 +101,15 @@ class Trainer:
         """One pass over the training data (this rank's shard of it under torchrun); the epoch's
         loss and speed over all ranks, the last learning rate, and how long the first step took
         to be done from `since` (default: the epoch's start): worker start-up and warm-up."""
-        args, cfg = self.args, self.model.pretrained_cfg
+        o, cfg = self.config.optim, self.model.pretrained_cfg
         self.model.train()
         if isinstance(loader.batch_sampler.sampler, DistributedSampler):
             loader.batch_sampler.sampler.set_epoch(epoch)  # a new shuffle, the same on every rank
-        started, seen, loss_sum, lr, first_step = time.perf_counter(), 0, 0.0, args.lr, None
-        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", unit="batch", disable=not self.ranks.is_main,
+        started, seen, loss_sum, lr, first_step = time.perf_counter(), 0, 0.0, o.lr, None
+        bar = tqdm(loader, desc=f"epoch {epoch}/{o.epochs}", unit="batch", disable=not self.ranks.is_main,
                    dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
         for batch, target in bar:
-            lr = learning_rate(self.step, total_steps, warmup_steps, args.lr, args.min_lr)
+            lr = learning_rate(self.step, total_steps, warmup_steps, o.lr, o.min_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss = self.train_step(to_input(batch, self.device, cfg["mean"], cfg["std"], self.channels_last),
@@ -131,9 +132,9 @@ class Trainer:
             raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}: lower --lr or turn off --amp")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.args.clip_grad > 0:
+        if self.config.optim.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1

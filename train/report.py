@@ -1,9 +1,9 @@
-"""A run's report.md and plots; the model cards and the results tables of the project README.
+"""A run's report.md and plots; the model cards and the results tables of the project's docs.
 
 Every table comes from metrics.json through skinlesion/card.py. After evaluating a bundled
-model (or changing the renderer), re-render the bundled models' cards and the README's tables
-(the blocks between `<!-- results: TASK -->` and `<!-- /results -->`, and between
-`<!-- explanations: TASK -->` and `<!-- /explanations -->`) with:
+model (or changing the renderer), re-render the bundled models' cards and the tables of
+docs/results.md and docs/explanations.md (the blocks between `<!-- results: TASK -->` and
+`<!-- /results -->`, and between `<!-- explanations: TASK -->` and `<!-- /explanations -->`) with:
 
     python -m train.report
 """
@@ -17,13 +17,22 @@ from typing import Sequence
 
 import numpy as np
 
-from skinlesion.card import (CARD_FILE, explanation_tables, f, headline_table, read_metrics, render_card,
-                             render_tables, table)
+from skinlesion.card import (
+    CARD_FILE,
+    explanation_tables,
+    f,
+    headline_table,
+    read_metrics,
+    render_card,
+    render_tables,
+    table,
+)
+from skinlesion.folder import write_atomically, write_text
 from skinlesion.spec import read_spec
 from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md")]
 RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
 
 
@@ -45,7 +54,7 @@ def render_report(metrics: dict) -> str:
     return head + render_tables(metrics) + (render_history(metrics["history"]) if metrics.get("history") else "")
 
 
-def readme_with_results(text: str) -> str:
+def with_results(text: str) -> str:
     """`text` with each block replaced from that task's bundled model's metrics.json: `results`
     by the headline table, `explanations` by the explanation tables."""
     render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n")}
@@ -63,6 +72,13 @@ def _pyplot():
     return plt
 
 
+def _save_figure(fig, path, dpi: int) -> None:
+    """A finished figure as a PNG, replaced whole (it may be in a model folder), then freed."""
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    _pyplot().close(fig)
+
+
 def plot_history(history: list[dict], path) -> None:
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
@@ -73,9 +89,7 @@ def plot_history(history: list[dict], path) -> None:
         acc_ax.plot(epochs, [h[key] for h in history], marker="o", label=key.rsplit("_", 1)[1])
     acc_ax.set(xlabel="epoch", ylabel="validation balanced accuracy")
     acc_ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path, dpi=110)
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], codes: Sequence[str], path, title: str) -> None:
@@ -93,15 +107,13 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], codes: Sequence[str],
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--readme", type=Path, default=README)
+    p.add_argument("--docs", type=Path, nargs="*", default=DOCS, help="Markdown files whose tables to re-render")
     p.add_argument("--models", type=Path, nargs="*", help="model folders whose card to re-render "
                    "(default: the bundled ones)")
     args = p.parse_args(argv)
@@ -109,14 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         metrics = read_metrics(folder)
         if metrics is not None:
             _write_if_changed(folder / CARD_FILE, render_card(read_spec(folder), metrics))
-    _write_if_changed(args.readme, readme_with_results(args.readme.read_text()))
+    for doc in args.docs:
+        _write_if_changed(doc, with_results(doc.read_text()))
     return 0
 
 
 def _write_if_changed(path: Path, text: str) -> None:
     changed = not path.is_file() or path.read_text() != text
     if changed:
-        path.write_text(text)
+        write_text(path, text)
     print(f"{path}: {'updated' if changed else 'already up to date'}")
 
 

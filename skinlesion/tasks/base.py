@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from ..data import Record
+from ..verdicts import VerdictPolicy
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -48,6 +49,7 @@ class Task:
     limitations: str              # Markdown bullet list
     ethics: str                   # the page's "Data & ethics" text
     disclaimer: str               # said with every verdict
+    verdict: VerdictPolicy        # verdicts.py: the policy, in the task's words
     default: bool = False         # the task the page, the API and the CLI use when none is named
     tile_large_images: bool = False  # long images (strips) analysed in tiles unless asked otherwise
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import IMAGE_SUFFIXES, DataError, Record, offenders
+from ..verdicts import RecallFirst
 from .base import ASSETS, BENIGN, MALIGNANT, PRE_MALIGNANT, ClassInfo, Task
 
 CLASSES = (
@@ -57,7 +58,7 @@ def find_images(root: Path) -> dict[str, Path]:
 
 def load_ham10000(root: str | Path, metadata: str | Path | None = None) -> list[Record]:
     """Read the metadata and pair every row with its image; fail early, naming offenders.
-    A record's group (`lesion_id`) is the lesion: its images never straddle two splits."""
+    A record's group is the lesion (`lesion_id`): its images never straddle two splits."""
     root = Path(root)
     metadata = Path(metadata) if metadata else root / METADATA_FILE
     if not metadata.is_file():
@@ -127,4 +128,7 @@ Queensland) and are **skewed to light skin types**: accuracy on darker skin is u
 likely lower. Two thirds of the images are benign moles (nv), so rare classes (df, vasc,
 akiec) are seen far less often. The model only knows these 7 classes and dermoscopic images;
 a phone photo, another disease or healthy skin still gets one of the 7 labels.
-""", disclaimer=RESEARCH_DEMO)
+""", disclaimer=RESEARCH_DEMO,
+    verdict=RecallFirst(refer="Refer to a dermatologist", uncertain="Uncertain — have it checked",
+                        clear="No high-risk pattern found",
+                        clear_means="no malignant or pre-malignant class reached its threshold"))

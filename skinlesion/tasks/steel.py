@@ -9,6 +9,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..data import IMAGE_SUFFIXES, DataError, Record, offenders
+from ..verdicts import ManualReview
 from .base import ASSETS, DEFECT, ClassInfo, Task
 
 CLASSES = (  # NEU surface defect database, hot-rolled steel strip
@@ -28,7 +29,7 @@ NEU_ANNOTATIONS = "annotations"
 
 def load_neu(root: str | Path) -> list[Record]:
     """NEU surface defects: `images/<class>_<n>.jpg`, the class is the file-name prefix.
-    Byte-identical files share a group (the `lesion_id` column), so a duplicate pair can
+    Byte-identical files share a group, so a duplicate pair can
     never straddle two splits (the database has one: patches_101 = patches_105)."""
     folder = Path(root) / NEU_IMAGES
     if not folder.is_dir():
@@ -93,4 +94,5 @@ review**: a wrong automatic label costs more than a second look.
 Science* 285, 2013, 858–864; free for academic use): 1,800 grey-scale images of hot-rolled
 steel strip, 300 for each of crazing, inclusion, patches, pitted surface, rolled-in scale
 and scratches. There is **no defect-free class**: a clean part still gets a defect label.
-""", disclaimer="Decision support only: a person decides whether the part is released.")
+""", disclaimer="Decision support only: a person decides whether the part is released.",
+    verdict=ManualReview(review="Manual review", found="Defect: {name}"))

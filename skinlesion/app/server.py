@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 
-from .batch import MAX_BYTES
+from ..batch import MAX_BYTES
 from .uploads import UPLOAD_LIMIT, UploadRefused, uploaded_file
 
 KEEP_SECONDS = int(os.environ.get("SKINLESION_KEEP_SECONDS", 120))  # uploads and outputs; tests shorten it

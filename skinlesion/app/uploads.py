@@ -22,7 +22,7 @@ from typing import Iterator
 
 from gradio.utils import get_upload_folder
 
-from .batch import Item, expand
+from ..batch import Item, expand
 
 UPLOAD_LIMIT = 25 * 1024 ** 2   # bytes: one uploaded file, one data URL, one request body
 REFUSED = "only files uploaded to this app are accepted"

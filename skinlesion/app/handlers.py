@@ -1,0 +1,152 @@
+"""The events behind the page's buttons and the API's endpoints, over the loaded models.
+
+Handlers receive the request's values unprocessed (the events use preprocess=False): each
+first checks every value against its choices (`Handlers.checked`) and takes only uploaded
+files (uploads.py); then one call of `Predictor.analyse` gives the answer, and the handler
+presents it (overlay, HTML). Whatever is wrong gets its message as a `gr.Error`, which echoes
+at most `ECHO` characters of what the client sent.
+"""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from ..batch import MAX_PIXELS, BatchError, analyse, check_limits, write_csv
+from ..explain import GRAD_CAM, METHODS, OVERLAY_OPACITY, overlay
+from ..images import InputError
+from ..inference import Analysis, Predictor
+from .uploads import UploadRefused, batch_csv_path, held, upload_source, uploaded_files
+from .views import TOP_CLASS, display_name, sanity_flags, verdict_html
+
+BATCH_HEADERS = ["file", "decided class", "probability", "verdict", "error"]
+TILING = {"auto": None, "on": True, "off": False}  # views.TILE_CHOICES → Predictor's `tile` (None: the task's default)
+ECHO = 40  # characters of a client's value an error message repeats
+
+
+def shown(value: object) -> str:
+    """A client's value as an error message repeats it: its repr, cut to ECHO characters."""
+    text = repr(value)
+    return text if len(text) <= ECHO else text[:ECHO] + "…"
+
+
+def image_source(payload: object):
+    """The uploaded image as gradio hands it over unprocessed: the uploaded file, or the bytes
+    of a data URL (uploads.py); None when there is none; a gr.Error for anything else."""
+    try:
+        return upload_source(payload)
+    except UploadRefused as error:
+        raise gr.Error(f"Cannot analyse this image: {error}.") from None
+
+
+class Handlers:
+    """The events of the page and the API, over the loaded models (task key → Predictor, the
+    default task first). The models are the only state shared between requests."""
+
+    def __init__(self, predictors: dict[str, Predictor]):
+        self.predictors = predictors
+        self.first = next(iter(predictors))
+        self.flags = {task: sanity_flags(p) for task, p in predictors.items()}  # read once, not per request
+
+    def checked(self, task: object, target: object = None, opacity: object = OVERLAY_OPACITY,
+                tile: object = "auto", method: object = GRAD_CAM) -> tuple[Predictor, str | None, float, bool | None]:
+        """Every value of a request against its choices, before anything is read or decoded:
+        the task's Predictor, the class to explain (None: the decided one), the opacity and
+        the tiling (None: the task's default)."""
+        task = task or self.first
+        if not isinstance(task, str) or task not in self.predictors:
+            raise gr.Error(f"Unknown task {shown(task)}; this app serves: {', '.join(self.predictors)}.")
+        predictor = self.predictors[task]
+        target = None if target in (None, "", TOP_CLASS) else target
+        if target is not None and target not in predictor.codes:
+            raise gr.Error(f"Unknown class {shown(target)}; choose {TOP_CLASS!r} or one of "
+                           f"{', '.join(predictor.codes)}.")
+        if tile not in (None, "", True, False, *TILING):
+            raise gr.Error(f"Unknown tile setting {shown(tile)}; choose one of {', '.join(TILING)}.")
+        if method not in (None, "", *METHODS):
+            raise gr.Error(f"Unknown explanation method {shown(method)}; choose one of {', '.join(METHODS)}.")
+        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
+            raise gr.Error(f"The opacity must be a number from 0 to 1, not {shown(opacity)}.")
+        return predictor, target, float(opacity), tile if isinstance(tile, bool) else TILING.get(tile or "auto")
+
+    @staticmethod
+    def _analysed(predictor: Predictor, image, target: str | None, tile: bool | None,
+                  method: str | None) -> Analysis:
+        """`Predictor.analyse` of an upload (or an already checked array), errors as gr.Error."""
+        source = image_source(image) if not isinstance(image, np.ndarray) else image
+        if source is None:
+            raise gr.Error("Upload an image first.")
+        try:
+            return predictor.analyse(source, target=target, method=method, tile=tile)
+        except InputError as error:
+            raise gr.Error(f"Cannot analyse this image: {error}") from None
+
+    def classify(self, image: dict | None, task: str | None = None,
+                 tile: str = "auto") -> tuple[str, dict[str, float]] | None:
+        """The decided class and the calibrated probability of every class, for one image (a
+        long one by tiles when tiling is on: the worst tile's)."""
+        predictor, _, _, tile = self.checked(task, tile=tile)
+        if not image:
+            return None
+        analysis = self._analysed(predictor, image, None, tile, None)
+        return analysis.decided, analysis.probabilities
+
+    def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
+                task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
+        """Heat-map overlay for one image by `method` ("Grad-CAM", "Integrated Gradients",
+        "Occlusion"): the decided class, or the class given; long images by Grad-CAM tiles when
+        `tile` is "on", or "auto" for a task that tiles (steel)."""
+        predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
+        analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
+        return overlay(analysis.image, analysis.heatmap, opacity)
+
+    def compare(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
+                task: str | None = None) -> list[tuple[Image.Image, str]]:
+        """Every method's overlay for one image, side by side, each captioned with its name and
+        what its sanity check found (the model card's figures)."""
+        predictor, target, opacity, _ = self.checked(task, target, opacity)
+        first = self._analysed(predictor, image, target, False, METHODS[0])  # decodes the upload, once
+        analyses = [first] + [self._analysed(predictor, first.image, target, False, m) for m in METHODS[1:]]
+        flags = self.flags[predictor.task.key]
+        return [(overlay(a.image, a.heatmap, opacity), a.method + flags.get(a.method, "")) for a in analyses]
+
+    def analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
+                task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
+        """Verdict, probabilities and heat-map overlay, from one `Predictor.analyse` (a long
+        image by its tiles when tiling is on: the answer is then the worst tile's)."""
+        predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
+        analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
+        return (verdict_html(analysis.verdict), (analysis.decided, analysis.probabilities),
+                overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, analysis.heatmap))
+
+    def batch(self, files: list[dict] | None, task: str | None = None, tile: str = "auto",
+              progress=gr.Progress()):
+        """Many images (or .zip archives of images) at once: per file the decided class, its
+        probability and the verdict (a table), and a CSV with every class's probability."""
+        predictor, _, _, tile = self.checked(task, tile=tile)
+        try:
+            uploads = uploaded_files(files)
+        except UploadRefused as error:
+            raise gr.Error(f"Cannot analyse this batch: {error}.") from None
+        with held(uploads) as items:
+            try:
+                check_limits(items)
+            except BatchError as error:
+                raise gr.Error(str(error)) from None
+            progress((0, len(items)), desc="Analysing", unit="files")
+            rows = list(analyse(predictor, items, tile=tile, max_pixels=MAX_PIXELS,
+                                progress=lambda done, total: progress((done, total), unit="files")))
+        path = batch_csv_path()
+        write_csv(path, predictor, rows)
+        table = [[r["file"], "", "", "", r["error"]] if r["error"] else
+                 [r["file"], display_name(predictor.task.info(r["decided"])), f"{r[r['decided']]:.1%}",
+                  r["verdict"], ""] for r in rows]
+        return table, str(path)
+
+    @staticmethod
+    def reblend(state, opacity: float):
+        """The last heat-map over the last image at a new opacity, without the model."""
+        if state is None:
+            return gr.skip()
+        rgb, heatmap = state
+        return overlay(rgb, heatmap, opacity)

@@ -1,0 +1,177 @@
+"""The page: its components, each event declared beside the components it joins (keyword
+`inputs=` / `outputs=` / `api_name=`), as in Gradio's own Blocks demos.
+
+One page serves every task: the task selector switches everything a `TaskView` holds (texts,
+model tab, examples) and the model that answers; the components that follow the task are
+listed once (`follows_task`). Each page keeps its last image and heat-map in a session State,
+so the opacity slider re-blends without the model. The API's endpoints are the page's own
+handlers: /classify, /explain, /analyse, /compare, /batch (names and argument order are a
+contract: new ones go at the end).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..batch import MAX_BYTES, MAX_FILES
+from ..explain import GRAD_CAM, METHODS, OVERLAY_OPACITY
+from ..tasks import TASKS
+from .handlers import BATCH_HEADERS, Handlers
+from .server import KEEP_SECONDS, SWEEP_SECONDS, UploadFiles, UploadImage
+from .views import TILE_CHOICES, TOP_CLASS, TaskView, display_name
+
+TITLE = "skinlesion — explainable image classifier"
+QUEUE_SIZE = 64    # requests waiting beyond this are refused at once instead of timing out
+CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls only contend
+MODEL = {"concurrency_id": "model", "concurrency_limit": CONCURRENCY, "preprocess": False}  # every model event
+PAGE_ONLY = {**MODEL, "api_visibility": "private"}
+
+
+class DecidedLabel(gr.Label):
+    """gr.Label whose heading is the decided class of the model's decision rule, which need not
+    be the most probable one (the rule favours rare classes in close calls); the bars are the
+    calibrated probabilities. Handlers return (decided code, probabilities). Through the API
+    the value is {"label": decided code, "confidences": [{"label": code, "confidence": p}, …]}."""
+    is_template = True  # the page draws it with Label's own front-end component
+
+    def get_block_name(self) -> str:  # also for subclasses (NamedLabel): Label's front-end
+        return "label"
+
+    get_block_class = get_block_name
+
+    def postprocess(self, value):
+        if not isinstance(value, tuple):
+            return super().postprocess(value)
+        decided, probabilities = value
+        data = super().postprocess(probabilities)
+        data.label = decided
+        return data
+
+
+class NamedLabel(DecidedLabel):
+    """The page's label: the same answer with each class's full name. The API's own /classify
+    and /analyse outputs are plain DecidedLabels, so clients keep getting the codes."""
+    NAMES = {c.code: display_name(c) for task in TASKS.values() for c in task.classes}
+
+    def postprocess(self, value):
+        if isinstance(value, tuple):
+            decided, probabilities = value
+            value = (self.NAMES[decided], {self.NAMES[c]: p for c, p in probabilities.items()})
+        return super().postprocess(value)
+
+
+def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
+    """The page of `handlers`' models, showing `views` (task key → what follows the task)."""
+    first = views[handlers.first]
+    with gr.Blocks(title=TITLE, delete_cache=(SWEEP_SECONDS, KEEP_SECONDS)) as demo:
+        c = SimpleNamespace()
+        gr.Markdown(f"# {TITLE}")
+        c.task = gr.Radio([(TASKS[t].title, t) for t in views], value=handlers.first, label="Task", elem_id="task",
+                          visible=len(views) > 1)
+        c.description = gr.Markdown(first.intro)
+        c.notice = gr.Markdown(first.notice, elem_id="model-notice", visible=bool(first.notice))
+        c.tile = gr.Radio(TILE_CHOICES, value="auto", label="Tile long images", elem_id="tile",
+                          info="Overlapping square tiles as tall as the image; the answer is the worst tile's")
+        with gr.Tab("Classify"):
+            classify_tab(c, handlers, views, max(len(p.codes) for p in handlers.predictors.values()))
+        with gr.Tab("Batch"):
+            batch_tab(c, handlers)
+        with gr.Tab("Model"):
+            c.model_card = gr.Markdown(first.model_card, elem_id="model-card")
+            c.matrix = gr.Image(first.confusion_matrix, label="Confusion matrix (test split)", interactive=False)
+        task_switch(c, views)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    return demo
+
+
+def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskView], n_classes: int) -> None:
+    """One image: the upload, the verdict and probabilities, the heat-map and its controls."""
+    v = views[handlers.first]
+    with gr.Row():
+        with gr.Column():
+            c.image = UploadImage(type="filepath", label="Image", elem_id="input-image",
+                                  sources=["upload", "webcam", "clipboard"], height=320)
+            c.button = gr.Button("Analyse", variant="primary", elem_id="analyse")
+            shown = v if v.examples else next((w for w in views.values() if w.examples), None)
+            c.gallery = gr.Examples(shown.samples, inputs=c.image, cache_examples=False,
+                                    example_labels=shown.example_labels,
+                                    label="Examples (local copy of the data)") if shown else None
+            if c.gallery:
+                c.gallery.dataset.visible = bool(v.examples)
+        with gr.Column():
+            c.verdict = gr.HTML(elem_id="verdict-box")
+            c.label = NamedLabel(num_top_classes=n_classes, label="Decided class · probability of each class",
+                                 elem_id="probabilities")
+    explanation_row(c, v)
+    with gr.Accordion("About the classes", open=False):
+        c.classes = gr.Markdown(v.classes, elem_id="about-classes")
+    with gr.Accordion("Data & ethics", open=False):
+        c.ethics = gr.Markdown(v.ethics, elem_id="ethics")
+    c.state = gr.State(None, time_to_live=900)
+    with gr.Column(visible=False):  # the API's own outputs: the same handlers, answers in class codes
+        api = SimpleNamespace(classify=gr.Button(), analyse=gr.Button(), label=DecidedLabel(), verdict=gr.HTML(),
+                              cam=gr.Image(type="pil", format="png"), state=gr.State(None, time_to_live=60))
+    analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile, c.method]
+    c.image.change(handlers.classify, inputs=[c.image, c.task, c.tile], outputs=c.label, api_name="page_classify",
+                   **PAGE_ONLY)
+    api.classify.click(handlers.classify, inputs=[c.image, c.task, c.tile], outputs=api.label, api_name="classify",
+                       **MODEL)
+    c.button.click(handlers.analyse, inputs=analyse_inputs, outputs=[c.verdict, c.label, c.cam, c.state],
+                   api_name="page_analyse", **PAGE_ONLY)
+    api.analyse.click(handlers.analyse, inputs=analyse_inputs, outputs=[api.verdict, api.label, api.cam, api.state],
+                      api_name="analyse", **MODEL)
+    c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **MODEL)
+    c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain", **PAGE_ONLY)
+    c.compare_button.click(handlers.compare, inputs=analyse_inputs[:4], outputs=c.compare, api_name="compare",
+                           **MODEL)
+    c.opacity.release(handlers.reblend, inputs=[c.state, c.opacity], outputs=c.cam, api_visibility="private")
+
+
+def explanation_row(c: SimpleNamespace, v: TaskView) -> None:
+    """The heat-map, its controls (class, method, opacity) and the methods side by side."""
+    with gr.Row():
+        with gr.Column():
+            c.cam = gr.Image(type="pil", format="png", label="Where the model looked", elem_id="gradcam",
+                             interactive=False, height=320)
+        with gr.Column():
+            c.target = gr.Dropdown(v.targets, value=TOP_CLASS, label="Explain class", elem_id="target")
+            c.method = gr.Dropdown(list(METHODS), value=GRAD_CAM, label="Explanation method", elem_id="method")
+            c.opacity = gr.Slider(0, 1, value=OVERLAY_OPACITY, step=0.05, label="Overlay opacity")
+            gr.Markdown("Red = strong evidence for the class explained. Grad-CAM is coarse (one cell "
+                        "per 32 pixels of the model's input); Integrated Gradients and Occlusion are finer "
+                        "and slower. The Model tab says how far each map can be trusted.")
+            c.compare_button = gr.Button("Compare methods", elem_id="compare")
+    c.compare = gr.Gallery(label="The methods side by side (same image, same class)", columns=len(METHODS),
+                           height=300, elem_id="compare-gallery", interactive=False)
+
+
+def batch_tab(c: SimpleNamespace, handlers: Handlers) -> None:
+    """Many images at once: the uploads, the button, the table and the CSV."""
+    gr.Markdown(f"Many images at once: image files or `.zip` archives of them, up to {MAX_FILES} files "
+                f"and {MAX_BYTES // 1024 ** 2} MB per batch. A file that cannot be read gets its reason "
+                "in the table and the rest go on; the CSV has every class's probability.")
+    c.batch_files = UploadFiles(file_count="multiple", file_types=["image", ".zip"], label="Images or .zip",
+                                elem_id="batch-files")
+    c.batch_button = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
+    c.batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, elem_id="batch-table")
+    c.batch_csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
+    c.batch_button.click(handlers.batch, inputs=[c.batch_files, c.task, c.tile], outputs=[c.batch_table, c.batch_csv],
+                         api_name="batch", **MODEL)
+
+
+def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:
+    """Everything that follows the task, listed once; the image and earlier results are cleared."""
+    def follows_task(v: TaskView) -> dict:
+        updates = {c.description: v.intro, c.notice: gr.Markdown(v.notice, visible=bool(v.notice)),
+                   c.classes: v.classes, c.ethics: v.ethics, c.model_card: v.model_card,
+                   c.matrix: gr.Image(v.confusion_matrix), c.target: gr.Dropdown(choices=v.targets, value=TOP_CLASS),
+                   c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None, c.compare: None,
+                   c.batch_table: None, c.batch_csv: None}
+        if c.gallery:
+            updates[c.gallery.dataset] = gr.Dataset(samples=v.samples, sample_labels=v.example_labels,
+                                                    visible=bool(v.examples))
+        return updates
+
+    c.task.change(lambda task: follows_task(views[task]), inputs=c.task,
+                  outputs=list(follows_task(next(iter(views.values())))), api_visibility="private")

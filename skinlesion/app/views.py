@@ -1,0 +1,113 @@
+"""What the page shows, in words and markup: the texts that follow the selected task
+(`TaskView`), class names, the verdict's HTML, the notices. No model runs here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..card import card_body, is_placeholder, read_metrics
+from ..inference import Predictor
+from ..tasks import TASKS, ClassInfo
+from ..verdicts import Verdict
+
+TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
+TILE_CHOICES = [(f"Auto (on for {', '.join(t.title.lower() for t in TASKS.values() if t.tile_large_images)})",
+                 "auto"), ("On", "on"), ("Off", "off")]
+VERDICT_COLOURS = {"refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
+                   "review": "#e65100", "named": "#1565c0"}
+PRIVACY = """
+**Privacy.** Images are processed in memory. Nothing is flagged, logged or kept: the
+temporary copies the web server needs to show an image, and a batch's CSV, are deleted within
+about three minutes, and all of them when the app stops. The app reads only what is uploaded
+to it.
+"""
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """Everything on the page that follows the selected task."""
+    intro: str
+    notice: str               # empty: no notice shown
+    classes: str              # the "About the classes" table
+    ethics: str
+    model_card: str           # the Model tab, rendered from the model folder's metrics.json
+    confusion_matrix: str | None
+    targets: list[tuple[str, str]]  # the "Explain class" choices
+    examples: list[str]             # one image per class from a local copy of the data
+    example_labels: list[str]       # each example's true class
+
+    @property
+    def samples(self) -> list[list[str]]:
+        return [[e] for e in self.examples]
+
+    @classmethod
+    def of(cls, predictor: Predictor, examples: list[tuple[str, str]]) -> "TaskView":
+        task = predictor.task
+        metrics = read_metrics(predictor.folder) if predictor.folder else None
+        matrix = predictor.folder / "confusion_matrix.png" if predictor.folder else None
+        return cls(
+            intro=(f"Upload {task.subject}: the model gives the probability of each of its {len(task.classes)} "
+                   f"classes, a verdict, and a Grad-CAM map of the regions that drove the answer. "
+                   f"**{task.disclaimer}**"),
+            notice=placeholder_notice(metrics),
+            classes=class_table_markdown(predictor),
+            ethics=task.ethics + PRIVACY,
+            model_card=("\n".join(line for line in card_body(predictor.spec, metrics).splitlines()
+                                  if not line.startswith("![")) if metrics  # the image is shown below it
+                        else "No measured results (metrics.json) in the model folder."),
+            confusion_matrix=str(matrix) if matrix and matrix.is_file() else None,
+            targets=[("Decided class", TOP_CLASS)] + [(display_name(c), c.code) for c in task.classes],
+            examples=[path for path, _ in examples],
+            example_labels=[f"{display_name(task.info(code))}, true class" for _, code in examples])
+
+
+def display_name(info: ClassInfo) -> str:
+    """How the page names a class: the full name, with the code the API uses."""
+    return f"{info.name} ({info.code})"
+
+
+def sanity_flags(predictor: Predictor) -> dict[str, str]:
+    """Method → a warning for the methods whose maps failed the randomisation check in the
+    model folder's metrics.json (the map barely changes when the weights are randomised)."""
+    metrics = read_metrics(predictor.folder) if predictor.folder else None
+    methods = ((metrics or {}).get("explanations") or {}).get("methods", {})
+    return {m: " ⚠ barely depends on the weights (sanity check)" for m, r in methods.items()
+            if r.get("sanity", {}).get("fails")}
+
+
+def placeholder_notice(metrics: dict | None) -> str:
+    if not metrics or not is_placeholder(metrics):
+        return ""
+    return (f"⚠️ **The model behind this task is a low-accuracy placeholder** (test balanced accuracy "
+            f"{metrics['splits']['test']['balanced_accuracy']:.2f}): treat its answers as a demonstration "
+            f"of the interface, not as a classifier.")
+
+
+def class_table_markdown(predictor: Predictor) -> str:
+    rows = [f"| <span style='color:{c.colour}'>■</span> **{c.code}** | {c.name} | {c.risk} | {c.description} |"
+            for c in predictor.task.classes]
+    return "| class | name | group | what it is |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def verdict_html(verdict: Verdict) -> str:
+    colour = VERDICT_COLOURS[verdict.level]
+    return (f"<div id='verdict' data-level='{verdict.level}' style='border-left:6px solid {colour};"
+            f"padding:8px 12px'><div style='font-size:1.3em;font-weight:600;color:{colour}'>{verdict.headline}"
+            f"</div><div>{verdict.detail}</div></div>")
+
+
+def example_images(predictor: Predictor, data_root: str | None) -> list[tuple[str, str]]:
+    """(file, true class) of one image per class from a local copy of the task's data, when
+    there is one (never committed)."""
+    if not data_root:
+        return []
+    task = predictor.task
+    try:
+        records = task.load(Path(data_root) / task.data_folder)
+    except Exception:  # no data here, or not this layout: simply no examples
+        return []
+    first: dict[str, str] = {}
+    for r in sorted(records, key=lambda r: r.image_id):
+        first.setdefault(r.label, str(r.path))
+    return [(first[c], c) for c in task.codes if c in first]
