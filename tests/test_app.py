@@ -217,7 +217,7 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         expect(page.get_by_text("skewed to light skin types")).to_be_visible()
         page.screenshot(path=str(screenshot), full_page=True)
 
-        page.get_by_label("Steel surface").check()  # the task switch: everything follows
+        page.get_by_label("Steel surface", exact=True).check()  # the task switch: everything follows
         expect(page.get_by_text("no defect-free class")).to_be_visible()
         expect(page.locator("#verdict")).to_have_count(0)
         page.get_by_text("About the classes").click()
