@@ -3,7 +3,9 @@
 Prints a Markdown table, medians over --runs after warm-up, on whatever machine runs it:
 a plain forward pass (`model(x)` in eval mode under inference_mode, the Predictor's own
 model and input, so the same size, layout and threads), `Predictor.analyse` without a heat-map
-(image in → probabilities, decided class, verdict) and with Grad-CAM (one shared pass), the
+(image in → input check, probabilities, decided class, prediction set, verdict, nearest
+gallery cases; and the same without the check and the gallery, for their cost), the similar
+cases the page shows (gallery search and thumbnails), and with Grad-CAM (one shared pass), the
 batch path of `python -m skinlesion predict`
 (files in → CSV rows; images/s at the model's input size and at 224 px), the slower
 explanation methods (Integrated Gradients, Occlusion: seconds per image), the app's cold
@@ -30,6 +32,7 @@ from PIL import Image
 from skinlesion import Predictor
 from skinlesion.batch import BATCH_SIZE, analyse, expand
 from skinlesion.explain import METHODS
+from skinlesion.gallery import NEIGHBOURS, SHOWN
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "ham10000" / "images" / "ISIC_0024306.jpg"
@@ -184,9 +187,18 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode():
                 predictor.model.eval()(x)
 
+        unchecked = Predictor(predictor.model, predictor.spec, device=predictor.device)  # no folder: no check
+        pooled = predictor.gallery.features[:1] if predictor.gallery else None
+
+        def similar_cases():  # the gallery search and the six thumbnails the page shows
+            [predictor.gallery.case(n) for n in predictor.gallery.nearest(pooled)[:SHOWN]]
+
         times = medians({"forward": forward_pass, "predict": lambda: predictor.analyse(image, method=None),
-                         "explain": lambda: predictor.analyse(image)}, args.runs)
+                         "unchecked": lambda: unchecked.analyse(image, method=None),
+                         "explain": lambda: predictor.analyse(image),
+                         **({"similar": similar_cases} if predictor.gallery else {})}, args.runs)
         forward, predict, explain = times["forward"], times["predict"], times["explain"]
+        check = predict - times["unchecked"]
         slow = medians({m: (lambda m=m: predictor.analyse(image, method=m)) for m in METHODS[1:]},
                        max(2, args.runs // 10), warmup=1)
         batch = {size: batch_rate(predictor, path, size, Path(tmp)) for size in (predictor.spec.input_size, 224)}
@@ -199,8 +211,12 @@ def main(argv: list[str] | None = None) -> int:
           f"image {image.size[0]}×{image.size[1]}.\n")
     rows = [
         ("plain forward pass (`model(x)`, eval, inference_mode)", ms(forward), ""),
-        ("analyse without a heat-map (image in → probabilities, decided class, verdict)", ms(predict),
-         "p50 ≤ 40 ms"),
+        ("analyse without a heat-map (image in → input check, probabilities, decided class, prediction set, "
+         "verdict)", ms(predict), "p50 ≤ 40 ms"),
+        ("input check's share of it (the same without the check and the gallery search)",
+         f"{ms(check)} = {check / times['unchecked']:.0%} of {ms(times['unchecked'])}", "≤ 20 %"),
+        (f"similar cases (the {NEIGHBOURS} nearest of the gallery, {SHOWN} thumbnails decoded)",
+         ms(times["similar"]) if "similar" in times else "no gallery", "≤ 30 ms"),
         ("analyse with Grad-CAM (one shared pass)", f"{ms(explain)} = {explain / forward:.2f} × forward",
          "≤ 1.3 × forward"),
         *((f"{m} (image in → map and probabilities)", f"{seconds:.2f} s", "≤ 1.5 s") for m, seconds in slow.items()),

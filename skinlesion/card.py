@@ -17,6 +17,7 @@ from .tasks import get_task
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
+RELIABILITY_PNG = "reliability.png"
 # A model whose test balanced accuracy is below this is marked a placeholder in its card, and
 # the page says so.
 PLACEHOLDER_BELOW = 0.5
@@ -87,14 +88,70 @@ def _operating_points(metrics: dict) -> str:
                      "test specificity", "test sensitivity / specificity as the decided class"], rows))
 
 
-def _review(metrics: dict) -> str:
-    if metrics.get("review_threshold") is None:
+def trust_tables(metrics: dict) -> str:
+    """The input check, the 90% prediction sets, the unsure answer and the reliability diagram."""
+    parts = []
+    check = metrics.get("input_check")
+    if check:
+        parts += [f"\n### Input check (is this {get_task(metrics['task']).subject}?)\n"
+                  f"Score: the {check['method']}; threshold {check['threshold']:.3f}, set so that "
+                  f"{check['val_pass']:.1%} of validation images pass. Test images passing: "
+                  f"**{check['test_pass']:.1%}**; test images under an acquisition shift (colour cast, rescale, "
+                  f"crop, recompression, rotation with black corners, vignette): {check['shifted_test_pass']:.1%}. "
+                  "Development families (made at evaluation time, never used for fitting):\n\n",
+                  table(["family", "images", "refused", "AUROC against test"],
+                        [[name, r["n"], f(r["refused"]), f(r["auroc"])] for name, r in check["families"].items()])]
+        single = check.get("single_scores")
+        if single:
+            names = list(check["families"])
+            parts += ["\nEach score alone, thresholded the same way (test images passing; share of each family "
+                      "refused):\n\n",
+                      table(["score", "test passing", *names],
+                            [[score, f(r["test_pass"]), *(f(r[n]) for n in names)] for score, r in single.items()])]
+    sets = {name: s["prediction_sets"] for name, s in metrics["splits"].items() if "prediction_sets" in s}
+    if sets:
+        codes = metrics["labels"]
+        parts += [f"\n### 90% prediction sets ({metrics['prediction_sets']['score']}, calibrated on validation)\n",
+                  table(["split", "coverage", "mean size", "single class", *(f"coverage {c}" for c in codes)],
+                        [[name, f(r["coverage"]), f(r["mean_size"], 2), f(r["single"]),
+                          *(f(r["per_class_coverage"][c], 2) for c in codes)] for name, r in sets.items()])]
+        parts += ["\n**Unsure answers** (\"uncertain\" or \"manual review\": the set holds more than the decided "
+                  "class), and the accuracy of the decided class inside and outside them:\n\n",
+                  table(["split", "unsure", "accuracy when unsure", "accuracy otherwise", "mistakes caught"],
+                        [[name, f(s["unsure"]["rate"]), f(s["unsure"]["accuracy_inside"]),
+                          f(s["unsure"]["accuracy_outside"]), f(s["unsure"]["mistakes_caught"])]
+                         for name, s in metrics["splits"].items() if "unsure" in s])]
+    parts.append(_similar(metrics))
+    bins = metrics["splits"]["test"].get("reliability")
+    if bins:
+        pairs = zip(bins["before_temperature"], bins["after_temperature"])
+        rows = [[f"{after['low']:.1f}–{after['high']:.1f}",
+                 *(f"{r['count']} / {f(r['accuracy'], 2)}" for r in (before, after))]
+                for before, after in pairs if before["count"] or after["count"]]
+        parts += ["\n### Reliability (test split; top probability against the accuracy of the top class)\n",
+                  table(["top probability", "images / accuracy before temperature",
+                         "images / accuracy after temperature"], rows),
+                  f"\n![reliability diagram]({RELIABILITY_PNG})\n"]
+    return "".join(parts)
+
+
+def _similar(metrics: dict) -> str:
+    similar = metrics.get("similar_cases")
+    if not similar:
         return ""
-    rows = [[name, f(s["review"]["review_rate"]), f(s["review"]["auto_accuracy"]), f(s["review"]["mistakes_caught"])]
-            for name, s in metrics["splits"].items()]
-    return (f"\n### Manual review (threshold {metrics['review_threshold']:.4f} on the top probability, "
-            f"chosen on validation so that ≥ {metrics['sensitivity_target']:.0%} of its mistakes go to a person)\n"
-            + table(["split", "sent to review", "accuracy of automatic answers", "mistakes caught by review"], rows))
+    task = get_task(metrics["task"])
+    shares = ", ".join(f"{n} {c}" for c, n in similar["gallery_per_class"].items())
+    return (f"\n### Similar cases (test split against a gallery of {similar['gallery_size']} training images: "
+            f"{shares})\n"
+            + table(["precision@10", "10-neighbour vote, balanced accuracy",
+                     "the same, vote divided by the gallery's class shares", "the classifier's balanced accuracy",
+                     "vote agrees with the classifier"],
+                    [[f(similar["precision_at_10"]), f(similar["vote_balanced_accuracy"]),
+                      f(similar["vote_balanced_accuracy_share_corrected"]),
+                      f(similar.get("classifier_balanced_accuracy")), f(similar.get("vote_agrees_with_classifier"))]])
+            + f"\nThe gallery's thumbnails ({similar['files_mb']:.1f} MB with the reference features) and the "
+            f"examples in assets/examples are images of the {task.dataset}, shipped under its terms "
+            f"({task.license_text}); cite: {task.citation}.\n")
 
 
 def explanation_tables(metrics: dict) -> str:
@@ -146,7 +203,7 @@ def _confusion(metrics: dict) -> str:
 def render_tables(metrics: dict) -> str:
     return ("### Headline (the stored decision rule: calibrated probabilities, decided class)\n"
             + headline_table(metrics) + _rule_sentence(metrics) + _per_class(metrics)
-            + _operating_points(metrics) + _review(metrics) + explanation_tables(metrics) + _confusion(metrics))
+            + _operating_points(metrics) + trust_tables(metrics) + explanation_tables(metrics) + _confusion(metrics))
 
 
 def card_metadata(spec: ModelSpec, metrics: dict) -> dict:
@@ -180,7 +237,7 @@ def card_body(spec: ModelSpec, metrics: dict) -> str:
                                "ImageNet weights" if t.get("pretrained") else INITIALISATIONS[INIT_RANDOM])
     calibration = ("the malignant and pre-malignant classes have recall-first thresholds in `config.json`"
                    if metrics["thresholds"] else
-                   f"answers whose top probability is under {metrics['review_threshold']:.3f} go to manual review")
+                   "an answer whose 90% prediction set is not its decided class alone goes to manual review")
     return f"""
 # {spec.architecture} for {task.dataset} ({task.title.lower()}, skinlesion)
 

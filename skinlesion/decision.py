@@ -1,10 +1,11 @@
-"""The decision rule, in one place: logits → calibrated probabilities → decided class, and the
-thresholds a task's verdict policy compares against (verdicts.py: the words are the task's).
+"""The decision rule, in one place: logits → calibrated probabilities → decided class and 90%
+prediction set, and the thresholds a task's verdict policy compares against (verdicts.py: the
+words are the task's).
 
 `DecisionRule.fit` (run by `python -m train.evaluate` on the validation split) chooses the
 temperature, the per-class bias of the decided class, the recall-first thresholds of the
-high-risk classes and the manual-review threshold, and the rule is stored in the model
-folder's config.json. Evaluation and serving both apply it with the same methods, so the
+high-risk classes and the conformal quantiles of the prediction sets (conformal.py), and the
+rule is stored in the model folder's config.json. Evaluation and serving both apply it with the same methods, so the
 figures in the model card are the page's behaviour by construction.
 
 Why a class bias: a model trained on imbalanced classes (nv is two thirds of HAM10000) puts
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .conformal import ALPHA, fit_quantiles, prediction_sets
 from .tasks import get_task
 
 SENSITIVITY_TARGET = 0.90         # recall-first operating point of the high-risk classes
@@ -79,18 +81,6 @@ def recall_first_thresholds(probs: np.ndarray, labels: np.ndarray, classes: Sequ
     return thresholds
 
 
-def review_threshold(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-                     target: float = SENSITIVITY_TARGET) -> float:
-    """Top-probability threshold under which an answer goes to a person: the lowest one that
-    sends at least `target` of the validation mistakes to review (recall-first on mistakes).
-    With no mistake on validation, 0.5."""
-    wrong = predicted != labels
-    if not wrong.any():
-        return 0.5
-    confidences = np.sort(probs.max(axis=1)[wrong])
-    return float(np.nextafter(confidences[int(np.ceil(target * len(confidences))) - 1], 1.0))
-
-
 @dataclass(frozen=True)
 class DecisionRule:
     """What a model folder's config.json says about turning logits into an answer."""
@@ -98,26 +88,29 @@ class DecisionRule:
     temperature: float = 1.0
     class_bias: tuple[float, ...] = ()      # added to log-probabilities before the arg-max; () = none
     thresholds: dict[str, float] = field(default_factory=dict)  # recall-first, high-risk classes
-    review_threshold: float | None = None   # inspection tasks: under it, a person looks
+    quantiles: dict[str, float] = field(default_factory=dict)   # conformal: a class joins the set
+                                            # when 1 − p(class) ≤ its quantile; {} = sets not fitted
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "DecisionRule":
         return cls(codes=tuple(config["label_names"]), temperature=float(config.get("temperature", 1.0)),
                    class_bias=tuple(config.get("class_bias") or ()),
                    thresholds=dict(config.get("thresholds") or {}),
-                   review_threshold=config.get("review_threshold"))
+                   quantiles=dict((config.get("prediction_sets") or {}).get("quantiles") or {}))
 
     def to_config(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "class_bias": list(self.class_bias),
-                "thresholds": self.thresholds, "review_threshold": self.review_threshold,
-                "sensitivity_target": SENSITIVITY_TARGET}
+                "thresholds": self.thresholds, "sensitivity_target": SENSITIVITY_TARGET,
+                "prediction_sets": {"coverage": 1 - ALPHA, "score": "LAC (1 - p), Mondrian by high-risk class",
+                                    "quantiles": self.quantiles}}
 
     @classmethod
     def fit(cls, logits: np.ndarray, labels: np.ndarray, codes: Sequence[str],
             task: str) -> tuple["DecisionRule", float]:
         """Fit on validation: temperature (NLL), class bias (balanced accuracy), then the
-        thresholds on the calibrated probabilities: recall-first for the task's high-risk
-        classes, and manual review. Returns the rule and the bias strength tau."""
+        thresholds on the calibrated probabilities (recall-first for the task's high-risk
+        classes) and the conformal quantiles (each high-risk class its own). Returns the rule
+        and the bias strength tau."""
         # With no mistake on validation, NLL keeps falling as T → 0 (every probability → 1):
         # nothing to calibrate against, so the raw probabilities (T = 1) are kept.
         separable = bool((np.asarray(logits).argmax(1) == labels).all())
@@ -125,10 +118,11 @@ class DecisionRule:
         probs = rule.probabilities(logits)
         tau, bias = fit_class_bias(probs, labels)
         rule = cls(rule.codes, rule.temperature, tuple(float(b) for b in bias))
-        risky = [i for i, c in enumerate(codes) if c in get_task(task).high_risk_codes]
+        high_risk = get_task(task).high_risk_codes
+        risky = [i for i, c in enumerate(codes) if c in high_risk]
         thresholds = {codes[i]: t for i, t in recall_first_thresholds(probs, labels, risky).items()}
-        review = review_threshold(probs, labels, rule.decide(probs))
-        return cls(rule.codes, rule.temperature, rule.class_bias, thresholds, review), tau
+        quantiles = fit_quantiles(probs, labels, codes, high_risk)
+        return cls(rule.codes, rule.temperature, rule.class_bias, thresholds, quantiles), tau
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax), float64, rows summing to 1."""
@@ -140,3 +134,15 @@ class DecisionRule:
         if not self.class_bias:
             return probs.argmax(axis=-1)
         return (np.log(np.maximum(probs, 1e-12)) + np.asarray(self.class_bias)).argmax(axis=-1)
+
+    def prediction_set(self, probs: np.ndarray) -> np.ndarray:
+        """Boolean rows × classes: each row's 90% prediction set (conformal.py), always holding the
+        decided class. (An empty conformal set only means the model errs less often than the
+        10% the set may miss — a perfect classifier's set leaves out a tenth of its answers — so
+        the decided class is added: coverage can only grow.) Every class when no sets are fitted."""
+        probs = np.asarray(probs)
+        if not self.quantiles:
+            return np.ones(probs.shape, dtype=bool)
+        members = prediction_sets(probs, [self.quantiles[c] for c in self.codes])
+        decided = self.decide(probs)
+        return members | (np.arange(probs.shape[-1]) == np.asarray(decided)[..., None])

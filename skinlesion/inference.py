@@ -2,8 +2,12 @@
 
     Predictor.analyse(image, target=None, method=GRAD_CAM, tile=None) -> Analysis
       prepare: check the file → RGB (images.py), the whole image or its tiles (tiles.py) → input
-      one forward pass → logits (the heat-map's own pass when one is asked for: explain.py)
-      calibrated probabilities → the decided class, decided once → the task's verdict (verdicts.py)
+      one forward pass → logits and features (the heat-map's own pass when one is asked for:
+      explain.py; the features through hooks: features.py)
+      the input check (check.py) on the features: is this an image of the kind the model knows?
+      calibrated probabilities → the decided class, decided once → the 90% prediction set
+      (conformal.py) → the task's verdict (verdicts.py; "not an image of this kind" when the
+      check fails) → the nearest training cases of the reference gallery (gallery.py)
       the heat-map of `method` for `target` (default: the decided class); a long image's tiles
       are stitched into one map, and the answer is the worst tile's
 
@@ -13,14 +17,18 @@ over mirror images. Presentation (the overlay, its opacity, HTML) is the app's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .check import InputCheck
 from .explain import GRAD_CAM, METHODS, attribution_map, grad_cam, last_stage, upsample_heatmap
+from .features import POOLED, FeatureTap
+from .gallery import SHOWN, Case, Gallery, Neighbour
 from .hub import download, looks_like_repo_id
 from .images import ImageInput, InputError, load_image
 from .model import load_model_folder
@@ -28,7 +36,7 @@ from .spec import ModelSpec
 from .tasks import get_task
 from .tiles import TILE_CHUNK, checked_boxes, chunks, crops, stitched, where, worst_tile, worth_tiling
 from .transforms import eval_transform, normalize
-from .verdicts import Verdict
+from .verdicts import Verdict, not_known
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom
 
@@ -39,12 +47,17 @@ class Analysis:
     probabilities: dict[str, float]    # calibrated, every class, summing to 1; a tiled image: the worst tile's
     decided: str                       # the decision rule's class
     verdict: Verdict                   # in the task's words
+    prediction_set: list[str] = field(default_factory=list)  # 90% conformal set, in class order
+    known: bool = True                 # the input check passed (always True for a model without one)
+    check_score: float | None = None   # the input check's score (None: the model has no check) …
+    check_threshold: float | None = None  # … and its threshold: known = score ≤ threshold
     heatmap: np.ndarray | None = None  # H×W float32 in 0..1: `method`'s evidence for `target`; None: not asked
     target: str | None = None          # the class the heat-map explains
     method: str | None = None          # the method behind the heat-map (explain.METHODS)
     region: Box | None = None          # a tiled image: the worst tile
     tiles: int = 0                     # the number of tiles; 0: the whole image in one view
-    # The input check, the prediction set and similar cases join here as they are built.
+    similar: list[Neighbour] = field(default_factory=list)  # the nearest gallery cases, most similar first
+                                       # (gallery.NEIGHBOURS; empty for an unknown image or no gallery)
 
 
 @dataclass
@@ -72,6 +85,18 @@ class Predictor:
         self.task, self.codes, self.rule = spec.task, list(spec.codes), spec.rule
         self._transform = eval_transform(spec.input_size)
         self.layer = last_stage(self.model)
+        self.check = InputCheck.load(self.folder, spec.config) if self.folder is not None else None
+        self.gallery = Gallery.load(self.folder, self.codes) if self.folder is not None else None
+        tapped = self.check is not None or self.gallery is not None
+        self._tap = FeatureTap(self.model, list(self.check.stages) if self.check else []) if tapped else None
+
+    def _recording(self):
+        """Record the features of the passes inside (for the input check)."""
+        return self._tap.recording() if self._tap else nullcontext()
+
+    def _features(self) -> dict[str, torch.Tensor] | None:
+        """The features of the passes since the last call, inside `_recording`."""
+        return self._tap.take() if self._tap else None
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
@@ -115,15 +140,16 @@ class Predictor:
         found: dict = {}
 
         def explained(logits: torch.Tensor) -> int:  # the answer, decided once, picks the class to explain
-            found["answer"] = self._answer(prepared, logits)
+            found["answer"] = self._answer(prepared, logits, self._features())
             return self.codes.index(target or found["answer"].decided)
 
-        if prepared.boxes is None:
-            attribution, _, index = attribution_map(self.model, self.layer, prepared.x, method, explained)
-            heatmap = upsample_heatmap(attribution, prepared.size)
-        else:
-            method, cams, index = GRAD_CAM, *self._tile_cams(prepared.x, explained)
-            heatmap = stitched(cams, prepared.boxes, prepared.size)
+        with self._recording():
+            if prepared.boxes is None:
+                attribution, _, index = attribution_map(self.model, self.layer, prepared.x, method, explained)
+                heatmap = upsample_heatmap(attribution, prepared.size)
+            else:
+                method, cams, index = GRAD_CAM, *self._tile_cams(prepared.x, explained)
+                heatmap = stitched(cams, prepared.boxes, prepared.size)
         answer = found["answer"]
         return replace(answer, image=prepared.image, heatmap=heatmap, target=self.codes[index], method=method,
                        verdict=self._verdict(answer, method))
@@ -133,9 +159,19 @@ class Predictor:
         """Analyses without heat-maps: the whole images in one forward pass, each tiled image
         in passes of TILE_CHUNK tiles."""
         whole = [p for p in prepared if p.boxes is None]
-        logits = iter(self.model(torch.cat([p.x for p in whole])) if whole else [])
-        return [self._answer(p, next(logits)[None] if p.boxes is None else
-                             torch.cat([self.model(x) for x in chunks(p.x)])) for p in prepared]
+        answers, row = [], 0
+        with self._recording():
+            logits = self.model(torch.cat([p.x for p in whole])) if whole else None
+            features = self._features()
+            for p in prepared:
+                if p.boxes is None:
+                    rows = {name: f[row:row + 1] for name, f in features.items()} if features else None
+                    answers.append(self._answer(p, logits[row:row + 1], rows))
+                    row += 1
+                else:
+                    tile_logits = torch.cat([self.model(x) for x in chunks(p.x)])
+                    answers.append(self._answer(p, tile_logits, self._features()))
+        return answers
 
     def _tile_cams(self, x: torch.Tensor, explained) -> tuple[torch.Tensor, int]:
         """Every tile's Grad-CAM of the class `explained` picks from all tiles' logits: from the
@@ -147,24 +183,42 @@ class Predictor:
             index = explained(torch.cat([self.model(chunk) for chunk in chunks(x)]))
         return torch.cat([grad_cam(self.model, self.layer, chunk, index)[0] for chunk in chunks(x)]), index
 
-    def _answer(self, prepared: Prepared, logits: torch.Tensor) -> Analysis:
-        """One image's logits (one row, or one per tile) → calibrated probabilities, the decided
-        class (the only place it is decided) and the verdict; a tiled image answers with its
-        worst tile."""
+    def _answer(self, prepared: Prepared, logits: torch.Tensor, features: dict[str, torch.Tensor] | None) -> Analysis:
+        """One image's logits and features (one row, or one per tile) → the input check,
+        calibrated probabilities, the decided class (the only place it is decided), the
+        prediction set and the verdict. A tiled image answers with its worst tile, checked as
+        that tile (the part the answer is about)."""
         probs = self.rule.probabilities(logits.detach().float().cpu().numpy())
         worst = worst_tile(probs)
         probabilities = {code: float(p) for code, p in zip(self.codes, probs[worst])}
         decided = self.codes[int(self.rule.decide(probs[worst]))]
-        region = prepared.boxes[worst] if prepared.boxes else None
-        answer = Analysis(prepared.image, probabilities, decided, Verdict("", "", ""), region=region,
-                          tiles=len(prepared.boxes or ()))
+        members = self.rule.prediction_set(probs[worst])
+        answer = Analysis(prepared.image, probabilities, decided, Verdict("", "", ""),
+                          prediction_set=[c for c, inside in zip(self.codes, members) if inside],
+                          region=prepared.boxes[worst] if prepared.boxes else None, tiles=len(prepared.boxes or ()))
+        if self.check is not None and features is not None:
+            score = float(self.check.scores(features)[worst])
+            answer = replace(answer, known=score <= self.check.threshold, check_score=score,
+                             check_threshold=self.check.threshold)
+        if self.gallery is not None and features is not None and answer.known:
+            answer = replace(answer, similar=self.gallery.nearest(features[POOLED][worst]))
         return replace(answer, verdict=self._verdict(answer, None))
 
     def _verdict(self, answer: Analysis, method: str | None) -> Verdict:
-        verdict = self.task.verdict(answer.probabilities, answer.decided, self.rule, self.task, method)
+        if not answer.known:
+            return not_known(self.task, answer.check_score, answer.check_threshold)
+        verdict = self.task.verdict(answer.probabilities, answer.decided, answer.prediction_set, self.rule,
+                                    self.task, method)
         if answer.region is None:
             return verdict
         return replace(verdict, detail=f"{verdict.detail} {where(answer.region, answer.tiles)}")
+
+    def similar(self, image: ImageInput, k: int = SHOWN, tile: bool | None = None) -> list[Case]:
+        """The k training images of the reference gallery nearest to `image` in the model's feature
+        space, most similar first, each with its class, similarity, confirmation and thumbnail;
+        none for an image that fails the input check, or a model without a gallery."""
+        analysis = self.analyse(image, method=None, tile=tile)
+        return [self.gallery.case(n) for n in analysis.similar[:k]] if self.gallery else []
 
     @torch.inference_mode()
     def predict(self, image: ImageInput, tta: bool | None = None) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Evaluation metrics: classification report, AUC, calibration error, operating points.
+"""Evaluation metrics: classification report, AUC, calibration (error, reliability bins), operating
+points, prediction sets and what the unsure answer does.
 
 Everything works on plain arrays: `probs` (N, K) rows summing to 1, `labels` (N,) class
 indices, `predicted` (N,) the decided classes (decision.py). Classes absent from a (small)
@@ -45,14 +46,40 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def review_report(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray, threshold: float) -> dict:
-    """What the review threshold does on a split: how much goes to a person, how good the
-    automatic answers are, and which share of the mistakes the review catches."""
-    review = probs.max(axis=1) < threshold
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict]:
+    """The reliability diagram's bins: equal-width top-probability bins with their image count,
+    mean top probability and accuracy of the top class (None for an empty bin)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        rows.append({"low": float(lo), "high": float(hi), "count": int(inside.sum()),
+                     "confidence": float(confidence[inside].mean()) if inside.any() else None,
+                     "accuracy": float(correct[inside].mean()) if inside.any() else None})
+    return rows
+
+
+def set_report(members: np.ndarray, labels: np.ndarray, codes: Sequence[str]) -> dict:
+    """What the prediction sets (boolean rows × classes) do on a split: coverage overall and per
+    class, mean size, and the share of single-class sets."""
+    covered = members[np.arange(len(labels)), labels]
+    size = members.sum(axis=1)
+    return {"coverage": float(covered.mean()), "mean_size": float(size.mean()),
+            "single": float((size == 1).mean()),
+            "per_class_coverage": {c: float(covered[labels == k].mean()) if (labels == k).any() else None
+                                   for k, c in enumerate(codes)}}
+
+
+def unsure_report(unsure: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> dict:
+    """What the "uncertain" / "review" answer does on a split: how often it fires, how accurate
+    the decided class is inside and outside it, and which share of the mistakes it catches."""
     correct = predicted == labels
-    return {"threshold": threshold, "review_rate": float(review.mean()) if len(labels) else 0.0,
-            "auto_accuracy": float(correct[~review].mean()) if (~review).any() else None,
-            "mistakes_caught": float(review[~correct].mean()) if (~correct).any() else None}
+    return {"rate": float(unsure.mean()) if len(labels) else 0.0,
+            "accuracy_inside": float(correct[unsure].mean()) if unsure.any() else None,
+            "accuracy_outside": float(correct[~unsure].mean()) if (~unsure).any() else None,
+            "mistakes_caught": float(unsure[~correct].mean()) if (~correct).any() else None}
 
 
 def classification_report(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str],

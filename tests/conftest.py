@@ -101,7 +101,8 @@ def model_folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)  # the same body weights in every run, so the tests see the same maps
     model = trained_looking(create_model(7, image_size=64))
     save_model_folder(model, folder, get_task("ham10000"), extra={
-        "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2}})
+        "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2},
+        "prediction_sets": {"quantiles": {c: 0.7 for c in get_task("ham10000").codes}}})  # in the set at p ≥ 0.3
     return folder
 
 
@@ -132,15 +133,15 @@ def wait_for(url: str, process: subprocess.Popen, log: Path | None = None, timeo
 
 
 @contextlib.contextmanager
-def running_app(temp: Path, log: Path | None = None, **env: str):
-    """`python app.py` (the bundled models) on a free port with GRADIO_TEMP_DIR=`temp` and `env`;
-    yields (url, process); stopped with SIGTERM, as a Space stops it."""
+def running_app(temp: Path, log: Path | None = None, root: Path = ROOT, **env: str):
+    """`python app.py` of `root` (the bundled models) on a free port with GRADIO_TEMP_DIR=`temp`
+    and `env`; yields (url, process); stopped with SIGTERM, as a Space stops it."""
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1", **env}
     env.pop("SKINLESION_MODEL", None)
     out = log.open("w") if log else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_for(url, process, log)

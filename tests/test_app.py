@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL_HAM, SHARED_DATA, running_app
+from conftest import REAL_HAM, ROOT, SHARED_DATA, running_app
 from PIL import Image
 
 from skinlesion.tasks import get_task
@@ -117,6 +117,18 @@ def test_analyse_endpoint_gives_verdict_probabilities_and_overlay(client, lesion
     assert DISCLAIMER in verdict and "data-level=" in verdict
     assert sorted(probabilities(label)) == sorted(CODES)
     assert Path(overlay).is_file()
+    if REAL_HAM.is_dir():  # a real lesion passes the input check and gets its 90% set
+        assert "90% prediction set: " in verdict and "data-known='1'" in verdict
+
+
+def test_analyse_endpoint_refuses_an_image_of_the_other_task(client, lesion, steel):
+    """/analyse says when an image is not of the model's kind, with the level, and no set."""
+    from gradio_client import handle_file
+    for image, task in ((steel, "ham10000"), (lesion, "neu")):
+        verdict, label, _ = client.predict(handle_file(image), "top", 0.45, task, api_name="/analyse")
+        assert "data-level='unknown'" in verdict and get_task(task).not_known in verdict, verdict
+        assert "mean nothing" in verdict and "data-known='0'" in verdict
+        assert sorted(probabilities(label)) == sorted(get_task(task).codes)  # still returned
 
 
 @pytest.mark.parametrize("content, message", [
@@ -163,18 +175,23 @@ def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_pat
     with zipfile.ZipFile(archive, "w") as z:
         z.write(steel, "a/steel.jpg")
         z.write(bad, "a/notes.jpg")
-    table, csv_path = client.predict([handle_file(steel), handle_file(archive), handle_file(bad)], "neu",
-                                     api_name="/batch")
+    table, csv_path = client.predict([handle_file(steel), handle_file(archive), handle_file(bad), handle_file(lesion)],
+                                     "neu", api_name="/batch")
     rows = table["data"]
     assert table["headers"] == ["file", "decided class", "probability", "verdict", "error"]
-    assert [r[0] for r in rows] == [steel.name, "strips.zip/a/steel.jpg", "strips.zip/a/notes.jpg", "notes.jpg"]
+    assert [r[0] for r in rows] == [steel.name, "strips.zip/a/steel.jpg", "strips.zip/a/notes.jpg", "notes.jpg",
+                                    lesion.name]
     assert rows[0][1:4] == rows[1][1:4] and rows[0][3].startswith(("Defect:", "Manual review"))
     assert "not an image" in rows[2][4] and "not an image" in rows[3][4]
     with open(csv_path, newline="") as f:
         saved = list(csv.DictReader(f))
-    assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error"]
+    assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error", "known", "check_score",
+                              "prediction_set"]
     single = probabilities(client.predict(handle_file(steel), task="neu", api_name="/classify"))
     assert all(abs(float(saved[0][c]) - single[c]) < 1e-5 for c in NEU_CODES)
+    assert saved[0]["known"] == "1" and set(saved[0]["prediction_set"].split()) <= set(NEU_CODES)
+    assert saved[4]["known"] == "0" and rows[4][3] == get_task("neu").not_known  # a lesion is not steel
+    assert saved[2]["known"] == saved[2]["check_score"] == saved[2]["prediction_set"] == ""  # unreadable
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "neu_det" / "images").is_dir(), reason="NEU data not found")
@@ -201,10 +218,17 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
+        page.locator("#input-image input[type=file]").set_input_files(str(steel))  # a steel image, to the lesion model
+        page.locator("#analyse").click()
+        expect(page.locator("#verdict")).to_contain_text("does not look like a dermoscopic image", timeout=60_000)
+        expect(page.locator("#prediction-set")).to_contain_text("mean nothing")
+        page.reload()
         page.locator("#input-image input[type=file]").set_input_files(str(lesion))
         page.locator("#analyse").click()
         expect(page.locator("#verdict")).to_be_visible(timeout=60_000)
         expect(page.locator("#gradcam img")).to_be_visible(timeout=60_000)
+        if REAL_HAM.is_dir():  # the set beside the probabilities, in full names
+            expect(page.locator("#prediction-set")).to_contain_text("90% prediction set: ")
         labels = page.locator("#probabilities").inner_text()
         assert all(f"{c.name} ({c.code})" in labels for c in get_task("ham10000").classes), labels  # full names
         assert "research demo, not a diagnosis" in page.locator("#verdict").inner_text()
@@ -256,10 +280,15 @@ def test_model_tab_and_placeholder_notice_render_from_metrics_json(server):
             expect(notice).to_contain_text("low-accuracy placeholder")
         else:
             expect(notice).to_be_hidden()
+        expect(page.locator("#reliability")).to_be_hidden()  # the Model tab's, shown there only
         page.get_by_role("tab", name="Model").click()
         card = page.locator("#model-card")
         expect(card).to_contain_text("Recall-first operating point")
         expect(card).to_contain_text("Limitations of the data")
+        expect(card).to_contain_text("Input check")
+        expect(card).to_contain_text("90% prediction sets")
+        page.locator("#reliability img").scroll_into_view_if_needed()  # loaded lazily, below the card
+        expect(page.locator("#reliability img")).to_be_visible()
         # the headline row of the test split, with metrics.json's figures
         for value in (test["balanced_accuracy"], test["macro_auc"], metrics["temperature"]):
             expect(card).to_contain_text(f"{value:.3f}")
@@ -270,5 +299,41 @@ def test_benchmark_script_prints_its_table(capsys):
     from benchmarks.inference import main
     assert main(["--runs", "2", "--clients", "2"]) == 0
     table = capsys.readouterr().out
-    for row in ("plain forward pass", "analyse with Grad-CAM", "app cold start", "app peak RSS", "2/2 ok"):
+    for row in ("plain forward pass", "analyse with Grad-CAM", "input check's share", "similar cases",
+                "app cold start", "app peak RSS", "2/2 ok"):
         assert row in table, table
+
+
+def test_a_clean_copy_without_data_shows_shipped_examples_and_similar_cases(tmp_path):
+    """A copy of the repository with no data folder anywhere (as on the Space): the page offers
+    the shipped examples with their true class, an analysis shows the similar training cases,
+    and /similar answers for both tasks."""
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import expect, sync_playwright
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*_cache", "*.pyi"))
+    examples = copy / "assets" / "examples"
+    with running_app(tmp_path / "tmp", tmp_path / "server.log", root=copy, SKINLESION_DATA="") as (url, _):
+        client = Client(url, verbose=False)
+        for task, image, confirmed in (("ham10000", examples / "ham10000" / "mel.jpg", ("histopathology", "follow-up",
+                                                                                         "expert consensus",
+                                                                                         "confocal microscopy")),
+                                       ("neu", examples / "neu" / "scratches.jpg", ("label of the NEU",))):
+            cases = client.predict(handle_file(image), task, api_name="/similar")
+            assert len(cases) == 6, cases
+            similarity = [float(c["caption"].rsplit("similarity ", 1)[1]) for c in cases]
+            assert similarity == sorted(similarity, reverse=True)
+            assert all(any(word in c["caption"] for word in confirmed) for c in cases), cases
+        if not Path(CHROMIUM).exists():
+            pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url)
+            expect(page.get_by_text("Melanoma (mel), true class")).to_be_visible()
+            page.get_by_text("Melanoma (mel), true class").click()
+            page.locator("#analyse").click()
+            expect(page.locator("#similar img")).to_have_count(6, timeout=60_000)
+            expect(page.locator("#similar-summary")).to_contain_text("most similar training images")
+            expect(page.locator("#prediction-set")).to_contain_text("90% prediction set")
+            browser.close()

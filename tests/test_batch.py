@@ -6,9 +6,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import REAL_HAM, REAL_NEU, ROOT, needs_real_ham, needs_real_neu
 from PIL import Image
 
+from skinlesion import Predictor
 from skinlesion.batch import BatchError, analyse, check_limits, columns, expand, write_csv
 
 
@@ -97,3 +98,29 @@ def test_command_line_writes_one_row_per_file_and_exits_by_what_it_read(images, 
     assert sum(bool(r["error"]) for r in rows) == 2 and "4 of 6 files classified" in result.stderr
     nothing = run_predict(images / "in" / "broken.jpg", images / "missing.png", "--out", tmp_path / "n.csv")
     assert nothing.returncode == 1 and "0 of 2 files classified" in nothing.stderr
+
+
+@pytest.mark.slow  # runs the command line in a new process
+@needs_real_ham
+@needs_real_neu
+def test_command_line_marks_images_of_the_other_task_unknown(tmp_path):
+    """A steel image given to the dermoscopy model gets known 0, a score over the threshold and
+    the refusal as its verdict; the dermoscopic image beside it is known, with its 90% set; and
+    the other way round with the steel model."""
+    from skinlesion.tasks import get_task
+    steel, lesion = REAL_NEU / "images" / "scratches_1.jpg", REAL_HAM / "images" / "ISIC_0024306.jpg"
+    result = run_predict(steel, lesion, "--out", tmp_path / "r.csv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with (tmp_path / "r.csv").open(newline="") as f:
+        refused, known = list(csv.DictReader(f))
+    threshold = Predictor.from_pretrained().check.threshold
+    assert refused["known"] == "0" and float(refused["check_score"]) > threshold
+    assert refused["verdict"] == get_task("ham10000").not_known
+    assert known["known"] == "1" and float(known["check_score"]) <= threshold
+    assert known["prediction_set"] and set(known["prediction_set"].split(" ")) <= set(get_task("ham10000").codes)
+    steel_run = run_predict(lesion, steel, "--task", "steel", "--out", tmp_path / "s.csv")
+    assert steel_run.returncode == 0, steel_run.stderr[-2000:]
+    with (tmp_path / "s.csv").open(newline="") as f:
+        not_steel, steel_row = list(csv.DictReader(f))
+    assert not_steel["known"] == "0" and not_steel["verdict"] == get_task("neu").not_known
+    assert steel_row["known"] == "1" and steel_row["prediction_set"] == steel_row["decided"] == "scratches"

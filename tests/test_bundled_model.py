@@ -38,13 +38,16 @@ def test_bundled_model_loads_with_its_calibration(bundled):
     if bundled.task.key == "ham10000":
         assert set(bundled.rule.thresholds) == {"akiec", "bcc", "mel"}
     else:
-        assert not bundled.rule.thresholds and 0.5 <= bundled.rule.review_threshold < 1
+        assert not bundled.rule.thresholds
+    assert set(bundled.rule.quantiles) == set(bundled.codes) and bundled.check is not None
+    assert bundled.gallery is not None
     meta, body = read_card(bundled.folder)
     assert meta["library_name"] == "timm" and meta["license"] == bundled.task.license
     assert bundled.spec.config["pretrained_cfg"]["license"] == bundled.task.license
     assert meta["model_status"] in ("placeholder", "release")
     assert "Intended use" in body and "Limitations of the data" in body
     assert "How far the explanations can be trusted" in body
+    assert "Input check" in body and "90% prediction sets" in body and "Similar cases" in body
 
 
 def test_card_and_metrics_json_give_the_same_numbers(bundled):

@@ -16,8 +16,10 @@ CODES = get_task("ham10000").codes
 
 def verdict_of(rule: DecisionRule, task: str, probabilities: dict[str, float]):
     """The task's verdict for these probabilities, as the Predictor gives it (no heat-map)."""
-    decided = rule.codes[int(rule.decide(np.array([probabilities[c] for c in rule.codes])))]
-    return get_task(task).verdict(probabilities, decided, rule, get_task(task), None)
+    probs = np.array([probabilities[c] for c in rule.codes])
+    decided = rule.codes[int(rule.decide(probs))]
+    members = [c for c, inside in zip(rule.codes, rule.prediction_set(probs)) if inside]
+    return get_task(task).verdict(probabilities, decided, members, rule, get_task(task), None)
 
 
 def imbalanced(n=4000, seed=0):
@@ -38,7 +40,7 @@ def test_fitted_class_bias_raises_balanced_accuracy_on_held_out_data():
     assert tau > 0.3 and len(rule.class_bias) == 7
     assert adjusted > argmax + 0.05
     assert np.allclose(probs, softmax(logits, rule.temperature))  # the bias never touches the probabilities
-    assert set(rule.thresholds) == {"akiec", "bcc", "mel"} and 0 < rule.review_threshold < 1  # for any policy
+    assert set(rule.thresholds) == {"akiec", "bcc", "mel"} and set(rule.quantiles) == set(CODES)
 
 
 def test_balanced_classes_keep_the_argmax():
@@ -48,7 +50,7 @@ def test_balanced_classes_keep_the_argmax():
     rule, tau = DecisionRule.fit(logits, labels, get_task("neu").codes, "neu")
     probs = rule.probabilities(logits)
     assert np.array_equal(rule.decide(probs), probs.argmax(1))
-    assert rule.thresholds == {} and 0 < rule.review_threshold <= 1
+    assert rule.thresholds == {} and 0 < min(rule.quantiles.values()) <= max(rule.quantiles.values()) <= 1
 
 
 def test_rule_round_trips_through_the_config():
@@ -76,7 +78,8 @@ def test_evaluation_and_serving_decide_alike(tiny_run):
 
 
 def test_verdict_names_the_decided_class_not_the_argmax():
-    rule = DecisionRule(tuple(CODES), class_bias=(0, 0, 0, 3.0, 0, 0, 0))
+    quantiles = {c: 0.9 for c in CODES} | {"nv": 0.1}  # the set: df alone
+    rule = DecisionRule(tuple(CODES), class_bias=(0, 0, 0, 3.0, 0, 0, 0), quantiles=quantiles)
     probabilities = dict(zip(CODES, [0.0, 0.0, 0.02, 0.13, 0.0, 0.85, 0.0]))
     assert CODES[int(rule.decide(np.array(list(probabilities.values()))))] == "df"
     verdict = verdict_of(rule, "ham10000", probabilities)
@@ -84,20 +87,28 @@ def test_verdict_names_the_decided_class_not_the_argmax():
 
 
 @pytest.mark.parametrize("task", ["ham10000", "neu"])
-def test_steel_rule_sends_doubtful_answers_to_review(task):
+def test_both_policies_call_an_answer_unsure_when_its_set_is_not_one_class(task):
+    """Steel's manual review and dermoscopy's "uncertain" fire alike, on a set of several
+    classes; a set of the decided class alone names it; the set always holds the decided class."""
     codes = get_task(task).codes
-    rule = DecisionRule(tuple(codes), review_threshold=0.8)
-    flat = {c: 1 / len(codes) for c in codes}
-    assert verdict_of(rule, task, flat).level == ("review" if task == "neu" else "uncertain")
+    rule = DecisionRule(tuple(codes), quantiles={c: 0.7 for c in codes})  # joins the set at p ≥ 0.3
+    unsure = "review" if task == "neu" else "uncertain"
+    benign = codes[-2] if task == "ham10000" else codes[0]   # nv: no recall-first threshold
+    two = {c: 0.0 for c in codes} | {benign: 0.55, codes[-1]: 0.45}
+    one = {c: 0.0 for c in codes} | {benign: 0.9, codes[-1]: 0.1}
+    assert verdict_of(rule, task, two).level == unsure and "holds 2 classes" in verdict_of(rule, task, two).detail
+    assert verdict_of(rule, task, one).level == ("named" if task == "neu" else "clear")
+    flat = np.full((1, len(codes)), 1 / len(codes))  # no class at p ≥ 0.3: the set is the decided class
+    assert rule.prediction_set(flat)[0].tolist() == (np.arange(len(codes)) == rule.decide(flat)[0]).tolist()
 
 
 def test_perfect_validation_keeps_the_raw_probabilities():
     """No mistake to calibrate against: the temperature would run to 0 and every answer to
-    100 %, which would switch manual review off; T stays 1."""
+    100 %; T stays 1."""
     labels = np.repeat(np.arange(6), 50)
     logits = 4.0 * np.eye(6)[labels]
     rule, _ = DecisionRule.fit(logits, labels, get_task("neu").codes, "neu")
-    assert rule.temperature == 1.0 and rule.review_threshold == 0.5
+    assert rule.temperature == 1.0
 
 
 @pytest.mark.slow
@@ -123,7 +134,10 @@ def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_ru
         served = predictor.analyse(path, method=None)
         assert np.allclose([served.probabilities[c] for c in spec.codes], row, atol=1e-5)
         assert served.decided == spec.codes[int(decided)]
-        assert served.verdict == verdict_of(spec.rule, "ham10000", dict(zip(spec.codes, row)))
+        if served.known:  # else the input check's refusal, whatever the rule says (tests/test_check.py)
+            assert served.verdict == verdict_of(spec.rule, "ham10000", dict(zip(spec.codes, row)))
+        else:
+            assert served.verdict.level == "unknown"
 
 
 def _all_in_test(run, records):

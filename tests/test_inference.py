@@ -138,8 +138,10 @@ def test_verdict_levels_and_disclaimer(predictor):
     def verdict(**values):
         rest = (1 - sum(values.values())) / (len(codes) - len(values))
         probabilities = {c: values.get(c, rest) for c in codes}
-        decided = codes[int(predictor.rule.decide(np.array(list(probabilities.values()))))]
-        return predictor.task.verdict(probabilities, decided, predictor.rule, predictor.task, None)
+        probs = np.array(list(probabilities.values()))
+        decided = codes[int(predictor.rule.decide(probs))]
+        members = [c for c, inside in zip(codes, predictor.rule.prediction_set(probs)) if inside]
+        return predictor.task.verdict(probabilities, decided, members, predictor.rule, predictor.task, None)
 
     refer = verdict(mel=0.25, nv=0.6)  # mel over its 0.2 threshold, not top
     assert refer.level == "refer" and refer.headline == "Refer to a dermatologist" and "Melanoma (25%)" in refer.detail

@@ -14,6 +14,7 @@ from conftest import REAL_HAM, REAL_NEU, ROOT, make_ham_folder, needs_real_ham, 
 
 from skinlesion.decision import softmax
 from skinlesion.model import load_model_folder
+from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import load_ham10000
 from skinlesion.transforms import eval_transform
 from train.config import TrainConfig, parse_args, read_yaml
@@ -30,7 +31,8 @@ def read_csv(path):
 def test_run_folder_has_everything(tiny_run):
     for name in ("split.csv", "metrics.json", "report.md", "predictions.csv", "confusion_matrix.png",
                  "validation_curve.png", "checkpoint.pt", "model/model.safetensors", "model/config.json",
-                 "model/README.md", "model/metrics.json", "model/confusion_matrix.png"):
+                 "model/README.md", "model/metrics.json", "model/confusion_matrix.png", "reliability.png",
+                 "model/reliability.png", "model/reference.safetensors"):
         assert (tiny_run / name).is_file(), name
     split = read_csv(tiny_run / "split.csv")
     assert list(split[0]) == ["image_id", "group", "label", "split"] and len(split) == 140
@@ -43,8 +45,9 @@ def test_run_folder_has_everything(tiny_run):
         m = metrics["splits"][s]
         assert set(m) >= {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "per_class",
                           "confusion_matrix", "ece_before_temperature", "ece_after_temperature",
-                          "operating_point"}
+                          "operating_point", "reliability", "prediction_sets", "unsure"}
         assert np.sum(m["confusion_matrix"]) == m["n"]
+        assert sum(b["count"] for b in m["reliability"]["after_temperature"]) == m["n"]
     assert set(metrics["splits"]["test"]["per_class"]["mel"]) >= {"sensitivity", "specificity", "precision", "f1"}
     config = json.loads((tiny_run / "model/config.json").read_text())
     assert config["temperature"] == metrics["temperature"] > 0
@@ -54,6 +57,33 @@ def test_run_folder_has_everything(tiny_run):
         assert metrics["splits"]["val"]["operating_point"][code]["sensitivity"] >= 0.9
     report = (tiny_run / "report.md").read_text()
     assert "balanced accuracy" in report and "Recall-first operating point" in report
+    assert "Input check" in report and "90% prediction sets" in report and "reliability.png" in report
+    check = metrics["input_check"]
+    assert check["threshold"] == config["input_check"]["threshold"] and 0.9 <= check["val_pass"] <= 1
+    assert {"photographs", "photo crops", "synthetic"} <= set(check["families"])
+
+
+@pytest.mark.slow
+def test_stored_coverage_is_recomputed_from_the_saved_predictions(tiny_run):
+    """The card's coverage and set size are those of the sets in predictions.csv, and those sets
+    are what config.json's quantiles make of the saved probabilities (up to their rounding)."""
+    from skinlesion.conformal import nonconformity
+    from skinlesion.decision import DecisionRule
+    config = json.loads((tiny_run / "model/config.json").read_text())
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    rule = DecisionRule.from_config(config)
+    quantiles = np.array([rule.quantiles[c] for c in rule.codes])
+    for split in ("val", "test"):
+        rows = [r for r in read_csv(tiny_run / "predictions.csv") if r["split"] == split]
+        saved = np.array([[c in r["prediction_set"].split() for c in rule.codes] for r in rows])
+        labels = np.array([rule.codes.index(r["label"]) for r in rows])
+        stored = metrics["splits"][split]["prediction_sets"]
+        assert saved[np.arange(len(labels)), labels].mean() == pytest.approx(stored["coverage"], abs=1e-12)
+        assert saved.sum(1).mean() == pytest.approx(stored["mean_size"], abs=1e-12)
+        probs = np.array([[float(r[f"p_{c}"]) for c in rule.codes] for r in rows])
+        clear = np.abs(nonconformity(probs) - quantiles) > 1e-6  # not on a quantile's edge
+        assert (rule.prediction_set(probs) == saved)[clear].all()
+    assert metrics["splits"]["val"]["prediction_sets"]["coverage"] >= 0.9  # calibrated there
 
 
 @pytest.mark.slow
@@ -230,14 +260,15 @@ def test_short_cpu_training_on_neu_beats_chance_by_far(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["splits"]["test"]
     assert test["accuracy"] >= 0.45, test["accuracy"]  # chance is 1/6
-    assert metrics["thresholds"] == {} and 0 < metrics["review_threshold"] <= 1
-    assert set(test["review"]) == {"threshold", "review_rate", "auto_accuracy", "mistakes_caught"}
+    assert metrics["thresholds"] == {} and set(metrics["prediction_sets"]["quantiles"]) == set(get_task("neu").codes)
+    assert set(test["unsure"]) == {"rate", "accuracy_inside", "accuracy_outside", "mistakes_caught"}
+    assert metrics["input_check"]["families"]["other task"]["n"] == 300  # HAM10000 images, beside NEU
     quality = metrics["explanations"]
     assert quality["annotation"] == "defect boxes" and quality["n"] == min(50, test["n"])
     methods = ("Grad-CAM", "Integrated Gradients", "Occlusion")
     assert all(0 <= quality["methods"][m]["energy_inside"] <= 1 for m in methods)
     card = (out / "model" / "README.md").read_text()
-    assert "license: other" in card and "Song K., Yan Y." in card and "Manual review" in card
+    assert "license: other" in card and "Song K., Yan Y." in card and "goes to manual review" in card
     split = read_csv(out / "split.csv")
     assert {r["label"] for r in split} == {"crazing", "inclusion", "patches", "pitted_surface",
                                            "rolled-in_scale", "scratches"}

@@ -2,6 +2,7 @@
 loaders, and a forward pass over a loader."""
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +130,12 @@ def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.dev
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs.append(model(x).float().cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, model.num_classes), np.float32)
+
+
+def folder_arguments(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The arguments of the programs that read a model folder and its task's data."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
+    p.add_argument("--split", type=Path, help="split.csv of the training run (default: remake it)")
+    return p

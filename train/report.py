@@ -2,8 +2,8 @@
 
 Every table comes from metrics.json through skinlesion/card.py. After evaluating a bundled
 model (or changing the renderer), re-render the bundled models' cards and the tables of
-docs/results.md and docs/explanations.md (the blocks between `<!-- results: TASK -->` and
-`<!-- /results -->`, and between `<!-- explanations: TASK -->` and `<!-- /explanations -->`) with:
+docs/results.md, docs/explanations.md and docs/trust.md (the blocks between
+`<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations or trust) with:
 
     python -m train.report
 """
@@ -26,14 +26,15 @@ from skinlesion.card import (
     render_card,
     render_tables,
     table,
+    trust_tables,
 )
 from skinlesion.folder import write_atomically, write_text
 from skinlesion.spec import read_spec
 from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
-DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md")]
-RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
+DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md", "trust.md")]
+RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations|trust): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
 
 
 def render_history(history: list[dict]) -> str:
@@ -57,7 +58,8 @@ def render_report(metrics: dict) -> str:
 def with_results(text: str) -> str:
     """`text` with each block replaced from that task's bundled model's metrics.json: `results`
     by the headline table, `explanations` by the explanation tables."""
-    render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n")}
+    render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n"),
+              "trust": lambda m: trust_tables(m).lstrip("\n")}
 
     def block(match: re.Match) -> str:
         metrics = read_metrics(TASKS[match[3]].model_folder)
@@ -108,6 +110,26 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], codes: Sequence[str],
     ax.set_ylabel("true")
     ax.set_title(title)
     _save_figure(fig, path, dpi=120)
+
+
+def plot_reliability(bins: dict[str, list[dict]], path, title: str) -> None:
+    """The reliability diagram before and after temperature scaling, with each bin's count."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharey=True)
+    for ax, (name, rows) in zip(axes, bins.items()):
+        used = [r for r in rows if r["count"]]
+        centres = [(r["low"] + r["high"]) / 2 for r in used]
+        ax.bar(centres, [r["accuracy"] for r in used], width=0.09, color="#2e86c1", label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        for x, r in zip(centres, used):
+            ax.text(x, r["accuracy"] + 0.02, str(r["count"]), ha="center", fontsize=7)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1.1)
+        ax.set_xlabel("top probability")
+        ax.set_title(name.replace("_", " "))
+    axes[0].set_ylabel("accuracy of the top class (bar labels: images)")
+    axes[0].legend(loc="upper left", fontsize=7)
+    fig.suptitle(f"Reliability, {title}")
+    _save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from ..explain import GRAD_CAM, METHODS, OVERLAY_OPACITY, overlay
 from ..images import InputError
 from ..inference import Analysis, Predictor
 from .uploads import UploadRefused, batch_csv_path, held, upload_source, uploaded_files
-from .views import TOP_CLASS, display_name, sanity_flags, verdict_html
+from .views import TOP_CLASS, answer_html, display_name, sanity_flags, similar_cases, similar_summary
 
 BATCH_HEADERS = ["file", "decided class", "probability", "verdict", "error"]
 TILING = {"auto": None, "on": True, "off": False}  # views.TILE_CHOICES → Predictor's `tile` (None: the task's default)
@@ -116,8 +116,25 @@ class Handlers:
         image by its tiles when tiling is on: the answer is then the worst tile's)."""
         predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
         analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
-        return (verdict_html(analysis.verdict), (analysis.decided, analysis.probabilities),
+        return (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
                 overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, analysis.heatmap))
+
+    def page_analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
+                     task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
+        """The page's Analyse: `analyse`'s answer, and the similar cases from the same analysis."""
+        predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
+        analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
+        return (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
+                overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, analysis.heatmap),
+                similar_summary(analysis, predictor), similar_cases(analysis, predictor))
+
+    def similar(self, image: dict | None, task: str | None = None) -> list[tuple[np.ndarray, str]]:
+        """The training images most similar to one image (the model's feature space), each
+        captioned with its diagnosis, how it was confirmed and its similarity; none for an
+        image the model does not know."""
+        predictor, _, _, _ = self.checked(task)
+        analysis = self._analysed(predictor, image, None, False, None)
+        return similar_cases(analysis, predictor)
 
     def batch(self, files: list[dict] | None, task: str | None = None, tile: str = "auto",
               progress=gr.Progress()):

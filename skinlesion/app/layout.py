@@ -80,7 +80,10 @@ def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
         with gr.Tab("Model"):
             c.model_card = gr.Markdown(first.model_card, elem_id="model-card")
             c.matrix = gr.Image(first.confusion_matrix, label="Confusion matrix (test split)", interactive=False)
+            c.reliability = gr.Image(first.reliability, label="Reliability diagram (test split)", interactive=False,
+                                     elem_id="reliability")
         task_switch(c, views)
+        similar_api(c, handlers)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
 
@@ -96,7 +99,7 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
             shown = v if v.examples else next((w for w in views.values() if w.examples), None)
             c.gallery = gr.Examples(shown.samples, inputs=c.image, cache_examples=False,
                                     example_labels=shown.example_labels,
-                                    label="Examples (local copy of the data)") if shown else None
+                                    label="Examples (test-split images, with their true class)") if shown else None
             if c.gallery:
                 c.gallery.dataset.visible = bool(v.examples)
         with gr.Column():
@@ -117,7 +120,8 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
                    **PAGE_ONLY)
     api.classify.click(handlers.classify, inputs=[c.image, c.task, c.tile], outputs=api.label, api_name="classify",
                        **MODEL)
-    c.button.click(handlers.analyse, inputs=analyse_inputs, outputs=[c.verdict, c.label, c.cam, c.state],
+    c.button.click(handlers.page_analyse, inputs=analyse_inputs,
+                   outputs=[c.verdict, c.label, c.cam, c.state, c.similar_summary, c.similar],
                    api_name="page_analyse", **PAGE_ONLY)
     api.analyse.click(handlers.analyse, inputs=analyse_inputs, outputs=[api.verdict, api.label, api.cam, api.state],
                       api_name="analyse", **MODEL)
@@ -144,6 +148,10 @@ def explanation_row(c: SimpleNamespace, v: TaskView) -> None:
             c.compare_button = gr.Button("Compare methods", elem_id="compare")
     c.compare = gr.Gallery(label="The methods side by side (same image, same class)", columns=len(METHODS),
                            height=300, elem_id="compare-gallery", interactive=False)
+    c.similar_summary = gr.Markdown(elem_id="similar-summary")
+    c.similar = gr.Gallery(label="Similar confirmed cases from the training data (diagnosis · how it was "
+                                 "confirmed · similarity)", columns=6, height=220, elem_id="similar",
+                           interactive=False)
 
 
 def batch_tab(c: SimpleNamespace, handlers: Handlers) -> None:
@@ -160,17 +168,28 @@ def batch_tab(c: SimpleNamespace, handlers: Handlers) -> None:
                          api_name="batch", **MODEL)
 
 
+def similar_api(c: SimpleNamespace, handlers: Handlers) -> None:
+    """/similar, the last endpoint: the nearest training cases of an image, as a captioned gallery."""
+    with gr.Column(visible=False):
+        button, gallery = gr.Button(), gr.Gallery(format="jpeg")
+    button.click(handlers.similar, inputs=[c.image, c.task], outputs=gallery, api_name="similar", **MODEL)
+
+
 def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:
-    """Everything that follows the task, listed once; the image and earlier results are cleared."""
+    """Everything that follows the task, listed once; the image and earlier results are cleared.
+    The updates are components made with render=False: made while the page is built (to list
+    the outputs), a component would otherwise also be drawn on the page."""
     def follows_task(v: TaskView) -> dict:
-        updates = {c.description: v.intro, c.notice: gr.Markdown(v.notice, visible=bool(v.notice)),
+        updates = {c.description: v.intro, c.notice: gr.Markdown(v.notice, visible=bool(v.notice), render=False),
                    c.classes: v.classes, c.ethics: v.ethics, c.model_card: v.model_card,
-                   c.matrix: gr.Image(v.confusion_matrix), c.target: gr.Dropdown(choices=v.targets, value=TOP_CLASS),
+                   c.matrix: gr.Image(v.confusion_matrix, render=False),
+                   c.reliability: gr.Image(v.reliability, render=False),
+                   c.target: gr.Dropdown(choices=v.targets, value=TOP_CLASS, render=False),
                    c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None, c.compare: None,
-                   c.batch_table: None, c.batch_csv: None}
+                   c.batch_table: None, c.batch_csv: None, c.similar: None, c.similar_summary: ""}
         if c.gallery:
             updates[c.gallery.dataset] = gr.Dataset(samples=v.samples, sample_labels=v.example_labels,
-                                                    visible=bool(v.examples))
+                                                    visible=bool(v.examples), render=False)
         return updates
 
     c.task.change(lambda task: follows_task(views[task]), inputs=c.task,

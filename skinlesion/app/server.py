@@ -158,7 +158,7 @@ async def sweeping(app):
 @dataclass
 class App:
     demo: gr.Blocks
-    allowed_paths: list[str]  # exactly the files the page shows: confusion matrices, example images
+    allowed_paths: list[str]  # exactly the files the page shows: the Model tab's plots, example images
 
     def launch(self) -> None:
         self.demo.launch(show_error=True, max_file_size=UPLOAD_LIMIT, footer_links=["api"],

@@ -6,15 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..card import card_body, is_placeholder, read_metrics
-from ..inference import Predictor
+import numpy as np
+
+from ..card import CONFUSION_PNG, RELIABILITY_PNG, card_body, is_placeholder, read_metrics
+from ..gallery import SHOWN, summary
+from ..inference import Analysis, Predictor
 from ..tasks import TASKS, ClassInfo
+from ..tasks.base import ASSETS
 from ..verdicts import Verdict
 
 TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
 TILE_CHOICES = [(f"Auto (on for {', '.join(t.title.lower() for t in TASKS.values() if t.tile_large_images)})",
                  "auto"), ("On", "on"), ("Off", "off")]
-VERDICT_COLOURS = {"refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
+VERDICT_COLOURS = {"unknown": "#616161", "refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
                    "review": "#e65100", "named": "#1565c0"}
 PRIVACY = """
 **Privacy.** Images are processed in memory. Nothing is flagged, logged or kept: the
@@ -33,8 +37,9 @@ class TaskView:
     ethics: str
     model_card: str           # the Model tab, rendered from the model folder's metrics.json
     confusion_matrix: str | None
+    reliability: str | None         # the reliability diagram
     targets: list[tuple[str, str]]  # the "Explain class" choices
-    examples: list[str]             # one image per class from a local copy of the data
+    examples: list[str]             # one image per class shipped in assets/examples, and from a local data copy
     example_labels: list[str]       # each example's true class
 
     @property
@@ -45,7 +50,8 @@ class TaskView:
     def of(cls, predictor: Predictor, examples: list[tuple[str, str]]) -> "TaskView":
         task = predictor.task
         metrics = read_metrics(predictor.folder) if predictor.folder else None
-        matrix = predictor.folder / "confusion_matrix.png" if predictor.folder else None
+        plots = {name: predictor.folder / name for name in (CONFUSION_PNG, RELIABILITY_PNG)} if predictor.folder else {}
+        shown = {name: str(path) if path.is_file() else None for name, path in plots.items()}
         return cls(
             intro=(f"Upload {task.subject}: the model gives the probability of each of its {len(task.classes)} "
                    f"classes, a verdict, and a Grad-CAM map of the regions that drove the answer. "
@@ -54,9 +60,9 @@ class TaskView:
             classes=class_table_markdown(predictor),
             ethics=task.ethics + PRIVACY,
             model_card=("\n".join(line for line in card_body(predictor.spec, metrics).splitlines()
-                                  if not line.startswith("![")) if metrics  # the image is shown below it
+                                  if not line.startswith("![")) if metrics  # the images are shown below it
                         else "No measured results (metrics.json) in the model folder."),
-            confusion_matrix=str(matrix) if matrix and matrix.is_file() else None,
+            confusion_matrix=shown.get(CONFUSION_PNG), reliability=shown.get(RELIABILITY_PNG),
             targets=[("Decided class", TOP_CLASS)] + [(display_name(c), c.code) for c in task.classes],
             examples=[path for path, _ in examples],
             example_labels=[f"{display_name(task.info(code))}, true class" for _, code in examples])
@@ -90,24 +96,69 @@ def class_table_markdown(predictor: Predictor) -> str:
     return "| class | name | group | what it is |\n|---|---|---|---|\n" + "\n".join(rows)
 
 
-def verdict_html(verdict: Verdict) -> str:
+def verdict_html(verdict: Verdict, extra: str = "") -> str:
     colour = VERDICT_COLOURS[verdict.level]
     return (f"<div id='verdict' data-level='{verdict.level}' style='border-left:6px solid {colour};"
             f"padding:8px 12px'><div style='font-size:1.3em;font-weight:600;color:{colour}'>{verdict.headline}"
-            f"</div><div>{verdict.detail}</div></div>")
+            f"</div><div>{verdict.detail}</div>{extra}</div>")
+
+
+def prediction_set_text(analysis: Analysis, predictor: Predictor) -> str:
+    """"90% prediction set: Melanoma, Melanocytic nevus", or why there is none to show."""
+    if not analysis.known:
+        return "No prediction set: the probabilities mean nothing for an image the model does not know."
+    return "90% prediction set: " + ", ".join(predictor.task.info(c).name for c in analysis.prediction_set)
+
+
+def answer_html(analysis: Analysis, predictor: Predictor) -> str:
+    """The verdict with the prediction set under it (the page and /analyse)."""
+    return verdict_html(analysis.verdict, f"<div id='prediction-set' data-known='{int(analysis.known)}' "
+                                          f"style='margin-top:6px;font-weight:600'>"
+                                          f"{prediction_set_text(analysis, predictor)}</div>")
+
+
+EXAMPLES = ASSETS / "examples"  # TASK/CODE.jpg: one test-split image per class (python -m train.gallery --examples)
 
 
 def example_images(predictor: Predictor, data_root: str | None) -> list[tuple[str, str]]:
-    """(file, true class) of one image per class from a local copy of the task's data, when
-    there is one (never committed)."""
-    if not data_root:
-        return []
+    """(file, true class): the shipped test-split image of each class, then one image per class
+    from a local copy of the task's data when there is one (never committed)."""
     task = predictor.task
+    shipped = [(str(EXAMPLES / task.key / f"{c}.jpg"), c) for c in task.codes
+               if (EXAMPLES / task.key / f"{c}.jpg").is_file()]
+    if not data_root:
+        return shipped
     try:
         records = task.load(Path(data_root) / task.data_folder)
-    except Exception:  # no data here, or not this layout: simply no examples
-        return []
+    except Exception:  # no data here, or not this layout: the shipped examples only
+        return shipped
     first: dict[str, str] = {}
     for r in sorted(records, key=lambda r: r.image_id):
         first.setdefault(r.label, str(r.path))
-    return [(first[c], c) for c in task.codes if c in first]
+    return shipped + [(first[c], c) for c in task.codes if c in first]
+
+
+def similar_cases(analysis: Analysis, predictor: Predictor) -> list[tuple[np.ndarray, str]]:
+    """The nearest gallery cases as (thumbnail, caption): diagnosis, how it was confirmed, similarity."""
+    if predictor.gallery is None:
+        return []
+    cases = [predictor.gallery.case(n) for n in analysis.similar[:SHOWN]]
+    return [(case.thumbnail, f"{display_name(predictor.task.info(case.code))} · {case.confirmation} · "
+                             f"similarity {case.similarity:.2f}") for case in cases]
+
+
+def similar_summary(analysis: Analysis, predictor: Predictor) -> str:
+    """One line over the nearest cases, and a warning when they disagree with the decided class."""
+    if predictor.gallery is None:
+        return "This model ships no reference gallery."
+    if not analysis.similar:
+        return "No similar cases: the image is not one the model knows."
+    counts = summary(analysis.similar)
+    line = (f"Of the {len(analysis.similar)} most similar training images: "
+            + ", ".join(f"{n} {code}" for code, n in counts.items()) + ".")
+    most = next(iter(counts))
+    if most != analysis.decided:
+        names = {c: predictor.task.info(c).name for c in (most, analysis.decided)}
+        line += (f" **Most of them are {names[most]}, not the decided {names[analysis.decided]}: the similar cases "
+                 "and the classifier disagree, a reason to look closer.**")
+    return line

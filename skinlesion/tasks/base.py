@@ -34,6 +34,7 @@ class Task:
     key: str                      # the name in config.json, on the command line and in the API
     title: str                    # the page's task selector
     subject: str                  # what an input is: "a dermoscopic image"
+    not_known: str                # the verdict of an image the input check refuses
     classes: tuple[ClassInfo, ...]  # in the model's output order
     load: Callable[[Path], list[Record]]  # a data folder → checked records
     annotation: Callable[[Path, str, tuple[int, int]], np.ndarray | None]  # where the finding is
@@ -50,6 +51,7 @@ class Task:
     ethics: str                   # the page's "Data & ethics" text
     disclaimer: str               # said with every verdict
     verdict: VerdictPolicy        # verdicts.py: the policy, in the task's words
+    confirmations: Callable[[Path], dict[str, str]] = lambda root: {}  # image id → how its label was confirmed
     default: bool = False         # the task the page, the API and the CLI use when none is named
     tile_large_images: bool = False  # long images (strips) analysed in tiles unless asked otherwise
 
@@ -62,6 +64,10 @@ class Task:
     def high_risk_codes(self) -> list[str]:
         """Classes that get a recall-first threshold; none means a manual-review threshold."""
         return [c.code for c in self.classes if c.risk in HIGH_RISK]
+
+    def confirmation(self, confirmed: dict[str, str], image_id: str) -> str:
+        """How an image's label was confirmed: `confirmations`' word, else the database's label."""
+        return confirmed.get(image_id, f"label of the {self.dataset}")
 
     def info(self, code: str) -> ClassInfo:
         return next(c for c in self.classes if c.code == code)

@@ -84,6 +84,18 @@ def load_ham10000(root: str | Path, metadata: str | Path | None = None) -> list[
     return [Record(r["image_id"], r["lesion_id"], r["dx"], images[r["image_id"]]) for r in rows]
 
 
+# HAM10000's dx_type: how each diagnosis was confirmed (Tschandl et al. 2018).
+DX_TYPES = {"histo": "histopathology", "follow_up": "follow-up", "consensus": "expert consensus",
+            "confocal": "confocal microscopy"}
+
+
+def ham_confirmations(root: str | Path) -> dict[str, str]:
+    """Image id → how its diagnosis was confirmed, from the metadata's dx_type column."""
+    with (Path(root) / METADATA_FILE).open(newline="") as f:
+        return {r["image_id"]: DX_TYPES.get(r.get("dx_type") or "", r.get("dx_type") or "unrecorded")
+                for r in csv.DictReader(f)}
+
+
 def ham_lesion_mask(root: str | Path, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
     """The HAM10000 lesion segmentation (lesion = pixel > 127), resized to `shape` if needed."""
     path = Path(root) / "masks" / f"{image_id}_segmentation.png"
@@ -102,8 +114,9 @@ CITATION = ("Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large
 RESEARCH_DEMO = "This is a research demo, not a diagnosis: only a clinician can assess a skin lesion."
 
 TASK = Task(
-    key="ham10000", title="Dermoscopy", subject="a dermoscopic image", classes=CLASSES, default=True,
-    load=load_ham10000, annotation=ham_lesion_mask, annotation_name="lesion masks",
+    key="ham10000", title="Dermoscopy", subject="a dermoscopic image of a skin lesion", classes=CLASSES,
+    default=True, not_known="This does not look like a dermoscopic image of a skin lesion",
+    load=load_ham10000, confirmations=ham_confirmations, annotation=ham_lesion_mask, annotation_name="lesion masks",
     model_folder=ASSETS / "model", data_folder="ham10000", dataset="HAM10000", license="cc-by-nc-sa-4.0",
     license_text="CC BY-NC-SA 4.0, inherited from the HAM10000 data (non-commercial, share-alike)",
     citation=CITATION,

@@ -71,6 +71,7 @@ CITATION = ("Song K., Yan Y. A noise robust method based on completed local bina
 
 TASK = Task(
     key="neu", title="Steel surface", subject="a grey-scale image of a hot-rolled steel strip", classes=CLASSES,
+    not_known="This does not look like a steel surface image",
     tile_large_images=True,
     load=load_neu, annotation=neu_box_mask, annotation_name="defect boxes",
     model_folder=ASSETS / "models" / "neu", data_folder="neu_det", dataset="NEU surface defect database",

@@ -1,0 +1,115 @@
+"""The input check: is this an image of the kind the model was trained on?
+
+Scores, all from the features of the answer's own forward pass (features.py):
+- per timm stage, the Mahalanobis distance of the image's per-channel feature statistics (mean
+  and standard deviation over the image) from the reference images' (Lee et al., NeurIPS 2018,
+  with a Ledoit-Wolf shrunk covariance). Statistics of several blocks, not only the last one,
+  carry the low-level "is this dermoscopy" cues (Pacheco et al., CVPRW 2020): steel, photographs
+  and synthetic images are far from skin in the early blocks even where the pooled features
+  are not.
+- the cosine distance of the pooled features to their k-th nearest neighbour in the reference
+  gallery (deep k-NN, Sun et al., ICML 2022): semantic novelty the statistics miss.
+Each score is scaled by its spread on the validation split (0 at the median, 1 at the 95th
+percentile); the check's score is the largest, and an image passes when it is at most the
+threshold, the validation quantile that lets PASS_RATE of validation images through.
+
+The reference statistics come from the training images and one shifted copy of each
+(train/outliers.shifted: colour casts, rescales, crops, recompression, rotations, vignettes),
+so that images of the task taken elsewhere pass; the check never sees an image it should
+refuse while it is fitted. The numbers are saved in the model folder (REFERENCE_FILE, beside
+the gallery's pooled features) and in config.json under "input_check".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .features import POOLED
+
+REFERENCE_FILE = "reference.safetensors"   # the check's matrices and the gallery's features
+PASS_RATE = 0.975       # of validation images; the goal is ≥ 97% of test, so a little margin
+K_NEAREST = 10          # Sun et al. found k from 10 to 50 alike; 10 suits a gallery of ~1,500
+NEAREST = "nearest"     # the name of the k-NN score
+METHOD = ("max of validation-scaled scores: Mahalanobis distance of per-channel statistics of every "
+          "stage (Ledoit-Wolf) and k-NN cosine distance of the pooled features to the gallery")
+
+
+def normalised(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=1)
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    stages: tuple[str, ...]
+    means: Mapping[str, torch.Tensor]        # per stage: the reference statistics' mean …
+    precisions: Mapping[str, torch.Tensor]   # … and inverse (shrunk) covariance
+    gallery: torch.Tensor                    # the gallery's L2-normalised pooled features
+    centre: Mapping[str, float]              # per score: its validation median …
+    spread: Mapping[str, float]              # … and 95th percentile minus the median
+    threshold: float
+    k: int = K_NEAREST
+
+    def raw_scores(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each score of each row of `features` (FeatureTap.take()), unscaled."""
+        scores = {}
+        for stage in self.stages:
+            d = features[stage].float() - self.means[stage]
+            scores[stage] = ((d @ self.precisions[stage]) * d).sum(1)
+        similarity = normalised(features[POOLED]) @ self.gallery.float().T
+        k = min(self.k, similarity.shape[1])
+        scores[NEAREST] = 1 - similarity.topk(k, dim=1).values[:, -1]
+        return scores
+
+    def scores(self, features: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """The check's score of each row: the largest validation-scaled score."""
+        raw = self.raw_scores(features)
+        scaled = [(raw[name] - self.centre[name]) / self.spread[name] for name in raw]
+        return torch.stack(scaled).amax(0).double().numpy()
+
+    def to_config(self, **measured) -> dict:
+        return {"method": METHOD, "stages": list(self.stages), "k": self.k, "threshold": self.threshold,
+                "centre": dict(self.centre), "spread": dict(self.spread), "pass_rate_target": PASS_RATE,
+                "file": REFERENCE_FILE, **measured}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What REFERENCE_FILE holds for the check."""
+        return {**{f"{s}.mean": self.means[s].float().contiguous() for s in self.stages},
+                **{f"{s}.precision": self.precisions[s].float().contiguous() for s in self.stages},
+                "gallery.features": self.gallery.half().contiguous()}
+
+    @classmethod
+    def load(cls, folder: str | Path, config: Mapping) -> "InputCheck | None":
+        """The check of a model folder; None when its config.json has none (an older model)."""
+        settings = config.get("input_check")
+        if not settings:
+            return None
+        tensors = load_file(str(Path(folder) / settings.get("file", REFERENCE_FILE)))
+        stages = tuple(settings["stages"])
+        return cls(stages, {s: tensors[f"{s}.mean"] for s in stages}, {s: tensors[f"{s}.precision"] for s in stages},
+                   tensors["gallery.features"].float(), settings["centre"], settings["spread"],
+                   float(settings["threshold"]), int(settings.get("k", K_NEAREST)))
+
+    @classmethod
+    def fit(cls, reference: Mapping[str, torch.Tensor], gallery_pooled: torch.Tensor,
+            validation: Mapping[str, torch.Tensor], stages: tuple[str, ...]) -> "InputCheck":
+        """Fit on the reference images' features (training images and their shifted copies),
+        the gallery's pooled features and the validation images' features."""
+        from sklearn.covariance import LedoitWolf  # here: serving never fits (scikit-learn costs ~100 MB)
+        means, precisions = {}, {}
+        for stage in stages:
+            fitted = LedoitWolf().fit(reference[stage].double().numpy())
+            means[stage] = torch.from_numpy(fitted.location_).float()
+            precisions[stage] = torch.from_numpy(fitted.precision_).float()
+        gallery = normalised(gallery_pooled).half().float()  # as stored, so the threshold fits what serves
+        unscaled = cls(stages, means, precisions, gallery, {}, {}, 0.0)
+        raw = {name: s.double().numpy() for name, s in unscaled.raw_scores(validation).items()}
+        centre = {name: float(np.median(s)) for name, s in raw.items()}
+        spread = {name: max(float(np.quantile(s, 0.95)) - centre[name], 1e-6) for name, s in raw.items()}
+        scaled = cls(stages, means, precisions, gallery, centre, spread, 0.0)
+        threshold = float(np.quantile(scaled.scores(validation), PASS_RATE, method="higher"))
+        return cls(stages, means, precisions, gallery, centre, spread, threshold)

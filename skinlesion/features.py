@@ -1,0 +1,72 @@
+"""Features of several blocks, taken from the model's own forward pass.
+
+The input check (check.py) and the similar cases read what the model computes anyway: forward
+hooks on timm's stages (`feature_info`) keep each stage's per-channel mean and standard
+deviation over the image, and the pooled features before the classifier. No second pass, and
+the heat-map's pass (captum's) feeds them as well as a plain one.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+POOLED = "pooled"  # the name of the pooled pre-logit features (model.global_pool's output)
+
+
+def stage_names(model: torch.nn.Module) -> list[str]:
+    """timm's stage modules ("blocks.1" … "blocks.6" for B0), in order."""
+    return [info["module"] for info in model.feature_info]
+
+
+def channel_statistics(x: torch.Tensor) -> torch.Tensor:
+    """n×C×H×W → n×2C: each channel's mean and standard deviation over the image."""
+    flat = x.detach().float().flatten(2)
+    return torch.cat([flat.mean(2), flat.std(2, unbiased=False)], dim=1)
+
+
+class FeatureTap:
+    """Forward hooks on named modules. Inside `recording()`, every pass appends its features;
+    `take()` returns what was recorded since the last take, as {name: n×d float32 CPU tensor}.
+    Outside `recording` the hooks do nothing. What is recorded is the calling thread's own, so
+    one Predictor can serve several threads."""
+
+    def __init__(self, model: torch.nn.Module, stages: list[str]):
+        self.stages = list(stages)
+        self._local = threading.local()
+        self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name, channel_statistics))
+                         for name in self.stages]
+        self._handles.append(model.global_pool.register_forward_hook(self._hook(POOLED, self._flat)))
+
+    @staticmethod
+    def _flat(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().float().flatten(1)
+
+    def _hook(self, name: str, reduce):
+        def hook(_module, _inputs, output):
+            seen = getattr(self._local, "seen", None)
+            if seen is not None:
+                seen.setdefault(name, []).append(reduce(output).cpu())
+        return hook
+
+    @contextmanager
+    def recording(self) -> Iterator["FeatureTap"]:
+        self._local.seen = {}
+        try:
+            yield self
+        finally:
+            self._local.seen = None
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The features of the passes since the last take (inside `recording`), row by row."""
+        seen = getattr(self._local, "seen", None)
+        if seen is None:
+            raise RuntimeError("FeatureTap.take() outside recording()")
+        self._local.seen = {}
+        return {name: torch.cat(parts) for name, parts in seen.items()}
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
