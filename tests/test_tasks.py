@@ -46,6 +46,7 @@ def load(root):
     return [Record(p.stem, p.stem, p.stem.split("_")[0], p) for p in sorted(Path(root).glob("*.png"))]
 
 TASK = Task(key="leaves", title="Leaf disease", subject="a photograph of a leaf",
+            not_known="This does not look like a leaf",
             classes=(ClassInfo("rust", "Rust", "Orange pustules.", DEFECT, "#aa5500"),
                      ClassInfo("healthy", "Healthy", "No disease.", DEFECT, "#00aa00")),
             load=load, annotation=lambda root, image_id, shape: None, annotation_name="none",
@@ -71,7 +72,7 @@ def test_a_third_task_is_one_file(tmp_path):
              "logits = np.eye(2)[labels] * 2 + np.random.default_rng(0).normal(0, 1, (40, 2))\n"
              "rule, _ = DecisionRule.fit(logits, labels, TASKS['leaves'].codes, 'leaves')\n"
              "task = TASKS['leaves']\n"
-             "print(task.verdict({'rust': 0.9, 'healthy': 0.1}, 'rust', rule, task, None).headline)\n")
+             "print(task.verdict({'rust': 0.9, 'healthy': 0.1}, 'rust', ['rust'], rule, task, None).headline)\n")
     result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "Found: Rust"  # the task's own words
