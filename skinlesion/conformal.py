@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 ALPHA = 0.10        # 90% prediction sets
+SCORE = "LAC (1 - p), Mondrian by high-risk class"  # what config.json and the card say of the sets
 SHARED = "shared"   # the calibration group of the classes without their own quantile
 
 

@@ -5,8 +5,8 @@ words are the task's).
 `DecisionRule.fit` (run by `python -m train.evaluate` on the validation split) chooses the
 temperature, the per-class bias of the decided class, the recall-first thresholds of the
 high-risk classes and the conformal quantiles of the prediction sets (conformal.py), and the
-rule is stored in the model folder's config.json. Evaluation and serving both apply it with the same methods, so the
-figures in the model card are the page's behaviour by construction.
+rule is stored in the model folder's config.json. Evaluation and serving both apply it with the
+same methods, so the figures in the model card are the page's behaviour by construction.
 
 Why a class bias: a model trained on imbalanced classes (nv is two thirds of HAM10000) puts
 the arg-max where plain accuracy is best; balanced accuracy, the score this project selects
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .conformal import ALPHA, fit_quantiles, prediction_sets
+from .conformal import ALPHA, SCORE, fit_quantiles, prediction_sets
 from .tasks import get_task
 
 SENSITIVITY_TARGET = 0.90         # recall-first operating point of the high-risk classes
@@ -101,7 +101,7 @@ class DecisionRule:
     def to_config(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "class_bias": list(self.class_bias),
                 "thresholds": self.thresholds, "sensitivity_target": SENSITIVITY_TARGET,
-                "prediction_sets": {"coverage": 1 - ALPHA, "score": "LAC (1 - p), Mondrian by high-risk class",
+                "prediction_sets": {"coverage": 1 - ALPHA, "score": SCORE,
                                     "quantiles": self.quantiles}}
 
     @classmethod

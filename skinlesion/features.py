@@ -17,7 +17,7 @@ POOLED = "pooled"  # the name of the pooled pre-logit features (model.global_poo
 
 
 def stage_names(model: torch.nn.Module) -> list[str]:
-    """timm's stage modules ("blocks.1" … "blocks.6" for B0), in order."""
+    """timm's stage modules (blocks.0, 1, 2, 4 and 6 for B0), in order."""
     return [info["module"] for info in model.feature_info]
 
 
@@ -59,12 +59,14 @@ class FeatureTap:
         finally:
             self._local.seen = None
 
-    def take(self) -> dict[str, torch.Tensor]:
-        """The features of the passes since the last take (inside `recording`), row by row."""
+    def take(self, last: bool = False) -> dict[str, torch.Tensor]:
+        """The features of the passes since the last take (inside `recording`), row by row;
+        `last`: nothing more is recorded until the next `recording` (a heat-map's further passes,
+        Occlusion's occluded copies, are not the answer's)."""
         seen = getattr(self._local, "seen", None)
         if seen is None:
             raise RuntimeError("FeatureTap.take() outside recording()")
-        self._local.seen = {}
+        self._local.seen = None if last else {}
         return {name: torch.cat(parts) for name, parts in seen.items()}
 
     def remove(self) -> None:

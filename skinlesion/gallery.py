@@ -50,7 +50,7 @@ class Gallery:
 
     def __init__(self, features: torch.Tensor, codes: Sequence[str], ids: Sequence[str],
                  confirmations: Sequence[str], thumbnails: torch.Tensor, offsets: torch.Tensor):
-        self.features = normalised(features)
+        self.features = features  # L2-normalised
         self.codes, self.ids, self.confirmations = list(codes), list(ids), list(confirmations)
         self._thumbnails, self._offsets = thumbnails, offsets
 
@@ -58,13 +58,17 @@ class Gallery:
         return len(self.codes)
 
     @classmethod
-    def load(cls, folder: str | Path, class_codes: Sequence[str]) -> "Gallery | None":
-        """The gallery of a model folder; None when it has none (an older model)."""
+    def load(cls, folder: str | Path, class_codes: Sequence[str],
+             features: torch.Tensor | None = None) -> "Gallery | None":
+        """The gallery of a model folder; None when it has none (an older model). `features`: the
+        gallery's normalised features when the input check has already read them (InputCheck.gallery)."""
         folder = Path(folder)
         if not (folder / GALLERY_FILE).is_file() or not (folder / REFERENCE_FILE).is_file():
             return None
         with safe_open(str(folder / REFERENCE_FILE), "pt") as f:
-            features, labels = f.get_tensor("gallery.features").float(), f.get_tensor("gallery.labels")
+            labels = f.get_tensor("gallery.labels")
+            if features is None:
+                features = normalised(f.get_tensor("gallery.features"))
             ids = json.loads(f.metadata()["gallery_ids"])
         with safe_open(str(folder / GALLERY_FILE), "pt") as f:
             meta = f.metadata()

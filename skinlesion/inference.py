@@ -86,7 +86,8 @@ class Predictor:
         self._transform = eval_transform(spec.input_size)
         self.layer = last_stage(self.model)
         self.check = InputCheck.load(self.folder, spec.config) if self.folder is not None else None
-        self.gallery = Gallery.load(self.folder, self.codes) if self.folder is not None else None
+        self.gallery = (Gallery.load(self.folder, self.codes, self.check.gallery if self.check else None)
+                        if self.folder is not None else None)
         tapped = self.check is not None or self.gallery is not None
         self._tap = FeatureTap(self.model, list(self.check.stages) if self.check else []) if tapped else None
 
@@ -94,9 +95,9 @@ class Predictor:
         """Record the features of the passes inside (for the input check)."""
         return self._tap.recording() if self._tap else nullcontext()
 
-    def _features(self) -> dict[str, torch.Tensor] | None:
-        """The features of the passes since the last call, inside `_recording`."""
-        return self._tap.take() if self._tap else None
+    def _features(self, last: bool = False) -> dict[str, torch.Tensor] | None:
+        """The features of the passes since the last call, inside `_recording` (FeatureTap.take)."""
+        return self._tap.take(last) if self._tap else None
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
@@ -140,7 +141,7 @@ class Predictor:
         found: dict = {}
 
         def explained(logits: torch.Tensor) -> int:  # the answer, decided once, picks the class to explain
-            found["answer"] = self._answer(prepared, logits, self._features())
+            found["answer"] = self._answer(prepared, logits, self._features(last=True))
             return self.codes.index(target or found["answer"].decided)
 
         with self._recording():

@@ -54,6 +54,11 @@ def test_tap_records_only_inside_recording_and_per_take():
             model(torch.randn(3, 3, 64, 64))
             first = tap.take()
             assert tap.take() == {}
+            model(torch.randn(1, 3, 64, 64))
+            assert len(tap.take(last=True)[POOLED]) == 1
+            model(torch.randn(1, 3, 64, 64))  # after the last take: not recorded
+            with pytest.raises(RuntimeError):
+                tap.take()
     assert set(first) == {*stage_names(model), POOLED} and all(len(v) == 5 for v in first.values())
     assert first["blocks.6"].shape[1] == 2 * 320 and first[POOLED].shape[1] == 1280
     with pytest.raises(RuntimeError):

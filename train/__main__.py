@@ -172,7 +172,6 @@ def final_evaluation(trainer: Trainer, splits: dict[str, SplitData], history: li
     best, spec = load_model_folder(out / "model")
     best.to(trainer.device, memory_format=torch.channels_last if trainer.channels_last else torch.contiguous_format)
     options = EvalOptions(trainer.device, trainer.amp_dtype, trainer.channels_last, config.optim.batch_size * 2,
-                          config.runtime.workers,
                           data=Path(config.dataset.data), explanations=not config.runtime.no_explanations)
     metrics = evaluate(best, spec, splits, out / "model", out, options,
                        extra={"history": history, "world_size": trainer.ranks.world_size})

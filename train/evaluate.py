@@ -58,7 +58,6 @@ class EvalOptions:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     batch_size: int = 128
-    workers: int = 0
     data: Path | None = None       # the task's data folder: annotations, confirmations; its parent holds the
                                    # other tasks' data folders (the input check's development families)
     explanations: bool = True      # measure the explanations (minutes on a CPU; needs `data`)
@@ -126,10 +125,10 @@ def evaluate(model: torch.nn.Module, spec: ModelSpec, splits: dict[str, SplitDat
 
     out.mkdir(parents=True, exist_ok=True)
     save_reference(model_dir, check, splits["train"], gallery)
-    metrics["similar_cases"] = make_gallery(model_dir, spec, splits, forwards["test"].features["pooled"],
-                                            rule.decide(rule.probabilities(logits["test"])), options.data)
-    update_config(model_dir, **rule.to_config(), input_check=check.to_config())
     probs = {s: rule.probabilities(logits[s]) for s in EVAL_SPLITS}
+    metrics["similar_cases"] = make_gallery(model_dir, spec, splits, forwards["test"].features["pooled"],
+                                            rule.decide(probs["test"]), options.data)
+    update_config(model_dir, **rule.to_config(), input_check=check.to_config())
     write_predictions(out / PREDICTIONS_CSV, splits, probs, rule)
     write_reports(metrics, read_spec(model_dir), model_dir, out)
     return metrics
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no images of the %s split(s) found in %s", " and ".join(empty), args.data)
         return 2
     device = pick_device(args.device)
-    options = EvalOptions(device, autocast_dtype(device, None), batch_size=args.batch_size, workers=args.workers,
+    options = EvalOptions(device, autocast_dtype(device, None), batch_size=args.batch_size,
                           data=args.data, explanations=not args.no_explanations, outliers=args.outliers)
     metrics = evaluate(model.to(device), spec, splits, args.model, args.out or args.model, options)
     test = metrics["splits"]["test"]

@@ -114,26 +114,29 @@ class Handlers:
                 task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
         """Verdict, probabilities and heat-map overlay, from one `Predictor.analyse` (a long
         image by its tiles when tiling is on: the answer is then the worst tile's)."""
-        predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
-        analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
-        return (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
-                overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, analysis.heatmap))
+        return self._answered(image, target, opacity, task, tile, method)[2]
 
     def page_analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
                      task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
         """The page's Analyse: `analyse`'s answer, and the similar cases from the same analysis."""
+        predictor, analysis, shown = self._answered(image, target, opacity, task, tile, method)
+        return *shown, similar_summary(analysis, predictor), similar_cases(analysis, predictor)
+
+    def _answered(self, image, target, opacity, task, tile, method) -> tuple[Predictor, Analysis, tuple]:
+        """One analysis and what `/analyse` returns of it: the verdict with the prediction set,
+        the probabilities, the overlay and the (image, heat-map) state."""
         predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
         analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
-        return (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
-                overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, analysis.heatmap),
-                similar_summary(analysis, predictor), similar_cases(analysis, predictor))
+        return predictor, analysis, (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
+                                     overlay(analysis.image, analysis.heatmap, opacity),
+                                     (analysis.image, analysis.heatmap))
 
     def similar(self, image: dict | None, task: str | None = None) -> list[tuple[np.ndarray, str]]:
         """The training images most similar to one image (the model's feature space), each
         captioned with its diagnosis, how it was confirmed and its similarity; none for an
         image the model does not know."""
-        predictor, _, _, _ = self.checked(task)
-        analysis = self._analysed(predictor, image, None, False, None)
+        predictor, _, _, tile = self.checked(task)
+        analysis = self._analysed(predictor, image, None, tile, None)
         return similar_cases(analysis, predictor)
 
     def batch(self, files: list[dict] | None, task: str | None = None, tile: str = "auto",

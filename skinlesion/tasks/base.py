@@ -62,7 +62,7 @@ class Task:
 
     @property
     def high_risk_codes(self) -> list[str]:
-        """Classes that get a recall-first threshold; none means a manual-review threshold."""
+        """Classes that get a recall-first threshold (none for a manual-review task)."""
         return [c.code for c in self.classes if c.risk in HIGH_RISK]
 
     def confirmation(self, confirmed: dict[str, str], image_id: str) -> str:

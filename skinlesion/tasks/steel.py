@@ -87,9 +87,9 @@ TASK = Task(
 - One duplicate pair (patches_101 = patches_105) is kept in one split.""",
     ethics="""
 **Decision support, not a release decision.** The model names one of six defect types and
-shows where it looked; a part whose top probability is under the review threshold (chosen on
-validation so that most wrong answers would have gone to a person) is sent to **manual
-review**: a wrong automatic label costs more than a second look.
+shows where it looked; a part whose 90% prediction set holds more than one defect type is sent
+to **manual review**: a wrong automatic label costs more than a second look. An image that does
+not look like a steel surface gets no label at all.
 
 **Data.** Trained on the NEU surface defect database (Song K., Yan Y., *Applied Surface
 Science* 285, 2013, 858–864; free for academic use): 1,800 grey-scale images of hot-rolled
