@@ -228,6 +228,19 @@ def card_metadata(spec: ModelSpec, metrics: dict) -> dict:
     }
 
 
+def _answering(metrics: dict) -> str:
+    """A paragraph on the ensemble (skinlesion/ensemble.py) when more than one pass answers."""
+    answered = metrics.get("answered_by") or {}
+    if answered.get("passes", 1) == 1:
+        return ""
+    views = {"plain": "the image", "hflip": "its left-right mirror image", "vflip": "its top-bottom mirror image"}
+    return (f"\nThe answer averages {answered['passes']} passes: the models {', '.join(answered['models'])} "
+            f"(the first is this folder's own; the others are in `members/`), each at its own temperature, on "
+            f"{', '.join(views[v] for v in answered['views'])}. The log of the averaged probabilities stands in "
+            "for the logits above, so the whole rule is fitted on what the ensemble outputs. The heat-map, the "
+            "input check and the similar cases are the first model's. The training section describes it.\n")
+
+
 def card_body(spec: ModelSpec, metrics: dict) -> str:
     """The card's Markdown (also the page's Model tab): what the model is, its use and limits,
     how it was trained, and the measured results."""
@@ -246,7 +259,7 @@ trained from {init} on {subset} of {task.dataset}, input {size}×{size} (the who
 resized, no crop). Logits are divided by the temperature {metrics['temperature']:.3f} (fitted on
 validation) before the softmax; the decided class adds the stored `class_bias` to the
 log-probabilities; {calibration}.
-
+{_answering(metrics)}
 ## Intended use
 {task.intended_use}
 

@@ -59,6 +59,16 @@ class FeatureTap:
         finally:
             self._local.seen = None
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Passes inside are not recorded (an ensemble's other members and views: ensemble.py)."""
+        seen = getattr(self._local, "seen", None)
+        self._local.seen = None
+        try:
+            yield
+        finally:
+            self._local.seen = seen
+
     def take(self, last: bool = False) -> dict[str, torch.Tensor]:
         """The features of the passes since the last take (inside `recording`), row by row;
         `last`: nothing more is recorded until the next `recording` (a heat-map's further passes,

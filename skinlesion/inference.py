@@ -2,8 +2,9 @@
 
     Predictor.analyse(image, target=None, method=GRAD_CAM, tile=None) -> Analysis
       prepare: check the file → RGB (images.py), the whole image or its tiles (tiles.py) → input
-      one forward pass → logits and features (the heat-map's own pass when one is asked for:
-      explain.py; the features through hooks: features.py)
+      one forward pass of the answering network (ensemble.py: the folder's model, or several
+      models and mirror views averaged) → logits, and the primary model's features (through
+      hooks: features.py); for one model and view the heat-map's own pass (explain.py) answers
       the input check (check.py) on the features: is this an image of the kind the model knows?
       calibrated probabilities → the decided class, decided once → the 90% prediction set
       (conformal.py) → the task's verdict (verdicts.py; "not an image of this kind" when the
@@ -12,26 +13,27 @@
       are stitched into one map, and the answer is the worst tile's
 
 `analyse_many` is the same without heat-maps, for many prepared images in batched passes (the
-batch path and the command line); `predict` gives the probabilities alone, optionally averaged
-over mirror images. Presentation (the overlay, its opacity, HTML) is the app's.
+batch path and the command line); `predict` gives the probabilities alone. The heat-map, the
+input check and the similar cases are the primary model's (the folder's own) also when an
+ensemble answers. Presentation (the overlay, its opacity, HTML) is the app's.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .check import InputCheck
+from .ensemble import Ensemble, load_ensemble
 from .explain import GRAD_CAM, METHODS, attribution_map, grad_cam, last_stage, upsample_heatmap
-from .features import POOLED, FeatureTap
+from .features import POOLED
 from .gallery import SHOWN, Case, Gallery, Neighbour
 from .hub import download, looks_like_repo_id
 from .images import ImageInput, InputError, load_image
-from .model import load_model_folder
 from .spec import ModelSpec
 from .tasks import get_task
 from .tiles import TILE_CHUNK, checked_boxes, chunks, crops, stitched, where, worst_tile, worth_tiling
@@ -70,17 +72,20 @@ class Prepared:
 
 
 class Predictor:
-    """A loaded model and its spec (spec.py: task, classes, input size, normalisation, the
-    decision rule), read once from the model folder's config.json."""
+    """A loaded network (a model, or an Ensemble: ensemble.py) and its spec (spec.py: task,
+    classes, input size, normalisation, the decision rule), read once from the model folder's
+    config.json. `model` is the primary model: the one the heat-map explains."""
 
-    def __init__(self, model: torch.nn.Module, spec: ModelSpec, folder: str | Path | None = None,
-                 device: str | torch.device = "cpu", tta: bool = False):
+    def __init__(self, model: torch.nn.Module | Ensemble, spec: ModelSpec, folder: str | Path | None = None,
+                 device: str | torch.device = "cpu"):
         self.device = torch.device(device)
+        net = model if isinstance(model, Ensemble) else Ensemble([model])
         # channels_last: about twice the CPU throughput of the default layout for B0
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        for p in self.model.parameters():  # Grad-CAM needs gradients of activations only
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
+        self.model = self.net.primary
+        for p in self.net.parameters():  # Grad-CAM needs gradients of activations only
             p.requires_grad_(False)
-        self.spec, self.tta = spec, tta
+        self.spec = spec
         self.folder = Path(folder) if folder is not None else None  # the card and plots live there
         self.task, self.codes, self.rule = spec.task, list(spec.codes), spec.rule
         self._transform = eval_transform(spec.input_size)
@@ -89,7 +94,7 @@ class Predictor:
         self.gallery = (Gallery.load(self.folder, self.codes, self.check.gallery if self.check else None)
                         if self.folder is not None else None)
         tapped = self.check is not None or self.gallery is not None
-        self._tap = FeatureTap(self.model, list(self.check.stages) if self.check else []) if tapped else None
+        self._tap = self.net.tap(list(self.check.stages) if self.check else []) if tapped else None
 
     def _recording(self):
         """Record the features of the passes inside (for the input check)."""
@@ -101,14 +106,14 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
-                        tta: bool = False, task: str | None = None) -> "Predictor":
+                        task: str | None = None) -> "Predictor":
         """`source`: a model folder, a Hub repo id ("user/name", cached copies work offline), or
         None for the bundled model of `task` (the default task when None)."""
         folder = Path(source) if source is not None else get_task(task).model_folder
         if source is not None and not folder.exists() and looks_like_repo_id(str(source)):
             folder = download(str(source))
-        model, spec = load_model_folder(folder)
-        return cls(model, spec, folder=folder, device=device, tta=tta)
+        net, spec = load_ensemble(folder)
+        return cls(net, spec, folder=folder, device=device)
 
     def to_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Checked RGB arrays → the model's normalised input batch (resized as in training)."""
@@ -141,15 +146,21 @@ class Predictor:
         found: dict = {}
 
         def explained(logits: torch.Tensor) -> int:  # the answer, decided once, picks the class to explain
-            found["answer"] = self._answer(prepared, logits, self._features(last=True))
+            if "answer" not in found:  # one model and view: the heat-map's own pass answers
+                found["answer"] = self._answer(prepared, logits, self._features(last=True))
             return self.codes.index(target or found["answer"].decided)
 
         with self._recording():
+            chosen = explained
+            if not self.net.single:  # the ensemble answers first; the heat-map explains the primary
+                with torch.inference_mode():
+                    found["answer"] = self._answer(prepared, self._logits(prepared.x), self._features(last=True))
+                chosen = explained(None)
             if prepared.boxes is None:
-                attribution, _, index = attribution_map(self.model, self.layer, prepared.x, method, explained)
+                attribution, _, index = attribution_map(self.model, self.layer, prepared.x, method, chosen)
                 heatmap = upsample_heatmap(attribution, prepared.size)
             else:
-                method, cams, index = GRAD_CAM, *self._tile_cams(prepared.x, explained)
+                method, cams, index = GRAD_CAM, *self._tile_cams(prepared.x, chosen)
                 heatmap = stitched(cams, prepared.boxes, prepared.size)
         answer = found["answer"]
         return replace(answer, image=prepared.image, heatmap=heatmap, target=self.codes[index], method=method,
@@ -162,7 +173,7 @@ class Predictor:
         whole = [p for p in prepared if p.boxes is None]
         answers, row = [], 0
         with self._recording():
-            logits = self.model(torch.cat([p.x for p in whole])) if whole else None
+            logits = self.net(torch.cat([p.x for p in whole])) if whole else None
             features = self._features()
             for p in prepared:
                 if p.boxes is None:
@@ -170,18 +181,21 @@ class Predictor:
                     answers.append(self._answer(p, logits[row:row + 1], rows))
                     row += 1
                 else:
-                    tile_logits = torch.cat([self.model(x) for x in chunks(p.x)])
-                    answers.append(self._answer(p, tile_logits, self._features()))
+                    answers.append(self._answer(p, self._logits(p.x), self._features()))
         return answers
 
-    def _tile_cams(self, x: torch.Tensor, explained) -> tuple[torch.Tensor, int]:
-        """Every tile's Grad-CAM of the class `explained` picks from all tiles' logits: from the
-        same pass when the tiles fit in one chunk, else the answer first, then the maps."""
+    def _tile_cams(self, x: torch.Tensor, explained: int | Callable[[torch.Tensor], int]) -> tuple[torch.Tensor, int]:
+        """Every tile's Grad-CAM of the class `explained` (an index, or what it picks from all
+        tiles' logits: from the same pass when the tiles fit in one chunk, else the answer
+        first, then the maps)."""
         if len(x) <= TILE_CHUNK:
             cams, _, index = grad_cam(self.model, self.layer, x, explained)
             return cams, index
-        with torch.inference_mode():
-            index = explained(torch.cat([self.model(chunk) for chunk in chunks(x)]))
+        if isinstance(explained, int):
+            index = explained
+        else:
+            with torch.inference_mode():
+                index = explained(self._logits(x))
         return torch.cat([grad_cam(self.model, self.layer, chunk, index)[0] for chunk in chunks(x)]), index
 
     def _answer(self, prepared: Prepared, logits: torch.Tensor, features: dict[str, torch.Tensor] | None) -> Analysis:
@@ -221,12 +235,12 @@ class Predictor:
         analysis = self.analyse(image, method=None, tile=tile)
         return [self.gallery.case(n) for n in analysis.similar[:k]] if self.gallery else []
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The answering network's logits of a stack of views or tiles, in passes of TILE_CHUNK."""
+        return torch.cat([self.net(chunk) for chunk in chunks(x)])
+
     @torch.inference_mode()
-    def predict(self, image: ImageInput, tta: bool | None = None) -> dict[str, float]:
-        """Calibrated probability of every class (summing to 1) of the whole image; with `tta`,
-        averaged over the image and its horizontal and vertical mirror images."""
-        x = self.to_batch([load_image(image)])
-        if self.tta if tta is None else tta:
-            x = torch.cat([x, x.flip(-1), x.flip(-2)])
-        probs = self.rule.probabilities(self.model(x).float().cpu().numpy()).mean(0)
+    def predict(self, image: ImageInput) -> dict[str, float]:
+        """Calibrated probability of every class (summing to 1) of the whole image."""
+        probs = self.rule.probabilities(self.net(self.to_batch([load_image(image)])).float().cpu().numpy())[0]
         return {code: float(p) for code, p in zip(self.codes, probs)}

@@ -1,4 +1,4 @@
-"""Predictor: every kind of input, calibration, TTA, triage, loading from a folder or the Hub cache."""
+"""Predictor: every kind of input, calibration, triage, loading from a folder or the Hub cache."""
 import io
 import json
 import shutil
@@ -53,15 +53,6 @@ def test_temperature_from_the_config_is_applied(predictor, photo):
     expected = torch.softmax(logits / 1.5, -1).numpy()
     assert np.allclose(list(predictor.predict(photo).values()), expected, atol=1e-6)
     assert not np.allclose(expected, torch.softmax(logits, -1).numpy(), atol=1e-3)
-
-
-def test_flip_tta_averages_mirror_images(predictor, photo):
-    plain, tta = predictor.predict(photo), predictor.predict(photo, tta=True)
-    assert sum(tta.values()) == pytest.approx(1) and tta != pytest.approx(plain, abs=1e-7)
-    x = predictor.to_batch([photo])
-    with torch.no_grad():
-        probs = torch.softmax(predictor.model(torch.cat([x, x.flip(-1), x.flip(-2)])) / 1.5, -1).mean(0)
-    assert np.allclose(list(tta.values()), probs.numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "I;16", "I", "F", "L", "1", "YCbCr"])

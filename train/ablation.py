@@ -1,106 +1,140 @@
-"""Compare training runs on the same split: one table row per run, validation and test.
+"""The model's levers, measured on one split: each model alone, the models together, each with
+and without mirror views (test-time augmentation), every row with its own decision rule fitted
+on validation — as `python -m train.ensemble` + `python -m train.evaluate` would ship it.
 
-    python -m train.ablation runs/ablation/* runs/b0-192 --data ../shared/data/ham10000 \\
-        --out results/ablation/table.md
+    python -m train.ablation assets/model runs/lite0-224/model --data ../shared/data/ham10000 \\
+        --out results/ablation/levers.md
 
-For every run folder (OUT of `python -m train`): balanced accuracy with the arg-max and with
-the fitted decision rule (decision.py, fitted on that run's validation split), with and
-without flip test-time augmentation (the image and its two mirror images, averaged), macro
-AUC, ECE after temperature, and the training time. Nothing is chosen on the test split.
+The first folder is the primary (the one that explains). Every model's outputs on every view are
+computed once (train/ensemble.member_outputs) and combined as skinlesion/ensemble.py combines
+them (each model's own temperature fitted alone on validation, the probabilities averaged); the
+rule (skinlesion/decision.py: temperature, class bias, recall-first thresholds) is fitted on
+validation. Columns: validation balanced accuracy (what a choice may look at); on test, balanced
+accuracy, macro AUC, melanoma sensitivity and specificity at the stored threshold, ECE; the
+network's forward pass p50 on one image (ms, this machine, no input check or heat-map); the
+training minutes of the models (from each run's metrics.json history when the folder is
+runs/<name>/model). Nothing is chosen on test.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import statistics
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.card import f, table
-from skinlesion.decision import DecisionRule
-from skinlesion.metrics import expected_calibration_error, macro_auc
-from skinlesion.model import load_model_folder
-from skinlesion.transforms import eval_transform
+from skinlesion.decision import DecisionRule, fit_temperature
+from skinlesion.ensemble import Ensemble, average, load_ensemble
+from skinlesion.metrics import classification_report, expected_calibration_error, macro_auc, operating_point
 
-from .engine import make_loader, pick_device, predict_logits, prepare_splits
+from .engine import pick_device, prepare_splits
+from .ensemble import member_outputs
 
 log = logging.getLogger("train.ablation")
+VIEW_SETS = (("plain",), ("plain", "hflip"), ("plain", "hflip", "vflip"))
+TIMED_RUNS = 30
 
 
-class Flipped(torch.nn.Module):
-    """The model averaged over the image and its horizontal and vertical mirror images, in
-    probability (as Predictor's TTA does), returned as log-probabilities."""
-
-    def __init__(self, model: torch.nn.Module, temperature: float):
-        super().__init__()
-        self.model, self.temperature, self.pretrained_cfg = model, temperature, model.pretrained_cfg
-        self.num_classes = model.num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = [self.model(v) / self.temperature for v in (x, x.flip(-1), x.flip(-2))]
-        return torch.stack([v.softmax(-1) for v in views]).mean(0).log()
+def training_minutes(folder: Path) -> float | None:
+    history = folder.parent / "metrics.json"
+    if folder.name != "model" or not history.is_file():
+        return None
+    seconds = [h.get("seconds") for h in json.loads(history.read_text()).get("history", [])]
+    return sum(seconds) / 60 if seconds and None not in seconds else None
 
 
-def score(run: Path, data: Path, device: torch.device) -> dict:
-    model, spec = load_model_folder(run / "model")
-    splits = prepare_splits(spec.task.load(data), spec.input_size, 0, None, spec.codes, split=run / "split.csv")
-    row: dict = {"run": run.name, **{k: spec.training.get(k) for k in (
-        "initialisation", "image_size", "epochs", "best_epoch", "class_weights")},
-        "architecture": spec.architecture}
-    history = json.loads((run / "metrics.json").read_text()).get("history", [])
-    row["train_minutes"] = sum(h["seconds"] for h in history) / 60
-    labels = {s: splits[s].labels for s in ("val", "test")}
-    loaders = {s: make_loader(splits[s], eval_transform(spec.input_size), 128, 0, shuffle=False) for s in labels}
-    temperature = None
-    for name in ("plain", "tta"):  # TTA: the mirror images averaged at the plain rule's temperature
-        net = model if temperature is None else Flipped(model, temperature)
-        logits = {s: predict_logits(net.to(device), loaders[s], device) for s in labels}
-        rule, _ = DecisionRule.fit(logits["val"], labels["val"], spec.codes, spec.task.key)
-        temperature = rule.temperature
-        for s in labels:
-            probs = rule.probabilities(logits[s])
-            row[f"{name}_{s}_argmax"] = balanced_accuracy_score(labels[s], probs.argmax(1))
-            row[f"{name}_{s}_rule"] = balanced_accuracy_score(labels[s], rule.decide(probs))
-            row[f"{name}_{s}_auc"] = macro_auc(probs, labels[s])
-            row[f"{name}_{s}_ece"] = expected_calibration_error(probs, labels[s])
+@torch.inference_mode()
+def forward_p50(net: Ensemble, size: int) -> float:
+    """Median milliseconds of one image's pass through `net` on the CPU, after a warm-up."""
+    net = net.to("cpu", memory_format=torch.channels_last).eval()
+    x = torch.randn(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    for _ in range(5):
+        net(x)
+    times = []
+    for _ in range(TIMED_RUNS):
+        start = time.perf_counter()
+        net(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def lever(name: str, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray], codes: list[str],
+          task: str, temperatures: list[float]) -> dict:
+    """One row: the given passes (models × views), each at its model's temperature, averaged."""
+    logits = {s: average([torch.log_softmax(torch.as_tensor(o) / t, -1) for o, t in zip(outputs[s], temperatures)]
+                         ).numpy() for s in labels}
+    rule, _ = DecisionRule.fit(logits["val"], labels["val"], codes, task)
+    row: dict = {"lever": name}
+    for s in labels:
+        probs = rule.probabilities(logits[s])
+        row[f"{s}_ba"] = classification_report(probs, labels[s], codes, rule.decide(probs))["balanced_accuracy"]
+    probs = rule.probabilities(logits["test"])
+    mel = operating_point(probs, labels["test"], codes, rule.thresholds).get("mel", {})
+    row.update(test_auc=macro_auc(probs, labels["test"]), test_ece=expected_calibration_error(probs, labels["test"]),
+               mel_sensitivity=mel.get("sensitivity"), mel_specificity=mel.get("specificity"))
     return row
 
 
+def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]:
+    nets = [load_ensemble(folder) for folder in folders]
+    spec = nets[0][1]
+    models = [net.primary for net, _ in nets]
+    sizes = [None] + [s.input_size for _, s in nets[1:]]
+    splits = prepare_splits(spec.task.load(data), spec.input_size, spec.training.get("seed", 0), None, spec.codes)
+    labels = {s: splits[s].labels for s in ("val", "test")}
+    everything = Ensemble(models, sizes=sizes, views=VIEW_SETS[-1]).to(device)
+    raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
+    views = len(VIEW_SETS[-1])
+    temperatures = [fit_temperature(raw["val"][m * views], labels["val"]) for m in range(len(models))]
+    names = [folder.parent.name if folder.name == "model" else folder.name for folder in folders]
+    minutes = [training_minutes(folder) for folder in folders]
+    groups = [[m] for m in range(len(models))] + ([list(range(len(models)))] if len(models) > 1 else [])
+    rows = []
+    for group in groups:
+        for view_set in VIEW_SETS:
+            passes = [m * views + VIEW_SETS[-1].index(v) for m in group for v in view_set]
+            label = " + ".join(names[m] for m in group) + ("" if len(view_set) == 1 else " · " + "+".join(view_set[1:]))
+            log.info("%s", label)
+            row = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes), spec.task.key,
+                        [temperatures[p // views] for p in passes])
+            net = Ensemble([models[m] for m in group], [temperatures[m] for m in group],
+                           [sizes[m] for m in group], view_set)
+            row["p50_ms"] = forward_p50(net, spec.input_size)
+            known = [minutes[m] for m in group]
+            row["train_minutes"] = sum(known) if None not in known else None
+            rows.append(row)
+    return rows
+
+
 def render(rows: list[dict]) -> str:
-    header = ["run", "init", "architecture", "px", "epochs (best)", "class weights", "train min",
-              "val BA arg-max", "val BA rule", "test BA arg-max", "test BA rule",
-              "test BA rule + flip TTA", "test macro AUC", "test ECE"]
-    body = [[r["run"], r["initialisation"], r["architecture"], r["image_size"], f"{r['epochs']} ({r['best_epoch']})",
-             r["class_weights"], f"{r['train_minutes']:.0f}",
-             f(r["plain_val_argmax"]), f(r["plain_val_rule"]), f(r["plain_test_argmax"]),
-             f(r["plain_test_rule"]), f(r["tta_test_rule"]), f(r["plain_test_auc"]), f(r["plain_test_ece"])]
-            for r in rows]
-    return table(header, body)
+    header = ["lever", "val BA", "test BA", "test macro AUC", "mel sensitivity", "mel specificity", "test ECE",
+              "forward p50 (ms)", "training (min)"]
+    return table(header, [[r["lever"], f(r["val_ba"]), f(r["test_ba"]), f(r["test_auc"]), f(r["mel_sensitivity"]),
+                           f(r["mel_specificity"]), f(r["test_ece"]), f"{r['p50_ms']:.0f}",
+                           "n/a" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", type=Path, nargs="+", help="run folders of python -m train")
+    p.add_argument("models", type=Path, nargs="+", help="model folders, the primary first (one split and task)")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, help="Markdown table to write (and .json beside it)")
+    p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    device = pick_device("auto")
-    rows = []
-    for run in args.runs:
-        if not (run / "model" / "config.json").is_file():
-            log.warning("%s: no model folder, skipped", run)
-            continue
-        log.info("scoring %s", run)
-        rows.append(score(run, args.data, device))
-    table = render(rows)
-    print(table)
+    rows = measure(args.models, args.data, pick_device(args.device))
+    rendered = render(rows)
+    print(rendered)
     if args.out:
-        args.out.write_text(table)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(rendered)
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 

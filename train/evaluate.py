@@ -27,6 +27,7 @@ import torch
 from skinlesion.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, RELIABILITY_PNG, render_card
 from skinlesion.data import DataError
 from skinlesion.decision import DecisionRule, softmax
+from skinlesion.ensemble import Ensemble, load_ensemble
 from skinlesion.folder import copy_file, write_atomically, write_json, write_text
 from skinlesion.metrics import (
     classification_report,
@@ -36,7 +37,6 @@ from skinlesion.metrics import (
     set_report,
     unsure_report,
 )
-from skinlesion.model import load_model_folder
 from skinlesion.spec import ModelFolderError, ModelSpec, read_spec, update_config
 from skinlesion.verdicts import unsure
 
@@ -104,23 +104,29 @@ def split_metrics(rule: DecisionRule, logits: np.ndarray, labels: np.ndarray) ->
     }
 
 
-def evaluate(model: torch.nn.Module, spec: ModelSpec, splits: dict[str, SplitData], model_dir: Path,
+def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[str, SplitData], model_dir: Path,
              out: Path, options: EvalOptions, extra: dict | None = None) -> dict:
-    """Fit the decision rule and the input check, measure validation and test, store the rule
-    and the check in the model folder and write the reports; returns the metrics (metrics.json)."""
+    """Fit the decision rule on what `model` (a model, or an Ensemble: skinlesion/ensemble.py)
+    outputs and the input check on its primary model's features, measure validation and test,
+    store the rule and the check in the model folder and write the reports; returns the metrics
+    (metrics.json)."""
     run = dict(device=options.device, amp_dtype=options.amp_dtype, channels_last=options.channels_last,
                batch_size=options.batch_size)
-    forwards = {s: forward_all(model, spec, splits[s].images, **run) for s in ("train", *EVAL_SPLITS)}
+    net = model if isinstance(model, Ensemble) else Ensemble([model])
+    # The training split serves the input check and the gallery: the primary model's features
+    # alone (the same as in the whole network's pass, which records only the primary's plain view).
+    forwards = {s: forward_all(net if s in EVAL_SPLITS else net.primary, spec, splits[s].images, **run)
+                for s in ("train", *EVAL_SPLITS)}
     logits = {s: forwards[s].logits for s in EVAL_SPLITS}
     rule, bias_strength = DecisionRule.fit(logits["val"], splits["val"].labels, spec.codes, spec.task.key)
     others = options.data.resolve().parent if options.data is not None else None  # the other tasks' data
-    check, gallery, check_report = fit_check(model, spec, splits, forwards, **run, data_root=others,
+    check, gallery, check_report = fit_check(net.primary, spec, splits, forwards, **run, data_root=others,
                                              outliers=options.outliers, seed=spec.training.get("seed", 0))
     metrics = {"task": spec.task.key, "labels": list(spec.codes), **rule.to_config(), "bias_strength": bias_strength,
-               "training": spec.training, "input_check": check_report,
+               "training": spec.training, "answered_by": net.describe(spec.input_size), "input_check": check_report,
                "splits": {s: split_metrics(rule, logits[s], splits[s].labels) for s in EVAL_SPLITS}}
     if options.explanations and options.data is not None:
-        metrics["explanations"] = explanation_report(model, spec, splits["test"].records, Path(options.data))
+        metrics["explanations"] = explanation_report(net.primary, spec, splits["test"].records, Path(options.data))
     metrics.update(extra or {})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
     try:
-        model, spec = load_model_folder(args.model)
+        model, spec = load_ensemble(args.model)
         splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
                                 spec.codes, split=args.split, workers=args.workers + 1)
     except (ModelFolderError, DataError) as error:

@@ -3,10 +3,11 @@
     python -m train.export --model runs/b0-192/model --out assets/model --data ../shared/data/ham10000 \\
         --split runs/b0-192/split.csv --reference tests/fixtures/ham10000_fp32_probabilities.csv
 
-Copies the folder, stores the weights as float16 (half the download; loading casts them back
-to float32), and compares the calibrated probabilities of the two on the validation and test
-images: above --tolerance (1e-3) anywhere, the float32 weights are kept. `--reference` writes
-the float32 probabilities of the committed test ids, which the bundled-model test re-checks.
+Copies the folder (with its ensemble members), stores every model's weights as float16 (half the
+download; loading casts them back to float32), and compares the calibrated probabilities of the
+two on the validation and test images: above --tolerance (1e-3) anywhere, the float32 weights
+are kept. `--reference` writes the float32 probabilities of the committed test ids, which the
+bundled-model test re-checks.
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from skinlesion.ensemble import ENSEMBLE_KEY, load_ensemble
 from skinlesion.folder import copy_file, write_atomically
-from skinlesion.model import WEIGHTS_FILE, load_model_folder
-from skinlesion.transforms import eval_transform
+from skinlesion.model import WEIGHTS_FILE
+from skinlesion.spec import read_config, read_spec
 
-from .engine import SplitData, make_loader, pick_device, predict_logits, prepare_splits
+from .engine import SplitData, pick_device, prepare_splits
+from .trust import forward_all
 
 log = logging.getLogger("train.export")
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -40,11 +43,16 @@ def to_float16(folder: Path) -> None:
     write_atomically(path, lambda tmp: safetensors.torch.save_file(half, tmp, metadata={"format": "pt"}))
 
 
-def answers(folder: Path, data, device) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated probabilities and decided classes of a model folder for `data`."""
-    model, spec = load_model_folder(folder)
-    loader = make_loader(data, eval_transform(spec.input_size), 128, 0, shuffle=False)
-    probs = spec.rule.probabilities(predict_logits(model.to(device), loader, device))
+def weight_folders(folder: Path) -> list[Path]:
+    """The folder and its ensemble members' folders (skinlesion/ensemble.py)."""
+    members = (read_config(folder).get(ENSEMBLE_KEY) or {}).get("members", [])
+    return [folder, *(folder / m["folder"] for m in members)]
+
+
+def answers(folder: Path, data: SplitData, device) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities and decided classes of a model folder (its whole ensemble) for `data`."""
+    net, spec = load_ensemble(folder)
+    probs = spec.rule.probabilities(forward_all(net.to(device), spec, data.images, device, batch_size=32).logits)
     return probs, spec.rule.decide(probs)
 
 
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
-    _, spec = load_model_folder(args.model)
+    spec = read_spec(args.model)
     splits = prepare_splits(spec.task.load(args.data), spec.input_size, 0, None, spec.codes, split=args.split)
     held_out = SplitData(splits["val"].records + splits["test"].records, splits["val"].images + splits["test"].images,
                          np.concatenate([splits["val"].labels, splits["test"].labels]))
@@ -68,18 +76,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.out.exists():
         shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
-    for file in sorted(args.model.iterdir()):  # a model folder is flat; hidden files are leftovers
-        if file.is_file() and not file.name.startswith("."):
-            copy_file(file, args.out / file.name)
-    to_float16(args.out)
+    shutil.copytree(args.model, args.out, ignore=shutil.ignore_patterns(".*"))  # hidden files are leftovers
+    for folder in weight_folders(args.out):
+        to_float16(folder)
     (full, full_decided), (half, half_decided) = (answers(args.model, held_out, device),
                                                   answers(args.out, held_out, device))
     worst = float(np.abs(full - half).max())
     log.info("float16 vs float32 on %d validation + test images: largest probability change %.2e, "
              "decided class changed for %d", len(full), worst, int((full_decided != half_decided).sum()))
     if worst > args.tolerance:
-        copy_file(args.model / WEIGHTS_FILE, args.out / WEIGHTS_FILE)
+        for source, target in zip(weight_folders(args.model), weight_folders(args.out)):
+            copy_file(source / WEIGHTS_FILE, target / WEIGHTS_FILE)
         log.warning("over the tolerance %.0e: kept the float32 weights", args.tolerance)
     if args.reference:
         ids = (FIXTURES / f"{spec.task.key}_test_ids.txt").read_text().split()[:REFERENCE_IMAGES]

@@ -34,9 +34,9 @@ from safetensors.torch import save_file
 from skinlesion.card import CARD_FILE, METRICS_FILE, read_metrics, render_card
 from skinlesion.check import REFERENCE_FILE, InputCheck, normalised
 from skinlesion.data import read_rgb
+from skinlesion.ensemble import load_ensemble
 from skinlesion.folder import write_atomically, write_json, write_text
 from skinlesion.gallery import GALLERY_FILE
-from skinlesion.model import load_model_folder
 from skinlesion.spec import ModelSpec, read_spec
 from skinlesion.tasks.base import ASSETS
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model / REFERENCE_FILE).is_file():
         log.error("%s has no %s: run python -m train.evaluate first", args.model, REFERENCE_FILE)
         return 2
-    model, spec = load_model_folder(args.model)
+    model, spec = load_ensemble(args.model)
     splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
                             spec.codes, split=args.split)
     device = pick_device(args.device)

@@ -22,8 +22,10 @@ from skinlesion.spec import ModelFolderError, read_spec
 
 
 def files_to_upload(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and any(fnmatch.fnmatch(p.name, pattern) for pattern in HUB_FILES))
+    """The model folder's files, with its ensemble members' (members/<name>/), hidden ones left out."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and any(fnmatch.fnmatch(p.name, pattern) for pattern in HUB_FILES))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if not looks_like_repo_id(args.repo_id):
         print(f"error: --repo-id must be USER/NAME, not {args.repo_id!r}", file=sys.stderr)
         return 2
-    files = files_to_upload(args.model)
+    files = [f.relative_to(args.model).as_posix() for f in files_to_upload(args.model)]
     print(f"{'would upload' if args.dry_run else 'uploading'} to {hub_constants.ENDPOINT}/{args.repo_id}:")
     for f in files:
-        print(f"  {f.name:<24} {f.stat().st_size / 1e6:8.2f} MB")
+        print(f"  {f:<40} {(args.model / f).stat().st_size / 1e6:8.2f} MB")
     if args.dry_run:
         return 0
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         api = HfApi(token=token)
         api.create_repo(args.repo_id, private=args.private, exist_ok=True)
         commit = api.upload_folder(folder_path=args.model, repo_id=args.repo_id, commit_message=args.message,
-                                   allow_patterns=[f.name for f in files])
+                                   allow_patterns=files)
     except Exception as error:  # HTTP errors, auth, network: the message says which
         print(f"error: upload to {args.repo_id} failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 3

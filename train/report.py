@@ -3,13 +3,15 @@
 Every table comes from metrics.json through skinlesion/card.py. After evaluating a bundled
 model (or changing the renderer), re-render the bundled models' cards and the tables of
 docs/results.md, docs/explanations.md and docs/trust.md (the blocks between
-`<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations or trust) with:
+`<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations or trust, and
+levers: the table `python -m train.ablation` wrote to results/ablation/levers-TASK.json) with:
 
     python -m train.report
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -34,7 +36,8 @@ from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
 DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md", "trust.md")]
-RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations|trust): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
+RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations|trust|levers): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
+LEVERS = Path(__file__).resolve().parents[1] / "results" / "ablation"  # levers-TASK.json: train/ablation.py
 
 
 def render_history(history: list[dict]) -> str:
@@ -57,11 +60,17 @@ def render_report(metrics: dict) -> str:
 
 def with_results(text: str) -> str:
     """`text` with each block replaced from that task's bundled model's metrics.json: `results`
-    by the headline table, `explanations` by the explanation tables."""
+    by the headline table, `explanations` by the explanation tables, `trust` by the trust
+    tables; `levers` from the ablation's rows."""
     render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n"),
               "trust": lambda m: trust_tables(m).lstrip("\n")}
 
     def block(match: re.Match) -> str:
+        if match[2] == "levers":
+            from .ablation import render as levers
+            rows = LEVERS / f"levers-{match[3]}.json"
+            body = levers(json.loads(rows.read_text())) if rows.is_file() else f"(no {rows.name})\n"
+            return match[1] + body + match[5]
         metrics = read_metrics(TASKS[match[3]].model_folder)
         return match[1] + (render[match[2]](metrics) if metrics else "(no metrics.json)\n") + match[5]
     return RESULTS_BLOCK.sub(block, text)

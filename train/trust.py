@@ -1,6 +1,6 @@
 """The input check fitted and measured, and the reference gallery chosen (skinlesion/check.py).
 
-    features = forward_all(model, spec, images, options)          # logits + FeatureTap features
+    features = forward_all(net, spec, images, options)            # logits + FeatureTap features
     check, report = fit_check(spec, features, splits, options)    # called by train/evaluate.py
 
 The check is fitted on the task's own images only — the training split and one shifted copy of
@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 from skinlesion.check import PASS_RATE, REFERENCE_FILE, InputCheck
-from skinlesion.features import FeatureTap, stage_names
+from skinlesion.ensemble import Ensemble
+from skinlesion.features import stage_names
 from skinlesion.folder import write_atomically
 from skinlesion.spec import ModelSpec
 from skinlesion.transforms import eval_transform, normalize
@@ -38,10 +39,13 @@ class Forward:
 
 
 @torch.no_grad()
-def forward_all(model: torch.nn.Module, spec: ModelSpec, images: Sequence[np.ndarray], device: torch.device,
-                amp_dtype: torch.dtype | None = None, channels_last: bool = False, batch_size: int = 128) -> Forward:
-    """Logits and features of RGB images of any size, resized as the Predictor does, in order."""
-    transform, tap = eval_transform(spec.input_size), FeatureTap(model, stage_names(model))
+def forward_all(model: torch.nn.Module | Ensemble, spec: ModelSpec, images: Sequence[np.ndarray],
+                device: torch.device, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                batch_size: int = 128) -> Forward:
+    """Logits of the answering network (a model, or an Ensemble) and the features of its primary
+    model's plain view, of RGB images of any size, resized as the Predictor does, in order."""
+    model = model if isinstance(model, Ensemble) else Ensemble([model])
+    transform, tap = eval_transform(spec.input_size), model.tap(stage_names(model.primary))
     model.eval()
     logits, parts = [], {}
     try:

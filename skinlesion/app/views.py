@@ -55,7 +55,7 @@ class TaskView:
         return cls(
             intro=(f"Upload {task.subject}: the model gives the probability of each of its {len(task.classes)} "
                    f"classes, a verdict, and a Grad-CAM map of the regions that drove the answer. "
-                   f"**{task.disclaimer}**"),
+                   f"{answering_note(predictor)}**{task.disclaimer}**"),
             notice=placeholder_notice(metrics),
             classes=class_table_markdown(predictor),
             ethics=task.ethics + PRIVACY,
@@ -66,6 +66,16 @@ class TaskView:
             targets=[("Decided class", TOP_CLASS)] + [(display_name(c), c.code) for c in task.classes],
             examples=[path for path, _ in examples],
             example_labels=[f"{display_name(task.info(code))}, true class" for _, code in examples])
+
+
+def answering_note(predictor: Predictor) -> str:
+    """Which models answer, and which one the map and the similar cases come from (ensemble.py)."""
+    if predictor.net.single:
+        return ""
+    answered = predictor.net.describe(predictor.spec.input_size)
+    mirrored = " and their mirror images" if len(answered["views"]) > 1 else ""
+    return (f"The answer averages {len(answered['models'])} models ({', '.join(answered['models'])}) on the "
+            f"image{mirrored}; the map and the similar cases come from the first of them. ")
 
 
 def display_name(info: ClassInfo) -> str:

@@ -1,0 +1,129 @@
+"""The network that answers: a model folder's own model, optionally with further models and
+mirror views (test-time augmentation), averaged, as one module.
+
+A model folder names its members and views in config.json (`python -m train.ensemble` writes
+it; without the key the folder's model answers alone, on the plain view):
+
+    "ensemble": {"temperature": 0.61,                       # the folder's own model's
+                 "members": [{"folder": "members/lite0-224", "temperature": 0.85}],
+                 "views": ["plain", "hflip"]}
+
+`Ensemble(x)` returns log p, where p averages every member's temperature-scaled softmax over the
+views (each member's temperature fitted alone on validation, so that no member dominates by
+being over-confident). The decision rule (decision.py) takes log p as its logits: for one model
+and the plain view, softmax(log_softmax(z) / T) = softmax(z / T), so a folder without
+"ensemble" answers exactly as its model does, and a folder with one has its whole rule —
+temperature, class bias, thresholds, prediction sets — fitted on what the ensemble outputs.
+
+The folder's own model is the *primary*: its plain view runs first, and it is the pass whose
+features the input check and the similar cases read (features.py); the heat-map explains it.
+The other passes run inside `quiet()`, which `tap` points at the FeatureTap's pause.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .features import FeatureTap
+from .model import load_model_folder
+from .spec import ModelFolderError, ModelSpec
+
+ENSEMBLE_KEY = "ensemble"
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "plain": lambda x: x,
+    "hflip": lambda x: x.flip(-1),   # mirror left-right
+    "vflip": lambda x: x.flip(-2),   # mirror top-bottom
+}
+
+
+def average(log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """log of the mean of the probabilities, from their logs (logsumexp: no underflow)."""
+    return torch.logsumexp(torch.stack(list(log_probs)), 0) - math.log(len(log_probs))
+
+
+class Ensemble(torch.nn.Module):
+    """Members (the primary first) with their temperatures and input sizes (None: the input as
+    given; else resized to size×size, as the member was trained), averaged over `views`."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], temperatures: Sequence[float] | None = None,
+                 sizes: Sequence[int | None] | None = None, views: Sequence[str] = ("plain",)):
+        super().__init__()
+        unknown = [v for v in views if v not in VIEWS]
+        if unknown or not views or views[0] != "plain":
+            raise ValueError(f"views must start with 'plain' and be among {', '.join(VIEWS)}: {list(views)}")
+        self.members = torch.nn.ModuleList(models)
+        self.temperatures = [float(t) for t in (temperatures or [1.0] * len(models))]
+        self.sizes = list(sizes or [None] * len(models))
+        self.views = tuple(views)
+        self.quiet: Callable = nullcontext
+
+    @property
+    def primary(self) -> torch.nn.Module:
+        return self.members[0]
+
+    @property
+    def single(self) -> bool:
+        """One model, one view: its logits are the answer's (no averaging)."""
+        return len(self.members) == 1 and self.views == ("plain",)
+
+    @property
+    def passes(self) -> int:
+        return len(self.members) * len(self.views)
+
+    def tap(self, stages: Sequence[str]) -> FeatureTap:
+        """A FeatureTap on the primary that records only the primary's plain view."""
+        tap = FeatureTap(self.primary, list(stages))
+        self.quiet = tap.paused
+        return tap
+
+    def member_log_probs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every member's and view's log_softmax(z / T), the primary's plain view first."""
+        parts = []
+        for i, (model, temperature, size) in enumerate(zip(self.members, self.temperatures, self.sizes)):
+            if size is not None and tuple(x.shape[-2:]) != (size, size):
+                inputs = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            else:
+                inputs = x
+            for j, view in enumerate(self.views):
+                with nullcontext() if i == j == 0 else self.quiet():
+                    parts.append(torch.log_softmax(model(VIEWS[view](inputs)).float() / temperature, dim=-1))
+        return parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.single:
+            return self.primary(x)
+        return average(self.member_log_probs(x))
+
+    def describe(self, input_size: int) -> dict:
+        """What answers, for metrics.json and the card: each model with its input size, the views."""
+        models = [f"{getattr(m, 'pretrained_cfg', {}).get('architecture', type(m).__name__)} at {s or input_size} px"
+                  for m, s in zip(self.members, self.sizes)]
+        return {"models": models, "views": list(self.views), "passes": self.passes}
+
+
+def load_ensemble(folder: str | Path) -> tuple[Ensemble, ModelSpec]:
+    """The folder's model with the members and views its config names (model.py loads each);
+    ModelFolderError when a member is missing, outside the folder, or answers other classes."""
+    folder = Path(folder)
+    model, spec = load_model_folder(folder)
+    settings = spec.config.get(ENSEMBLE_KEY) or {}
+    models, temperatures, sizes = [model], [settings.get("temperature", 1.0)], [None]
+    for member in settings.get("members", []):
+        where = (folder / member["folder"]).resolve()
+        if not where.is_relative_to(folder.resolve()):
+            raise ModelFolderError(f"{folder}: ensemble member {member['folder']!r} lies outside the folder")
+        other, other_spec = load_model_folder(where)
+        if other_spec.codes != spec.codes or (other_spec.mean, other_spec.std) != (spec.mean, spec.std):
+            raise ModelFolderError(f"{where}: its classes or normalisation differ from {folder}'s")
+        models.append(other)
+        temperatures.append(member.get("temperature", 1.0))
+        sizes.append(other_spec.input_size)
+    try:
+        return Ensemble(models, temperatures, sizes, settings.get("views", ["plain"])), spec
+    except ValueError as error:
+        raise ModelFolderError(f"{folder}: {error}") from None

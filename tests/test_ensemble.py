@@ -1,0 +1,151 @@
+"""Ensemble: a folder's model with further models and mirror views answers as one network; the
+heat-map, the input check and the similar cases stay the primary model's."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_train
+
+from skinlesion import Predictor
+from skinlesion.ensemble import Ensemble, load_ensemble
+from skinlesion.explain import GRAD_CAM
+from skinlesion.features import POOLED, stage_names
+from skinlesion.model import create_model, save_model_folder
+from skinlesion.spec import ModelFolderError, update_config
+from skinlesion.tasks import get_task
+
+PRIMARY_T, MEMBER_T, RULE_T = 1.2, 0.8, 1.5   # RULE_T: the model_folder fixture's rule temperature
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(1)
+    image = np.zeros((80, 100, 3), np.uint8) + np.array([170, 110, 95], np.uint8)
+    image[20:50, 30:70] = [80, 45, 40]
+    return np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def ensemble_folder(model_folder, tmp_path):
+    """The 64 px model folder with a 48 px member of other weights, averaged over two views."""
+    folder = tmp_path / "ensemble"
+    shutil.copytree(model_folder, folder)
+    torch.manual_seed(1)
+    member = create_model(7, image_size=48)
+    torch.nn.init.normal_(member.get_classifier().weight, std=0.3)
+    save_model_folder(member, folder / "members" / "other", get_task("ham10000"))
+    update_config(folder, ensemble={"temperature": PRIMARY_T, "views": ["plain", "hflip"],
+                                    "members": [{"folder": "members/other", "temperature": MEMBER_T}]})
+    return folder
+
+
+def test_one_model_on_the_plain_view_answers_with_its_own_logits(predictor, photo):
+    x = predictor.to_batch([photo])
+    with torch.no_grad():
+        assert Ensemble([predictor.model]).single
+        assert torch.equal(Ensemble([predictor.model])(x), predictor.model(x))
+
+
+def test_mirror_views_average_the_probabilities(predictor, photo):
+    x = predictor.to_batch([photo])
+    net = Ensemble([predictor.model], views=["plain", "hflip", "vflip"])
+    with torch.no_grad():
+        expected = torch.softmax(predictor.model(torch.cat([x, x.flip(-1), x.flip(-2)])), -1).mean(0)
+        assert torch.allclose(net(x)[0].exp(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="views"):
+        Ensemble([predictor.model], views=["hflip"])
+
+
+def test_a_folder_with_members_answers_with_their_calibrated_average(ensemble_folder, photo):
+    predictor = Predictor.from_pretrained(ensemble_folder)
+    assert not predictor.net.single and predictor.net.passes == 4 and predictor.net.sizes == [None, 48]
+    primary, member = predictor.net.members
+    x = predictor.to_batch([photo])
+    with torch.no_grad():
+        small = F.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
+        probs = [torch.softmax(primary(v) / PRIMARY_T, -1) for v in (x, x.flip(-1))]
+        probs += [torch.softmax(member(v) / MEMBER_T, -1) for v in (small, small.flip(-1))]
+        expected = torch.softmax(torch.stack(probs).mean(0).log() / RULE_T, -1)[0].numpy()
+    assert np.allclose(list(predictor.predict(photo).values()), expected, atol=1e-5)
+    plain = predictor.analyse(photo, method=None)
+    explained = predictor.analyse(photo)  # Grad-CAM of the primary, the class decided by the ensemble
+    assert np.allclose(list(plain.probabilities.values()), expected, atol=1e-5)
+    assert explained.probabilities == pytest.approx(plain.probabilities, abs=1e-6)
+    assert explained.decided == plain.decided == explained.target and explained.method == GRAD_CAM
+    assert explained.heatmap.shape == photo.shape[:2]
+    for method in ("Integrated Gradients", "Occlusion"):
+        assert predictor.analyse(photo, method=method).decided == plain.decided
+
+
+def test_the_features_are_the_primary_models_plain_view(ensemble_folder, photo):
+    net, _ = load_ensemble(ensemble_folder)
+    predictor = Predictor.from_pretrained(ensemble_folder)
+    x = predictor.to_batch([photo, photo[::-1]])
+    tap = net.tap(stage_names(net.primary))
+    with torch.no_grad(), tap.recording():
+        net(x)
+        together = tap.take()
+        net.primary(x)
+        alone = tap.take()
+    assert together[POOLED].shape[0] == 2
+    for name in alone:
+        assert torch.allclose(together[name], alone[name], atol=1e-5)
+
+
+def test_a_member_outside_the_folder_is_refused(ensemble_folder):
+    update_config(ensemble_folder, ensemble={"members": [{"folder": "../elsewhere"}]})
+    with pytest.raises(ModelFolderError, match="outside the folder"):
+        load_ensemble(ensemble_folder)
+    update_config(ensemble_folder, ensemble={"members": [{"folder": "members/missing"}]})
+    with pytest.raises(ModelFolderError, match="not found"):
+        load_ensemble(ensemble_folder)
+
+
+@pytest.mark.slow
+def test_train_ensemble_then_evaluate_fits_the_rule_on_the_ensemble(tiny_run, tmp_path):
+    """The commands of docs/training.md: the folder they make answers as predictions.csv says."""
+    out, data = tmp_path / "ens", tiny_run.parent / "ham"
+    result = run_train("--primary", tiny_run / "model", "--member", tiny_run / "model", "--views", "plain", "hflip",
+                       "--data", data, "--out", out, module="train.ensemble")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_train("--model", out, "--data", data, "--no-explanations", "--outliers", "4",
+                       module="train.evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictor = Predictor.from_pretrained(out)
+    assert predictor.net.passes == 4 and (out / "members" / "run" / "model.safetensors").is_file()
+    with (out / "predictions.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"][:5]
+    for row in rows:
+        image = next(data.glob(f"**/{row['image_id']}.jpg"))
+        analysis = predictor.analyse(image, method=None)
+        assert analysis.decided == row["predicted"]
+        assert analysis.probabilities["nv"] == pytest.approx(float(row["p_nv"]), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run, tmp_path):
+    out = tmp_path / "levers.md"
+    result = run_train(tiny_run / "model", tiny_run / "model", "--data", tiny_run.parent / "ham", "--out", out,
+                       module="train.ablation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    single, views = ["run", "run · hflip", "run · hflip+vflip"], ["", " · hflip", " · hflip+vflip"]
+    assert [r["lever"] for r in rows] == single * 2 + [f"run + run{v}" for v in views]
+    for row in rows:
+        assert 0 <= row["val_ba"] <= 1 and 0 <= row["test_ba"] <= 1 and row["p50_ms"] > 0
+        assert row["train_minutes"] is not None
+    # the same model twice is the model alone: averaging equal probabilities changes nothing
+    assert rows[6]["test_ba"] == pytest.approx(rows[0]["test_ba"])
+    assert out.read_text().count("\n") == 2 + len(rows)
+
+
+def test_push_to_hub_uploads_the_members_too(ensemble_folder, tmp_path):
+    from test_push_to_hub import env_without_token, run_push
+    result = run_push("--model", ensemble_folder, "--repo-id", "someone/skinlesion", "--dry-run",
+                      env=env_without_token(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "members/other/model.safetensors" in result.stdout and "members/other/config.json" in result.stdout

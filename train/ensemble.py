@@ -1,0 +1,105 @@
+"""Make a model folder that answers with several models and mirror views (skinlesion/ensemble.py).
+
+    python -m train.ensemble --primary runs/b0-192/model --member runs/lite0-224/model \\
+        --views plain hflip --data ../shared/data/ham10000 --out runs/ensemble/model
+    python -m train.evaluate --model runs/ensemble/model --data ../shared/data/ham10000
+
+Copies the primary folder (its model explains, and feeds the input check and the similar cases),
+copies each member's weights and config into OUT/members/<name>, fits every model's temperature
+alone on its plain validation outputs (as the ensemble runs it: the primary's input, resized
+to the member's size), and writes the "ensemble" entry of OUT/config.json. `train.evaluate`
+then fits the whole decision rule — temperature, class bias, thresholds, prediction sets — and
+the input check on what the ensemble outputs. The members must have been trained on the
+primary's split (the same data and seed): their validation images are the primary's.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from skinlesion.decision import fit_temperature
+from skinlesion.ensemble import ENSEMBLE_KEY, VIEWS, Ensemble, load_ensemble
+from skinlesion.model import WEIGHTS_FILE
+from skinlesion.spec import CONFIG_FILE, ModelSpec, update_config
+from skinlesion.transforms import eval_transform, normalize
+
+from .engine import SplitData, pick_device, prepare_splits
+
+log = logging.getLogger("train.ensemble")
+MEMBERS = "members"
+
+
+@torch.no_grad()
+def member_outputs(net: Ensemble, spec: ModelSpec, images: Sequence[np.ndarray], device: torch.device,
+                   batch_size: int = 32) -> np.ndarray:
+    """Every member's and view's log_softmax(z / T) (Ensemble.member_log_probs), resized as the
+    Predictor does: passes × images × classes, float32."""
+    transform, parts = eval_transform(spec.input_size), []
+    net.eval()
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform(image=rgb)["image"] for rgb in images[start:start + batch_size]])
+        x = normalize(batch.to(device), spec.mean, spec.std).contiguous(memory_format=torch.channels_last)
+        parts.append(torch.stack(net.member_log_probs(x)).cpu())
+    return torch.cat(parts, 1).numpy() if parts else np.zeros((net.passes, 0, spec.num_classes), np.float32)
+
+
+def member_temperatures(net: Ensemble, spec: ModelSpec, val: SplitData, device: torch.device) -> list[float]:
+    """Each member's temperature, fitted alone on its plain view of the validation split."""
+    plain = Ensemble(list(net.members), sizes=net.sizes)
+    outputs = member_outputs(plain.to(device), spec, val.images, device)
+    return [fit_temperature(o, val.labels) for o in outputs]
+
+
+def assemble(primary: Path, members: list[Path], out: Path) -> list[str]:
+    """OUT: a copy of the primary folder, each member's weights and config in OUT/members/<name>."""
+    if out.resolve() != primary.resolve():
+        shutil.copytree(primary, out, dirs_exist_ok=True)
+    names = []
+    for member in members:
+        name = member.parent.name if member.name == "model" else member.name  # runs/<name>/model
+        target = out / MEMBERS / name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copy2(member / file, target / file)
+        names.append(f"{MEMBERS}/{name}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.ensemble", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--primary", type=Path, required=True, help="model folder whose model explains")
+    p.add_argument("--member", type=Path, action="append", default=[], help="further model folders")
+    p.add_argument("--views", nargs="+", default=["plain"], choices=list(VIEWS), help="starting with plain")
+    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+    names = assemble(args.primary, args.member, args.out)
+    update_config(args.out, **{ENSEMBLE_KEY: {"temperature": 1.0, "views": ["plain"],
+                                              "members": [{"folder": n, "temperature": 1.0} for n in names]}})
+    net, spec = load_ensemble(args.out)
+    device = pick_device(args.device)
+    splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
+                            spec.codes)
+    temperatures = member_temperatures(net.to(device), spec, splits["val"], device)
+    settings = {"temperature": temperatures[0], "views": args.views,
+                "members": [{"folder": n, "temperature": t} for n, t in zip(names, temperatures[1:])]}
+    update_config(args.out, **{ENSEMBLE_KEY: settings})
+    for name, t in zip(["primary", *names], temperatures):
+        log.info("%s: temperature %.3f", name, t)
+    log.info("wrote %s; now run python -m train.evaluate --model %s --data %s", args.out, args.out, args.data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
