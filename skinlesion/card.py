@@ -238,7 +238,8 @@ def _answering(metrics: dict) -> str:
             f"(the first is this folder's own; the others are in `members/`), each at its own temperature, on "
             f"{', '.join(views[v] for v in answered['views'])}. The log of the averaged probabilities stands in "
             "for the logits above, so the whole rule is fitted on what the ensemble outputs. The heat-map, the "
-            "input check and the similar cases are the first model's. The training section describes it.\n")
+            "input check and the similar cases are the first model's. The training section describes the first; "
+            "each member's `config.json` records its own training.\n")
 
 
 def card_body(spec: ModelSpec, metrics: dict) -> str:

@@ -133,8 +133,8 @@ def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run
                        module="train.ablation")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.with_suffix(".json").read_text())
-    single, views = ["run", "run · hflip", "run · hflip+vflip"], ["", " · hflip", " · hflip+vflip"]
-    assert [r["lever"] for r in rows] == single * 2 + [f"run + run{v}" for v in views]
+    single, views = ["b0-32", "b0-32 · hflip", "b0-32 · hflip+vflip"], ["", " · hflip", " · hflip+vflip"]
+    assert [r["lever"] for r in rows] == single * 2 + [f"b0-32 + b0-32{v}" for v in views]
     for row in rows:
         assert 0 <= row["val_ba"] <= 1 and 0 <= row["test_ba"] <= 1 and row["p50_ms"] > 0
         assert row["train_minutes"] is not None
@@ -149,3 +149,11 @@ def test_push_to_hub_uploads_the_members_too(ensemble_folder, tmp_path):
                       env=env_without_token(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "members/other/model.safetensors" in result.stdout and "members/other/config.json" in result.stdout
+
+
+def test_the_page_says_which_model_explains(ensemble_folder, predictor):
+    from skinlesion.app.views import TaskView
+    intro = TaskView.of(Predictor.from_pretrained(ensemble_folder), []).intro
+    assert "averages 2 models (efficientnet_b0 at 64 px, efficientnet_b0 at 48 px)" in intro
+    assert "mirror images" in intro and "the map and the similar cases come from the first" in intro
+    assert "averages" not in TaskView.of(predictor, []).intro

@@ -42,10 +42,18 @@ TIMED_RUNS = 30
 
 
 def training_minutes(folder: Path) -> float | None:
-    history = folder.parent / "metrics.json"
-    if folder.name != "model" or not history.is_file():
+    """The epochs' minutes of the run runs/<name>/model came from: its metrics.json history, or
+    its checkpoint's when the run's final evaluation was not waited for."""
+    run = folder.parent
+    if folder.name != "model":
         return None
-    seconds = [h.get("seconds") for h in json.loads(history.read_text()).get("history", [])]
+    if (run / "metrics.json").is_file():
+        history = json.loads((run / "metrics.json").read_text()).get("history", [])
+    elif (run / "checkpoint.pt").is_file():
+        history = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True).get("history", [])
+    else:
+        return None
+    seconds = [h.get("seconds") for h in history]
     return sum(seconds) / 60 if seconds and None not in seconds else None
 
 
@@ -92,7 +100,7 @@ def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]
     raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
     views = len(VIEW_SETS[-1])
     temperatures = [fit_temperature(raw["val"][m * views], labels["val"]) for m in range(len(models))]
-    names = [folder.parent.name if folder.name == "model" else folder.name for folder in folders]
+    names = [f"{s.architecture.removeprefix('efficientnet_')}-{s.input_size}" for _, s in nets]  # b0-192
     minutes = [training_minutes(folder) for folder in folders]
     groups = [[m] for m in range(len(models))] + ([list(range(len(models)))] if len(models) > 1 else [])
     rows = []
