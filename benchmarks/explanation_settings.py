@@ -21,6 +21,7 @@ import torch
 from skinlesion import Predictor
 from skinlesion.data import read_rgb
 from skinlesion.explain import INTEGRATED_GRADIENTS, OCCLUSION, SHIPPED
+from skinlesion.transforms import model_input
 from train.explanations import curves, input_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.from_pretrained()
     ids = (ROOT / "tests" / "fixtures" / f"{predictor.task.key}_test_ids.txt").read_text().split()
     paths = [args.data / "images" / f"{i}.jpg" for i in ids[::max(1, len(ids) // args.images)][:args.images]]
-    xs = [predictor.to_batch([read_rgb(p)]) for p in paths]
+    xs = [model_input([read_rgb(p)], predictor.spec) for p in paths]
     print(f"{predictor.spec.architecture} at {predictor.spec.input_size} px, {len(xs)} test images, "
           f"{torch.get_num_threads()} threads\n")
     print("| method | setting | deletion area (lower is better) | insertion area (higher) | seconds per image |")
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         areas, seconds = [], []
         for x in xs:
             with torch.inference_mode():
-                index = int(predictor.model(x).argmax())
+                index = int(predictor.primary(x).argmax())
             started = time.perf_counter()
-            heat = input_map(predictor.model, x, method, index, settings)
+            heat = input_map(predictor.primary, x, method, index, settings)
             seconds.append(time.perf_counter() - started)
-            areas.append(curves(predictor.model, x, heat.flatten().argsort(descending=True), index,
+            areas.append(curves(predictor.primary, x, heat.flatten().argsort(descending=True), index,
                                 predictor.rule.temperature))
         deletion, insertion = np.mean(areas, axis=0)
         mark = " (shipped)" if value == getattr(SHIPPED, name) else ""

@@ -2,12 +2,12 @@
 
 Prints a Markdown table, medians over --runs after warm-up, on whatever machine runs it:
 a plain forward pass of the primary model and of the answering network (`model(x)`, `net(x)`: the
-same unless the folder names an ensemble, skinlesion/ensemble.py; eval mode under inference_mode,
+same unless the folder names an ensemble, skinlesion/models/ensemble.py; eval mode under inference_mode,
 the Predictor's own modules and input, so the same size, layout and threads), `Predictor.analyse` without a heat-map
 (image in → input check, probabilities, decided class, prediction set, verdict, nearest
 gallery cases; and the same without the check and the gallery, for their cost), the similar
-cases the page shows (gallery search and thumbnails), and with Grad-CAM (its cost over the analysis
-without a map, against the forward pass of the model it explains), the
+cases the page shows (gallery search and thumbnails), and with Grad-CAM (against the analysis
+without a map: the map backpropagates the answer's own pass), the
 batch path of `python -m skinlesion predict`
 (files in → CSV rows; images/s at the model's input size and at 224 px), the slower
 explanation methods (Integrated Gradients, Occlusion: seconds per image), the app's cold
@@ -32,9 +32,10 @@ import torch
 from PIL import Image
 
 from skinlesion import Predictor
-from skinlesion.batch import BATCH_SIZE, analyse, expand
+from skinlesion.batch import BATCH_SIZE, batch_rows, expand
 from skinlesion.explain import METHODS
-from skinlesion.gallery import NEIGHBOURS, SHOWN
+from skinlesion.transforms import model_input
+from skinlesion.trust.gallery import CASES_SHOWN, NEIGHBOURS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "ham10000" / "images" / "ISIC_0024306.jpg"
@@ -164,11 +165,73 @@ def batch_rate(predictor: Predictor, image: Path, size: int, folder: Path, n: in
     from dataclasses import replace
     sized = Predictor(predictor.net, replace(predictor.spec, input_size=size), device=predictor.device)
     items = expand([image] * n)
-    list(analyse(sized, items[:32]))  # warm-up
+    list(batch_rows(sized, items[:32]))  # warm-up
     started = time.perf_counter()
-    rows = list(analyse(sized, items))
+    rows = list(batch_rows(sized, items))
     assert len(rows) == n and not any(r["error"] for r in rows)
     return n / (time.perf_counter() - started)
+
+
+def measure(predictor: Predictor, runs: int, clients: int, model: str | None) -> dict:
+    """Every figure of the table, in seconds (rates in images/s), on a sample image."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = sample_image(Path(tmp))
+        image = Image.open(path).convert("RGB")
+        x = model_input([np.asarray(image)], predictor.spec)
+
+        def forward(module):
+            def run():
+                with torch.inference_mode():
+                    module.eval()(x)
+            return run
+
+        unchecked = Predictor(predictor.net, predictor.spec, device=predictor.device)  # no folder: no check
+        pooled = predictor.trust.gallery.features[:1] if predictor.trust.gallery else None
+
+        def similar_cases():  # the gallery search and the six thumbnails the page shows
+            predictor.trust.cases(predictor.trust.gallery.nearest(pooled)[:CASES_SHOWN])
+
+        times = medians({"forward": forward(predictor.primary), "net": forward(predictor.net),
+                         "predict": lambda: predictor.analyse(image, method=None),
+                         "unchecked": lambda: unchecked.analyse(image, method=None),
+                         "explain": lambda: predictor.analyse(image),
+                         **({"similar": similar_cases} if predictor.trust.gallery else {})}, runs)
+        slow = medians({m: (lambda m=m: predictor.analyse(image, method=m)) for m in METHODS[1:]},
+                       max(2, runs // 10), warmup=1)
+        batch = {size: batch_rate(predictor, path, size, Path(tmp)) for size in (predictor.spec.input_size, 224)}
+        app = app_benchmark(path, model, clients, odd_files(Path(tmp), path))
+    return {**times, "slow": slow, "batch": batch, "app": app, "image": image.size}
+
+
+def table_rows(predictor: Predictor, m: dict, clients: int) -> list[tuple[str, str, str]]:
+    """The table: (measure, result, goal) per row."""
+    forward, predict, explain = m["forward"], m["predict"], m["explain"]
+    heatmap = explain - predict  # Grad-CAM backpropagates the answer's own pass: the backward pass and the map
+    check = predict - m["unchecked"]
+    answered, app = predictor.net.describe(predictor.spec.input_size), m["app"]
+    return [
+        ("plain forward pass of the primary model (`model(x)`, eval, inference_mode)", ms(forward), ""),
+        (f"the answering network's pass (`net(x)`: {' + '.join(answered['models'])}; views "
+         f"{' + '.join(answered['views'])})", ms(m["net"]), ""),
+        ("analyse without a heat-map (image in → input check, probabilities, decided class, prediction set, "
+         "verdict)", ms(predict), "p50 ≤ 60 ms"),
+        ("input check's share of it (the same without the check and the gallery search)",
+         f"{ms(check)} = {check / m['unchecked']:.0%} of {ms(m['unchecked'])}", "≤ 20 %"),
+        (f"similar cases (the {NEIGHBOURS} nearest of the gallery, {CASES_SHOWN} thumbnails decoded)",
+         ms(m["similar"]) if "similar" in m else "no gallery", "≤ 30 ms"),
+        ("analyse with Grad-CAM", f"{ms(explain)} = {explain / predict:.2f} × analyse without a heat-map",
+         "≤ 1.3 ×"),
+        ("Grad-CAM's cost (analyse with − without a heat-map: the backward pass on the answer's own pass)",
+         f"{ms(heatmap)} = {heatmap / forward:.2f} × the primary's forward", ""),
+        *((f"{name} (image in → map and probabilities)", f"{seconds:.2f} s", "≤ 1.5 s")
+          for name, seconds in m["slow"].items()),
+        *((f"batch path (files → CSV rows, batches of {BATCH_SIZE}) at {s}×{s}", f"{rate:.0f} images/s",
+           "≥ 40 images/s at 224" if s == 224 else "") for s, rate in m["batch"].items()),
+        ("app cold start (process start → first /classify answer)", f"{app['cold_start']:.1f} s", "≤ 10 s"),
+        ("app peak RSS (after 25 odd files through /classify)", f"{app['rss']:.0f} MB", "≤ 1.2 GB"),
+        (f"{clients} concurrent /classify requests (gradio_client)",
+         f"{app['ok']}/{clients} ok, p50 {ms(app['p50'])}, p95 {ms(app['p95'])}", f"{clients}/{clients}"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,70 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--clients", type=int, default=16)
     args = p.parse_args(argv)
-
     predictor = Predictor.from_pretrained(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = sample_image(Path(tmp))
-        image = Image.open(path).convert("RGB")
-        x = predictor.to_batch([np.asarray(image)])
-
-        def forward(module):
-            def run():
-                with torch.inference_mode():
-                    module.eval()(x)
-            return run
-
-        unchecked = Predictor(predictor.net, predictor.spec, device=predictor.device)  # no folder: no check
-        pooled = predictor.gallery.features[:1] if predictor.gallery else None
-
-        def similar_cases():  # the gallery search and the six thumbnails the page shows
-            [predictor.gallery.case(n) for n in predictor.gallery.nearest(pooled)[:SHOWN]]
-
-        times = medians({"forward": forward(predictor.model), "net": forward(predictor.net),
-                         "predict": lambda: predictor.analyse(image, method=None),
-                         "unchecked": lambda: unchecked.analyse(image, method=None),
-                         "explain": lambda: predictor.analyse(image),
-                         **({"similar": similar_cases} if predictor.gallery else {})}, args.runs)
-        forward, predict, explain = times["forward"], times["predict"], times["explain"]
-        # The map's own pass (forward and backward through the primary): with one model and view
-        # it also answers, so the analysis without a map has one forward pass fewer to subtract.
-        heatmap = explain - predict + (forward if predictor.net.single else 0.0)
-        check = predict - times["unchecked"]
-        slow = medians({m: (lambda m=m: predictor.analyse(image, method=m)) for m in METHODS[1:]},
-                       max(2, args.runs // 10), warmup=1)
-        batch = {size: batch_rate(predictor, path, size, Path(tmp)) for size in (predictor.spec.input_size, 224)}
-        app = app_benchmark(path, args.model, args.clients, odd_files(Path(tmp), path))
-
-    size = predictor.spec.input_size
+    measured = measure(predictor, args.runs, args.clients, args.model)
+    size, (width, height) = predictor.spec.input_size, measured["image"]
     print(f"Model: {predictor.folder} ({predictor.spec.architecture}, {size}×{size}); "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"medians of {args.runs} runs of each, taken in turn, after 5 warm-up rounds; "
-          f"image {image.size[0]}×{image.size[1]}.\n")
-    answered = predictor.net.describe(size)
-    rows = [
-        ("plain forward pass of the primary model (`model(x)`, eval, inference_mode)", ms(forward), ""),
-        (f"the answering network's pass (`net(x)`: {' + '.join(answered['models'])}; views "
-         f"{' + '.join(answered['views'])})", ms(times["net"]), ""),
-        ("analyse without a heat-map (image in → input check, probabilities, decided class, prediction set, "
-         "verdict)", ms(predict), "p50 ≤ 60 ms"),
-        ("input check's share of it (the same without the check and the gallery search)",
-         f"{ms(check)} = {check / times['unchecked']:.0%} of {ms(times['unchecked'])}", "≤ 20 %"),
-        (f"similar cases (the {NEIGHBOURS} nearest of the gallery, {SHOWN} thumbnails decoded)",
-         ms(times["similar"]) if "similar" in times else "no gallery", "≤ 30 ms"),
-        ("analyse with Grad-CAM", ms(explain), ""),
-        ("Grad-CAM's pass (analyse with − without a heat-map, + one forward when that pass also answers)",
-         f"{ms(heatmap)} = {heatmap / forward:.2f} × the primary's forward", "≤ 1.3 × forward"),
-        *((f"{m} (image in → map and probabilities)", f"{seconds:.2f} s", "≤ 1.5 s") for m, seconds in slow.items()),
-        *((f"batch path (files → CSV rows, batches of {BATCH_SIZE}) at {s}×{s}", f"{rate:.0f} images/s",
-           "≥ 40 images/s at 224" if s == 224 else "") for s, rate in batch.items()),
-        ("app cold start (process start → first /classify answer)", f"{app['cold_start']:.1f} s", "≤ 10 s"),
-        ("app peak RSS (after 25 odd files through /classify)", f"{app['rss']:.0f} MB", "≤ 1.2 GB"),
-        (f"{args.clients} concurrent /classify requests (gradio_client)",
-         f"{app['ok']}/{args.clients} ok, p50 {ms(app['p50'])}, p95 {ms(app['p95'])}",
-         f"{args.clients}/{args.clients}"),
-    ]
+          f"image {width}×{height}.\n")
     print("| measure | result | goal |\n|---|---|---|")
-    for row in rows:
+    for row in table_rows(predictor, measured, args.clients):
         print("| " + " | ".join(row) + " |")
     return 0
 

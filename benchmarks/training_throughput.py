@@ -25,8 +25,9 @@ import torch
 
 from skinlesion.tasks import get_task
 from train.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
+from train.device import autocast_dtype, pick_device
 from train.distributed import Ranks
-from train.engine import autocast_dtype, pick_device, to_input
+from train.loaders import to_input
 from train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

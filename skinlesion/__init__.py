@@ -2,6 +2,6 @@
 
 `from skinlesion import Predictor` is the Python API (docs/api.md); docs/architecture.md maps the package.
 """
-from .inference import Predictor
+from .predictor import Predictor
 
 __all__ = ["Predictor"]

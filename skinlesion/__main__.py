@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .batch import BATCH_SIZE, analyse, expand, write_csv
-from .inference import Predictor
-from .spec import ModelFolderError
+from .batch import BATCH_SIZE, batch_rows, expand, write_csv
+from .models.spec import ModelFolderError
+from .predictor import Predictor
 from .tasks import ALIASES, DEFAULT_TASK, TASKS, get_task
 
 
@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     items = expand(args.paths)
     with tqdm(total=len(items), unit="image", file=sys.stderr) as bar:
-        rows = analyse(predictor, items, args.batch_size, args.tile, progress=lambda done, _: bar.update(done - bar.n))
-        ok, failed = write_csv(args.out, predictor, rows)
+        answered = batch_rows(predictor, items, args.batch_size, args.tile,
+                              progress=lambda done, _: bar.update(done - bar.n))
+        ok, failed = write_csv(args.out, predictor, answered)
     print(f"{ok} of {len(items)} files classified with the {predictor.task.title.lower()} model, {failed} "
           f"could not be read; wrote {args.out}", file=sys.stderr)
     return 0 if ok else 1

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from .analysis import Analysis, Prepared
 from .images import InputError
-from .inference import Analysis, Predictor, Prepared
+from .predictor import Predictor
 
 BATCH_SIZE = 8                  # on 2 CPU cores B0 ran faster at batches of 4-8 than 16 (docs/results.md)
 MAX_FILES = 500                 # the page and /batch: more is refused, with this number
@@ -121,7 +122,7 @@ def columns(predictor: Predictor) -> list[str]:
             "prediction_set"]
 
 
-def analyse(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool | None = None,
+def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool | None = None,
             progress: Callable[[int, int], None] | None = None, max_pixels: int | None = None) -> Iterator[dict]:
     """One row per item, in order (see the module docstring), yielded as soon as its batch is
     done; `progress(done, total)` after each batch. `tile`: None for the task's default. Once

@@ -22,8 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .conformal import ALPHA, SCORE, fit_quantiles, prediction_sets
-from .tasks import get_task
+from .trust.conformal import ALPHA, SCORE, fit_quantiles, prediction_sets
 
 SENSITIVITY_TARGET = 0.90         # recall-first operating point of the high-risk classes
 BIAS_STRENGTHS = np.round(np.arange(0.0, 2.01, 0.05), 2)  # the tau grid of the logit adjustment
@@ -106,11 +105,11 @@ class DecisionRule:
 
     @classmethod
     def fit(cls, logits: np.ndarray, labels: np.ndarray, codes: Sequence[str],
-            task: str) -> tuple["DecisionRule", float]:
+            high_risk: Sequence[str]) -> tuple["DecisionRule", float]:
         """Fit on validation: temperature (NLL), class bias (balanced accuracy), then the
-        thresholds on the calibrated probabilities (recall-first for the task's high-risk
-        classes) and the conformal quantiles (each high-risk class its own). Returns the rule
-        and the bias strength tau."""
+        thresholds on the calibrated probabilities (recall-first for the `high_risk` classes,
+        the task's: Task.high_risk_codes) and the conformal quantiles (each high-risk class its
+        own). Returns the rule and the bias strength tau."""
         # With no mistake on validation, NLL keeps falling as T → 0 (every probability → 1):
         # nothing to calibrate against, so the raw probabilities (T = 1) are kept.
         separable = bool((np.asarray(logits).argmax(1) == labels).all())
@@ -118,7 +117,6 @@ class DecisionRule:
         probs = rule.probabilities(logits)
         tau, bias = fit_class_bias(probs, labels)
         rule = cls(rule.codes, rule.temperature, tuple(float(b) for b in bias))
-        high_risk = get_task(task).high_risk_codes
         risky = [i for i, c in enumerate(codes) if c in high_risk]
         thresholds = {codes[i]: t for i, t in recall_first_thresholds(probs, labels, risky).items()}
         quantiles = fit_quantiles(probs, labels, codes, high_risk)

@@ -1,10 +1,15 @@
-"""Attribution maps through captum — Grad-CAM (the default), Integrated Gradients, Occlusion —
+"""Attribution maps — Grad-CAM (the default), Integrated Gradients and Occlusion (captum) —
 and the heat-map overlay.
 
-Grad-CAM: the forward function handed to captum returns the explained class's logit and keeps
-the logits, so one forward/backward pass gives both the heat-map and the probabilities. With
-the model's parameters frozen, autograd records only from the hooked stage on: the backward
-pass runs through the head alone and costs little next to the forward pass.
+Grad-CAM explains the answer's own forward pass, in the order pytorch-grad-cam uses
+(base_cam.py): forward, choose the target, backward once. `GradCam.watch()` makes the last
+stage's output record gradients during the pass that answers; the caller decides the class from
+that pass's logits, then `Watched.maps(index)` backpropagates that class's logit. With the
+model's parameters frozen, autograd records only from the hooked stage on, so the backward pass
+runs through the head alone and costs little next to the forward pass. Why not captum's
+LayerGradCam here: it runs its own forward pass inside `attribute`, so the answer would need a
+second pass, or a callback handed into captum to pick the class; tests/test_explain.py pins this
+Grad-CAM to captum's LayerGradCam and to a textbook implementation.
 
 Every method's map is the evidence *for* the explained class (negative attributions are
 dropped), one value per input pixel or per Grad-CAM cell, scaled to 0..1 by `upsample_heatmap`.
@@ -16,14 +21,15 @@ that it ranks regions, as deletion and insertion test them; Occlusion greys out
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
-from matplotlib import colormaps
-from PIL import Image
+from captum.attr import IntegratedGradients, LayerAttribution, Occlusion
+
+from .hooks import ThreadLocalHooks
 
 
 def last_stage(model: torch.nn.Module) -> torch.nn.Module:
@@ -31,23 +37,64 @@ def last_stage(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_submodule(model.feature_info[-1]["module"])
 
 
-def grad_cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
-             index: int | Callable[[torch.Tensor], int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """ReLU'd Grad-CAM (n, 1, h, w) of class `index` for each of the n images, in float32, with
-    the logits of the same pass and the index explained. `index` may be a function of the
-    logits (the decision rule's choice), or None for the first image's arg-max."""
-    seen: dict = {}
+class Watched:
+    """What one watched pass kept: the last stage's output and the model's logits, of its first
+    call (an ensemble's primary model on the plain view runs first)."""
 
-    def explained_logit(inputs: torch.Tensor) -> torch.Tensor:
-        logits = model(inputs)
-        seen["logits"] = logits.detach()
-        chosen = index(logits.detach()) if callable(index) else index
-        seen["index"] = int(logits[0].argmax()) if chosen is None else int(chosen)
-        return logits[:, seen["index"]]
+    def __init__(self) -> None:
+        self.activation: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
 
-    with torch.autocast(x.device.type, enabled=False):
-        cam = LayerGradCam(explained_logit, layer).attribute(x.float(), relu_attributions=True)
-    return cam.detach(), seen["logits"], seen["index"]
+    def maps(self, index: int) -> torch.Tensor:
+        """ReLU'd Grad-CAM (n, 1, h, w) of class `index` for every image of the pass: the class
+        logit's gradient, averaged over each channel, weighs the channel's activation."""
+        if self.activation is None or self.logits is None:
+            raise RuntimeError("no watched forward pass of the model")
+        (grads,) = torch.autograd.grad(self.logits[:, index].sum(), self.activation)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        return torch.relu((weights * self.activation).sum(1, keepdim=True)).detach().float()
+
+
+class GradCam(ThreadLocalHooks):
+    """Grad-CAM of one model, on whatever forward pass runs inside `watch()` in the same thread.
+
+    The hooks stay on the model and act only for the thread inside `watch()` (thread-local), so
+    one model can serve several threads, as FeatureTap does (trust/features.py)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.hook(last_stage(model), self._keep_activation)
+        self.hook(model, self._keep_logits)
+
+    def _keep_activation(self, _module, _inputs, output: torch.Tensor) -> None:
+        watched = getattr(self._local, "watched", None)
+        if watched is not None and watched.activation is None and torch.is_grad_enabled():
+            watched.activation = output.requires_grad_(True)  # a leaf: the graph starts here
+
+    def _keep_logits(self, _module, _inputs, output: torch.Tensor) -> None:
+        watched = getattr(self._local, "watched", None)
+        if watched is not None and watched.activation is not None and watched.logits is None:
+            watched.logits = output
+
+    @contextmanager
+    def watch(self) -> Iterator[Watched]:
+        """The passes inside run with gradients; the first one's activation and logits are kept."""
+        self._local.watched = watched = Watched()
+        try:
+            with torch.enable_grad(), torch.autocast(self._device_type(), enabled=False):
+                yield watched
+        finally:
+            self._local.watched = None
+
+    def __call__(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Grad-CAM (n, 1, h, w) of class `index` for the images `x`, in its own pass."""
+        with self.watch() as watched:
+            self.model(x.float())
+        return watched.maps(index)
+
+    def _device_type(self) -> str:
+        return next(self.model.parameters()).device.type
 
 
 GRAD_CAM, INTEGRATED_GRADIENTS, OCCLUSION = "Grad-CAM", "Integrated Gradients", "Occlusion"
@@ -73,31 +120,30 @@ class Settings:
 SHIPPED = Settings()
 
 
-def attribution_map(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, method: str = GRAD_CAM,
-                    index: int | Callable[[torch.Tensor], int] | None = None, settings: Settings = SHIPPED
-                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The map (1, 1, h, w) of `method` for class `index` (as in `grad_cam`), non-negative, with
-    the logits of the image and the index explained."""
-    if method == GRAD_CAM:
-        return grad_cam(model, layer, x, index)
+def attribution_map(model: torch.nn.Module, x: torch.Tensor, method: str, index: int,
+                    settings: Settings = SHIPPED) -> torch.Tensor:
+    """The map (n, 1, h, w) of `method` for class `index`, non-negative, in its own passes."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == GRAD_CAM:
+        grad_cam = GradCam(model)
+        try:
+            return grad_cam(x, index)
+        finally:
+            grad_cam.remove()
     x = x.float()
-    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-        logits = model(x)
-    chosen = index(logits) if callable(index) else int(logits[0].argmax()) if index is None else int(index)
     with torch.autocast(x.device.type, enabled=False):
         if method == INTEGRATED_GRADIENTS:
             steps, smooth = settings.ig_steps, settings.ig_smooth
-            attr = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=chosen,
+            attr = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=index,
                                                         n_steps=steps, internal_batch_size=steps)
             attr = torch.nn.functional.avg_pool2d(attr.sum(1, keepdim=True).clamp(min=0), smooth, 1, smooth // 2)
         else:
             window, stride = min(settings.occlusion_window, *x.shape[-2:]), settings.stride(min(x.shape[-2:]))
             attr = Occlusion(model).attribute(
                 x, sliding_window_shapes=(x.shape[1], window, window), strides=(x.shape[1], stride, stride),
-                baselines=0, target=chosen, perturbations_per_eval=settings.per_batch).sum(1, keepdim=True).clamp(min=0)
-    return attr.detach(), logits.detach(), int(chosen)
+                baselines=0, target=index, perturbations_per_eval=settings.per_batch).sum(1, keepdim=True).clamp(min=0)
+    return attr.detach()
 
 
 def upsample_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -107,16 +153,22 @@ def upsample_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return (up / peak if peak > 0 else torch.zeros_like(up)).clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
-OVERLAY_OPACITY = 0.45  # the heat-map's default weight over the image (API, page, Predictor)
-COLOURS = colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)  # a lookup table
+def stitched(cams, boxes: list[tuple[int, int, int, int]], shape: tuple[int, int]) -> np.ndarray:
+    """Every tile's Grad-CAM (n, 1, h, w) upsampled into place; overlaps keep the maximum;
+    scaled by the largest value over the whole image."""
+    full = np.zeros(shape, np.float32)
+    for cam, (left, top, right, bottom) in zip(cams, boxes):
+        up = LayerAttribution.interpolate(cam[None].float(), (bottom - top, right - left), interpolate_mode="bilinear")
+        np.maximum(full[top:bottom, left:right], up[0, 0].clamp(min=0).cpu().numpy(), out=full[top:bottom, left:right])
+    peak = float(full.max())
+    return full / peak if peak > 0 else full
 
 
-def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = OVERLAY_OPACITY) -> Image.Image:
-    """The colour-mapped heat-map blended over the image; weak attributions stay see-through."""
-    colours = COLOURS[(heatmap * 255).round().astype(np.uint8)]
-    alpha = float(np.clip(opacity, 0, 1)) * np.sqrt(heatmap)[..., None]
-    blended = rgb.astype(np.float32) / 255 * (1 - alpha) + colours * alpha
-    return Image.fromarray((blended * 255).round().astype(np.uint8))
+def heatmap(maps: torch.Tensor, size: tuple[int, int], boxes: list[tuple[int, int, int, int]] | None = None
+            ) -> np.ndarray:
+    """The heat-map over the whole image (H, W) in 0..1: one map upsampled, or every tile's
+    map stitched into place (`boxes`)."""
+    return upsample_heatmap(maps, size) if boxes is None else stitched(maps, boxes, size)
 
 
 def energy_inside(heatmap: np.ndarray, mask: np.ndarray) -> float | None:

@@ -11,14 +11,15 @@ tile, on one common scale, so a tile with weak evidence stays faint.
 Tiling is bounded, since a small file can describe a very long image: an image thinner than
 `MIN_TILE_SIDE` is analysed whole (its tiles would be magnified slivers), one that would need
 more than `MAX_TILES` tiles is refused with the numbers, and tiles go through the model
-`TILE_CHUNK` at a time.
+`TILE_CHUNK` at a time. This module is the geometry; the stitched map is explain.heatmap's.
 """
 from __future__ import annotations
 
 import numpy as np
-from captum.attr import LayerAttribution
 
 from .images import InputError
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom
 
 OVERLAP = 0.5
 MIN_ASPECT = 1.5     # an image this much longer than it is tall (or wide) is worth tiling
@@ -32,7 +33,7 @@ def worth_tiling(width: int, height: int) -> bool:
     return min(width, height) >= MIN_TILE_SIDE and max(width, height) >= MIN_ASPECT * min(width, height)
 
 
-def checked_boxes(width: int, height: int, side: int | None = None) -> list[tuple[int, int, int, int]]:
+def checked_boxes(width: int, height: int, side: int | None = None) -> list[Box]:
     """`tile_boxes`, or InputError when there would be more than MAX_TILES of them."""
     boxes = tile_boxes(width, height, side)
     if len(boxes) > MAX_TILES:
@@ -42,13 +43,8 @@ def checked_boxes(width: int, height: int, side: int | None = None) -> list[tupl
     return boxes
 
 
-def chunks(tiles):
-    """A list or a batch of tiles in parts of TILE_CHUNK."""
-    return [tiles[i:i + TILE_CHUNK] for i in range(0, len(tiles), TILE_CHUNK)]
-
-
 def tile_boxes(width: int, height: int, side: int | None = None,
-               overlap: float = OVERLAP) -> list[tuple[int, int, int, int]]:
+               overlap: float = OVERLAP) -> list[Box]:
     """Square tiles of `side` (default: the short side) covering the image, `overlap` apart,
     the last one flush with the far edge."""
     side = min(side or min(width, height), width, height)
@@ -61,8 +57,15 @@ def tile_boxes(width: int, height: int, side: int | None = None,
     return [(x, y, x + side, y + side) for y in starts(height) for x in starts(width)]
 
 
-def crops(rgb: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
-    return [rgb[top:bottom, left:right] for left, top, right, bottom in boxes]
+def split(rgb: np.ndarray, tiled: bool) -> tuple[list[np.ndarray], list[Box] | None]:
+    """The views the model sees of an image: its tiles and their boxes when `tiled` and the
+    image is worth tiling (InputError when it would need more than MAX_TILES), else the whole
+    image and None."""
+    height, width = rgb.shape[:2]
+    if not (tiled and worth_tiling(width, height)):
+        return [rgb], None
+    boxes = checked_boxes(width, height)
+    return [rgb[top:bottom, left:right] for left, top, right, bottom in boxes], boxes
 
 
 def worst_tile(probs: np.ndarray) -> int:
@@ -70,17 +73,6 @@ def worst_tile(probs: np.ndarray) -> int:
     return int(np.argmax(np.asarray(probs).max(axis=-1)))
 
 
-def where(region: tuple[int, int, int, int], tiles: int) -> str:
+def where(region: Box, tiles: int) -> str:
     left, top, right, bottom = region
     return f"Worst of {tiles} tiles: pixels {left}–{right} from the left, {top}–{bottom} from the top."
-
-
-def stitched(cams, boxes: list[tuple[int, int, int, int]], shape: tuple[int, int]) -> np.ndarray:
-    """Every tile's Grad-CAM (n, 1, h, w) upsampled into place; overlaps keep the maximum;
-    scaled by the largest value over the whole image."""
-    full = np.zeros(shape, np.float32)
-    for cam, (left, top, right, bottom) in zip(cams, boxes):
-        up = LayerAttribution.interpolate(cam[None].float(), (bottom - top, right - left), interpolate_mode="bilinear")
-        np.maximum(full[top:bottom, left:right], up[0, 0].clamp(min=0).cpu().numpy(), out=full[top:bottom, left:right])
-    peak = float(full.max())
-    return full / peak if peak > 0 else full

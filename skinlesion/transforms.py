@@ -7,10 +7,12 @@ images are cached and at inference, so training and serving see identical pixels
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from functools import lru_cache
+from typing import Protocol, Sequence
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
@@ -26,6 +28,7 @@ def resizer(size: int):
     return lambda image: transform(image=image)["image"]
 
 
+@lru_cache(maxsize=8)
 def eval_transform(size: int) -> A.Compose:
     return A.Compose([resize(size), ToTensorV2()])
 
@@ -106,3 +109,18 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     std_t = torch.tensor(std, device=batch.device).view(1, -1, 1, 1) * 255
     return (batch.float() - mean_t) / std_t
 
+
+class InputSpec(Protocol):
+    """What the model's input needs of a model folder's spec (models/spec.ModelSpec)."""
+    input_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def model_input(images: Sequence[np.ndarray], spec: InputSpec, device: torch.device | str = "cpu",
+                channels_last: bool = True) -> torch.Tensor:
+    """Checked RGB arrays → the model's normalised input batch, resized as in training: the one
+    way from an image to the model's input, for serving, evaluation and ensembling alike."""
+    batch = torch.stack([eval_transform(spec.input_size)(image=rgb)["image"] for rgb in images]).to(device)
+    x = normalize(batch, spec.mean, spec.std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

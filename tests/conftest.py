@@ -96,7 +96,7 @@ def model_folder(tmp_path_factory) -> Path:
     """A small model folder (64 px) with calibration, as training writes it."""
     import torch
 
-    from skinlesion.model import create_model, save_model_folder
+    from skinlesion.models.network import create_model, save_model_folder
     folder = tmp_path_factory.mktemp("model") / "m"
     torch.manual_seed(0)  # the same body weights in every run, so the tests see the same maps
     model = trained_looking(create_model(7, image_size=64))
@@ -104,6 +104,14 @@ def model_folder(tmp_path_factory) -> Path:
         "temperature": 1.5, "thresholds": {"akiec": 0.3, "bcc": 0.3, "mel": 0.2},
         "prediction_sets": {"quantiles": {c: 0.7 for c in get_task("ham10000").codes}}})  # in the set at p ≥ 0.3
     return folder
+
+
+@pytest.fixture(scope="session")
+def bundled_models() -> dict:
+    """Each task's bundled Predictor, loaded once for all the tests that only read it."""
+    from skinlesion import Predictor
+    from skinlesion.tasks import TASKS
+    return {key: Predictor.from_pretrained(task=key) for key in TASKS}
 
 
 @pytest.fixture(scope="session")

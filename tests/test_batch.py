@@ -9,8 +9,7 @@ import pytest
 from conftest import REAL_HAM, REAL_NEU, ROOT, needs_real_ham, needs_real_neu
 from PIL import Image
 
-from skinlesion import Predictor
-from skinlesion.batch import BatchError, analyse, check_limits, columns, expand, write_csv
+from skinlesion.batch import BatchError, batch_rows, check_limits, columns, expand, write_csv
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ def test_limits_refuse_too_many_files_or_bytes(images):
 def test_rows_keep_input_order_errors_included_and_match_single_predictions(predictor, images):
     items = expand([images / "in", images / "more.zip", images / "missing.jpg"])
     seen = []
-    rows = list(analyse(predictor, items, batch_size=2, progress=lambda done, total: seen.append((done, total))))
+    rows = list(batch_rows(predictor, items, batch_size=2, progress=lambda done, total: seen.append((done, total))))
     assert [r["file"] for r in rows] == [i.name for i in items]
     assert seen[-1] == (len(items), len(items)) and len(seen) > 2
     errors = {r["file"].rsplit("/", 1)[-1]: r["error"] for r in rows if r["error"]}
@@ -69,7 +68,7 @@ def test_csv_keeps_the_rows_written_before_an_interruption(predictor, tmp_path, 
     items = expand([images / "in"])
 
     def interrupted():
-        for i, row in enumerate(analyse(predictor, items, batch_size=1)):
+        for i, row in enumerate(batch_rows(predictor, items, batch_size=1)):
             if i == 2:
                 raise KeyboardInterrupt
             yield row
@@ -103,7 +102,7 @@ def test_command_line_writes_one_row_per_file_and_exits_by_what_it_read(images, 
 @pytest.mark.slow  # runs the command line in a new process
 @needs_real_ham
 @needs_real_neu
-def test_command_line_marks_images_of_the_other_task_unknown(tmp_path):
+def test_command_line_marks_images_of_the_other_task_unknown(tmp_path, bundled_models):
     """A steel image given to the dermoscopy model gets known 0, a score over the threshold and
     the refusal as its verdict; the dermoscopic image beside it is known, with its 90% set; and
     the other way round with the steel model."""
@@ -113,14 +112,14 @@ def test_command_line_marks_images_of_the_other_task_unknown(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     with (tmp_path / "r.csv").open(newline="") as f:
         refused, known = list(csv.DictReader(f))
-    threshold = Predictor.from_pretrained().check.threshold
+    threshold = bundled_models["ham10000"].trust.check.threshold
     assert refused["known"] == "0" and float(refused["check_score"]) > threshold
-    assert refused["verdict"] == get_task("ham10000").not_known
+    assert refused["verdict"] == get_task("ham10000").refusal
     assert known["known"] == "1" and float(known["check_score"]) <= threshold
     assert known["prediction_set"] and set(known["prediction_set"].split(" ")) <= set(get_task("ham10000").codes)
     steel_run = run_predict(lesion, steel, "--task", "steel", "--out", tmp_path / "s.csv")
     assert steel_run.returncode == 0, steel_run.stderr[-2000:]
     with (tmp_path / "s.csv").open(newline="") as f:
         not_steel, steel_row = list(csv.DictReader(f))
-    assert not_steel["known"] == "0" and not_steel["verdict"] == get_task("neu").not_known
+    assert not_steel["known"] == "0" and not_steel["verdict"] == get_task("neu").refusal
     assert steel_row["known"] == "1" and steel_row["prediction_set"] == steel_row["decided"] == "scratches"

@@ -1,4 +1,4 @@
-"""The bundled models (assets/model for dermoscopy, assets/models/neu for steel): they load on
+"""The bundled models (assets/models/ham10000 for dermoscopy, assets/models/neu for steel): they load on
 the CPU, carry their calibration, and their cards tell the truth — checked on a fixed,
 committed list of test-split images per task."""
 import csv
@@ -18,9 +18,9 @@ from skinlesion.tasks import TASKS, get_task
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="module", params=sorted(TASKS))
-def bundled(request):
-    return Predictor.from_pretrained(task=request.param)
+@pytest.fixture(params=sorted(TASKS))
+def bundled(request, bundled_models):
+    return bundled_models[request.param]
 
 
 def card_results(predictor) -> dict[str, float]:
@@ -29,7 +29,7 @@ def card_results(predictor) -> dict[str, float]:
 
 
 def test_default_is_the_dermoscopy_model():
-    assert Predictor.from_pretrained().folder == get_task("ham10000").model_folder
+    assert Predictor.from_pretrained().folder == get_task("ham10000").model_folder  # the default task's
 
 
 def test_bundled_model_loads_with_its_calibration(bundled):
@@ -39,8 +39,8 @@ def test_bundled_model_loads_with_its_calibration(bundled):
         assert set(bundled.rule.thresholds) == {"akiec", "bcc", "mel"}
     else:
         assert not bundled.rule.thresholds
-    assert set(bundled.rule.quantiles) == set(bundled.codes) and bundled.check is not None
-    assert bundled.gallery is not None
+    assert set(bundled.rule.quantiles) == set(bundled.codes) and bundled.trust.check is not None
+    assert bundled.trust.gallery is not None
     meta, body = read_card(bundled.folder)
     assert meta["library_name"] == "timm" and meta["license"] == bundled.task.license
     assert bundled.spec.config["pretrained_cfg"]["license"] == bundled.task.license
@@ -91,7 +91,7 @@ def test_shipped_weights_give_the_probabilities_measured_at_export(bundled):
         pytest.skip(f"the bundled {bundled.task.key} model was not exported through train.export")
     state = safetensors.torch.load_file(bundled.folder / "model.safetensors")
     assert {v.dtype for v in state.values() if v.is_floating_point()} <= {torch.float16, torch.float32}
-    assert next(bundled.model.parameters()).dtype == torch.float32  # loading casts float16 back
+    assert next(bundled.primary.parameters()).dtype == torch.float32  # loading casts float16 back
     task = bundled.task
     root = SHARED_DATA / task.data_folder
     if not root.is_dir():

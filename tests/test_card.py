@@ -1,10 +1,10 @@
 """One source for measured figures: metrics.json renders the model card, the Model tab and the
-README's results tables (skinlesion/card.py, train/report.py)."""
+README's results tables (skinlesion/models/card.py, train/report.py)."""
 import pytest
 from conftest import ROOT, read_card
 
-from skinlesion.card import card_body, headline_table, read_metrics, render_card
-from skinlesion.spec import read_spec
+from skinlesion.models.card import card_body, headline_table, read_metrics, render_card
+from skinlesion.models.spec import read_spec
 from skinlesion.tasks import TASKS
 from train.report import DOCS, with_results
 

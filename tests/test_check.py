@@ -1,4 +1,4 @@
-"""The input check (skinlesion/check.py, features.py, train/trust.py): fitted on the task's own
+"""The input check (skinlesion/trust/check.py, trust/features.py, train/trust.py): fitted on the task's own
 images, stored in the model folder, applied from the answer's own forward pass."""
 import json
 
@@ -8,10 +8,9 @@ import torch
 from conftest import REAL_HAM, REAL_NEU, ROOT, needs_real_ham, needs_real_neu
 from PIL import Image
 
-from skinlesion import Predictor
-from skinlesion.check import PASS_RATE, REFERENCE_FILE, InputCheck
-from skinlesion.features import POOLED, FeatureTap, stage_names
 from skinlesion.tasks import get_task
+from skinlesion.trust.check import PASS_RATE, REFERENCE_FILE, InputCheck
+from skinlesion.trust.features import POOLED, FeatureTap, stage_names
 
 
 def gaussian_features(rng, n, shift=0.0):
@@ -30,7 +29,7 @@ def test_check_lets_its_own_kind_through_and_refuses_far_features():
 
 
 def test_check_round_trips_through_the_model_folder(tmp_path):
-    from train.engine import SplitData
+    from train.splits import SplitData
     from train.trust import save_reference
     rng = np.random.default_rng(1)
     reference, val = gaussian_features(rng, 500), gaussian_features(rng, 200)
@@ -65,14 +64,14 @@ def test_tap_records_only_inside_recording_and_per_take():
         tap.take()
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return {key: Predictor.from_pretrained(task=key) for key in ("ham10000", "neu")}
+@pytest.fixture
+def bundled(bundled_models):
+    return bundled_models
 
 
 def test_bundled_models_ship_their_check(bundled):
     for predictor in bundled.values():
-        assert predictor.check is not None and (predictor.folder / REFERENCE_FILE).is_file()
+        assert predictor.trust.check is not None and (predictor.folder / REFERENCE_FILE).is_file()
         assert (predictor.folder / REFERENCE_FILE).stat().st_size < 15e6
 
 
@@ -88,7 +87,7 @@ def test_each_bundled_model_refuses_the_other_tasks_image(bundled):
         for path in other:
             analysis = predictor.analyse(path)
             assert not analysis.known and analysis.check_score > analysis.check_threshold
-            assert analysis.verdict.level == "unknown" and analysis.verdict.headline == task.not_known
+            assert analysis.verdict.level == "unknown" and analysis.verdict.headline == task.refusal
             assert "mean nothing" in analysis.verdict.detail
             plain = predictor.analyse(path, method=None)
             many = predictor.analyse_many([predictor.prepare(path)])[0]

@@ -1,10 +1,11 @@
-"""The 90% prediction sets (skinlesion/conformal.py), pinned to a library's answer."""
+"""The 90% prediction sets (skinlesion/trust/conformal.py), pinned to a library's answer."""
 import numpy as np
 import pytest
 from crepes import ConformalClassifier
 
-from skinlesion.conformal import ALPHA, SHARED, conformal_quantile, fit_quantiles, nonconformity, prediction_sets
 from skinlesion.decision import DecisionRule
+from skinlesion.tasks import get_task
+from skinlesion.trust.conformal import ALPHA, SHARED, conformal_quantile, fit_quantiles, nonconformity, prediction_sets
 
 CODES = ("a", "b", "c", "d")
 
@@ -57,7 +58,7 @@ def test_rule_fits_quantiles_for_each_high_risk_class_and_round_trips():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 7, 700)
     logits = rng.normal(size=(700, 7)) + 2.5 * np.eye(7)[labels]
-    rule, _ = DecisionRule.fit(logits, labels, codes, "ham10000")
+    rule, _ = DecisionRule.fit(logits, labels, codes, get_task("ham10000").high_risk_codes)
     shared = {rule.quantiles[c] for c in ("bkl", "df", "nv", "vasc")}
     assert len(shared) == 1 and set(rule.quantiles) == set(codes)
     again = DecisionRule.from_config({"label_names": list(codes), **rule.to_config()})

@@ -8,10 +8,11 @@ from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion import Predictor
 from skinlesion.decision import DecisionRule, softmax
-from skinlesion.spec import read_config
+from skinlesion.models.spec import read_config
 from skinlesion.tasks import get_task
 
 CODES = get_task("ham10000").codes
+HIGH = get_task("ham10000").high_risk_codes
 
 
 def verdict_of(rule: DecisionRule, task: str, probabilities: dict[str, float]):
@@ -19,7 +20,7 @@ def verdict_of(rule: DecisionRule, task: str, probabilities: dict[str, float]):
     probs = np.array([probabilities[c] for c in rule.codes])
     decided = rule.codes[int(rule.decide(probs))]
     members = [c for c, inside in zip(rule.codes, rule.prediction_set(probs)) if inside]
-    return get_task(task).verdict(probabilities, decided, members, rule, get_task(task), None)
+    return get_task(task).verdict(probabilities, decided, members, rule.thresholds, get_task(task))
 
 
 def imbalanced(n=4000, seed=0):
@@ -32,7 +33,7 @@ def imbalanced(n=4000, seed=0):
 
 
 def test_fitted_class_bias_raises_balanced_accuracy_on_held_out_data():
-    rule, tau = DecisionRule.fit(*imbalanced(seed=0), CODES, "ham10000")
+    rule, tau = DecisionRule.fit(*imbalanced(seed=0), CODES, HIGH)
     logits, labels = imbalanced(seed=1)
     probs = rule.probabilities(logits)
     adjusted = balanced_accuracy_score(labels, rule.decide(probs))
@@ -47,14 +48,14 @@ def test_balanced_classes_keep_the_argmax():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 300)
     logits = rng.normal(0, 1, (len(labels), 6)) + 2.5 * np.eye(6)[labels]
-    rule, tau = DecisionRule.fit(logits, labels, get_task("neu").codes, "neu")
+    rule, tau = DecisionRule.fit(logits, labels, get_task("neu").codes, [])
     probs = rule.probabilities(logits)
     assert np.array_equal(rule.decide(probs), probs.argmax(1))
     assert rule.thresholds == {} and 0 < min(rule.quantiles.values()) <= max(rule.quantiles.values()) <= 1
 
 
 def test_rule_round_trips_through_the_config():
-    rule, _ = DecisionRule.fit(*imbalanced(), CODES, "ham10000")
+    rule, _ = DecisionRule.fit(*imbalanced(), CODES, HIGH)
     config = {"label_names": CODES, "task": "ham10000", **rule.to_config()}
     assert DecisionRule.from_config(config) == rule
     assert DecisionRule.from_config({"label_names": CODES}).decide(np.array([0.1, 0.2, 0.1, 0.1, 0.1, 0.3, 0.1])) == 5
@@ -107,7 +108,7 @@ def test_perfect_validation_keeps_the_raw_probabilities():
     100 %; T stays 1."""
     labels = np.repeat(np.arange(6), 50)
     logits = 4.0 * np.eye(6)[labels]
-    rule, _ = DecisionRule.fit(logits, labels, get_task("neu").codes, "neu")
+    rule, _ = DecisionRule.fit(logits, labels, get_task("neu").codes, [])
     assert rule.temperature == 1.0
 
 
@@ -116,9 +117,11 @@ def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_ru
     """Evaluation's path (a loader of in-memory images → logits → the stored rule) and serving's
     (Predictor.predict → decide → triage) agree on probabilities, decided class and verdict."""
     from skinlesion.data import Record
-    from skinlesion.model import load_model_folder
+    from skinlesion.models.network import load_model_folder
     from skinlesion.transforms import eval_transform
-    from train.engine import make_loader, pick_device, predict_logits, prepare_splits
+    from train.device import pick_device
+    from train.loaders import make_loader, predict_logits
+    from train.splits import prepare_splits
 
     folder = tiny_run / "model"
     model, spec = load_model_folder(folder)

@@ -9,7 +9,7 @@ from conftest import make_ham_folder, run_train
 
 from skinlesion.transforms import Augmentation, train_transform
 from train.device_augment import DeviceBatches, _contrast, _hue, _saturation, augment, geometry
-from train.engine import SplitData
+from train.splits import SplitData
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import LayerGradCam
 from conftest import run_train
 
 from skinlesion import Predictor
-from skinlesion.ensemble import Ensemble, load_ensemble
-from skinlesion.explain import GRAD_CAM
-from skinlesion.features import POOLED, stage_names
-from skinlesion.model import create_model, save_model_folder
-from skinlesion.spec import ModelFolderError, update_config
+from skinlesion.explain import GRAD_CAM, last_stage, upsample_heatmap
+from skinlesion.models.ensemble import Ensemble, load_ensemble
+from skinlesion.models.network import create_model, save_model_folder
+from skinlesion.models.spec import ModelFolderError, update_config
 from skinlesion.tasks import get_task
+from skinlesion.transforms import model_input
+from skinlesion.trust.features import POOLED, stage_names
 
 PRIMARY_T, MEMBER_T, RULE_T = 1.2, 0.8, 1.5   # RULE_T: the model_folder fixture's rule temperature
 
@@ -44,27 +46,27 @@ def ensemble_folder(model_folder, tmp_path):
 
 
 def test_one_model_on_the_plain_view_answers_with_its_own_logits(predictor, photo):
-    x = predictor.to_batch([photo])
+    x = model_input([photo], predictor.spec)
     with torch.no_grad():
-        assert Ensemble([predictor.model]).single
-        assert torch.equal(Ensemble([predictor.model])(x), predictor.model(x))
+        assert Ensemble([predictor.primary]).single
+        assert torch.equal(Ensemble([predictor.primary])(x), predictor.primary(x))
 
 
 def test_mirror_views_average_the_probabilities(predictor, photo):
-    x = predictor.to_batch([photo])
-    net = Ensemble([predictor.model], views=["plain", "hflip", "vflip"])
+    x = model_input([photo], predictor.spec)
+    net = Ensemble([predictor.primary], views=["plain", "hflip", "vflip"])
     with torch.no_grad():
-        expected = torch.softmax(predictor.model(torch.cat([x, x.flip(-1), x.flip(-2)])), -1).mean(0)
+        expected = torch.softmax(predictor.primary(torch.cat([x, x.flip(-1), x.flip(-2)])), -1).mean(0)
         assert torch.allclose(net(x)[0].exp(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="views"):
-        Ensemble([predictor.model], views=["hflip"])
+        Ensemble([predictor.primary], views=["hflip"])
 
 
 def test_a_folder_with_members_answers_with_their_calibrated_average(ensemble_folder, photo):
     predictor = Predictor.from_pretrained(ensemble_folder)
     assert not predictor.net.single and predictor.net.passes == 4 and predictor.net.sizes == [None, 48]
     primary, member = predictor.net.members
-    x = predictor.to_batch([photo])
+    x = model_input([photo], predictor.spec)
     with torch.no_grad():
         small = F.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
         probs = [torch.softmax(primary(v) / PRIMARY_T, -1) for v in (x, x.flip(-1))]
@@ -81,10 +83,29 @@ def test_a_folder_with_members_answers_with_their_calibrated_average(ensemble_fo
         assert predictor.analyse(photo, method=method).decided == plain.decided
 
 
+def test_the_answers_pass_is_the_one_grad_cam_explains(ensemble_folder, photo):
+    """Answer first, then explain: each model runs once per view, and the map of the primary is
+    the one captum's LayerGradCam computes in a pass of its own."""
+    predictor = Predictor.from_pretrained(ensemble_folder)
+    calls = {k: 0 for k in range(len(predictor.net.members))}
+    hooks = [m.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
+             for k, m in enumerate(predictor.net.members)]
+    try:
+        explained = predictor.analyse(photo, target="mel")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {0: 2, 1: 2}  # the plain view and its mirror image, once each
+    x = model_input([photo], predictor.spec)
+    cam = LayerGradCam(predictor.primary, last_stage(predictor.primary)).attribute(
+        x, target=predictor.codes.index("mel"), relu_attributions=True).detach()
+    assert np.abs(explained.heatmap - upsample_heatmap(cam, photo.shape[:2])).max() < 1e-4
+
+
 def test_the_features_are_the_primary_models_plain_view(ensemble_folder, photo):
     net, _ = load_ensemble(ensemble_folder)
     predictor = Predictor.from_pretrained(ensemble_folder)
-    x = predictor.to_batch([photo, photo[::-1]])
+    x = model_input([photo, photo[::-1]], predictor.spec)
     tap = net.tap(stage_names(net.primary))
     with torch.no_grad(), tap.recording():
         net(x)

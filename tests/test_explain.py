@@ -1,10 +1,13 @@
-"""Grad-CAM: captum's result against an independent plain-PyTorch implementation."""
+"""Grad-CAM on the answer's own pass, against captum's LayerGradCam and a plain-PyTorch implementation."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import LayerGradCam
 
-from skinlesion.explain import last_stage, overlay
+from skinlesion.app.views import overlay
+from skinlesion.explain import last_stage, upsample_heatmap
+from skinlesion.transforms import model_input
 
 
 @pytest.fixture
@@ -32,17 +35,26 @@ def plain_grad_cam(model, layer, x, index, size):
 
 
 @pytest.mark.parametrize("target", [None, "mel", "df"])
-def test_captum_grad_cam_matches_a_plain_implementation(predictor, photo, target):
+def test_grad_cam_matches_a_plain_implementation(predictor, photo, target):
     result = predictor.analyse(photo, target=target)
-    x = predictor.to_batch([photo])
+    x = model_input([photo], predictor.spec)
     index = predictor.codes.index(result.target)
-    reference, logits = plain_grad_cam(predictor.model, last_stage(predictor.model), x, index, photo.shape[:2])
+    reference, logits = plain_grad_cam(predictor.primary, last_stage(predictor.primary), x, index, photo.shape[:2])
     if target is None:
         assert result.target == result.decided == predictor.codes[int(predictor.rule.decide(
             predictor.rule.probabilities(logits.numpy()))[0])]
     assert result.heatmap.shape == photo.shape[:2] and result.heatmap.dtype == np.float32
     assert result.heatmap.max() == pytest.approx(1) and result.heatmap.min() >= 0
     assert np.abs(result.heatmap - reference).max() < 1e-4
+
+
+@pytest.mark.parametrize("target", [None, "bcc"])
+def test_grad_cam_on_the_answers_pass_matches_captums_layer_grad_cam(predictor, photo, target):
+    result = predictor.analyse(photo, target=target)
+    x = model_input([photo], predictor.spec)
+    cam = LayerGradCam(predictor.primary, last_stage(predictor.primary)).attribute(
+        x, target=predictor.codes.index(result.target), relu_attributions=True).detach()
+    assert np.abs(result.heatmap - upsample_heatmap(cam, photo.shape[:2])).max() < 1e-4
 
 
 def test_analyse_returns_the_probabilities_of_the_same_pass(predictor, photo):
@@ -54,7 +66,7 @@ def test_analyse_returns_the_probabilities_of_the_same_pass(predictor, photo):
 
 
 def test_last_stage_is_the_last_block_of_efficientnet(predictor):
-    assert last_stage(predictor.model) is predictor.model.blocks[-1]
+    assert last_stage(predictor.primary) is predictor.primary.blocks[-1]
 
 
 def test_overlay_keeps_the_image_size_and_follows_opacity(predictor, photo):
@@ -88,7 +100,7 @@ def test_every_method_depends_on_the_input_and_on_the_weights(predictor, photo, 
     moved = np.roll(photo, (20, 35), axis=(0, 1))  # the dark patch elsewhere
     other_input = predictor.analyse(moved, target="mel", method=method).heatmap
     assert spearmanr(result.heatmap.ravel(), other_input.ravel())[0] < 0.9
-    model = copy.deepcopy(predictor.model)
+    model = copy.deepcopy(predictor.primary)
     torch.manual_seed(1)
     for module in model.modules():  # every layer re-initialised: a model that learned nothing
         if hasattr(module, "reset_parameters") and module is not model:

@@ -1,4 +1,4 @@
-"""Similar confirmed cases (skinlesion/gallery.py, train/gallery.py) and the shipped examples."""
+"""Similar confirmed cases (skinlesion/trust/gallery.py, train/gallery.py) and the shipped examples."""
 import json
 from pathlib import Path
 
@@ -8,15 +8,14 @@ import torch
 from conftest import REAL_HAM, REAL_NEU, needs_real_ham, needs_real_neu
 from PIL import Image
 
-from skinlesion import Predictor
-from skinlesion.check import REFERENCE_FILE, InputCheck
 from skinlesion.data import Record
-from skinlesion.features import POOLED
-from skinlesion.gallery import GALLERY_FILE, NEIGHBOURS, Gallery, summary
 from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import DX_TYPES
-from train.engine import SplitData
+from skinlesion.trust.check import REFERENCE_FILE, InputCheck
+from skinlesion.trust.features import POOLED
+from skinlesion.trust.gallery import GALLERY_FILE, NEIGHBOURS, Gallery, summary
 from train.gallery import THUMBNAIL, write_examples, write_gallery
+from train.splits import SplitData
 from train.trust import save_reference
 
 
@@ -47,9 +46,9 @@ def test_gallery_round_trips_and_finds_the_nearest(tmp_path):
     assert Gallery.load(tmp_path / "nothing", codes) is None
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return {key: Predictor.from_pretrained(task=key) for key in ("ham10000", "neu")}
+@pytest.fixture
+def bundled(bundled_models):
+    return bundled_models
 
 
 def test_bundled_galleries_ship_within_15_mb_with_their_figures(bundled):
@@ -58,7 +57,7 @@ def test_bundled_galleries_ship_within_15_mb_with_their_figures(bundled):
         assert sum(f.stat().st_size for f in files) <= 15e6
         metrics = json.loads((predictor.folder / "metrics.json").read_text())
         similar = metrics["similar_cases"]
-        assert similar["gallery_size"] == len(predictor.gallery) and 0 < similar["precision_at_10"] <= 1
+        assert similar["gallery_size"] == len(predictor.trust.gallery) and 0 < similar["precision_at_10"] <= 1
         assert f"{similar['precision_at_10']:.3f}" in (predictor.folder / "README.md").read_text()
 
 
@@ -79,7 +78,7 @@ def test_similar_lesions_carry_diagnosis_confirmation_and_thumbnail(bundled):
     assert all(c.confirmation in DX_TYPES.values() for c in cases)
     assert all(max(c.thumbnail.shape[:2]) <= THUMBNAIL for c in cases)
     analysis = predictor.analyse(REAL_HAM / "images" / "ISIC_0024306.jpg", method=None)
-    assert [n.index for n in analysis.similar[:6]] == [predictor.gallery.ids.index(c.image_id) for c in cases]
+    assert [n.index for n in analysis.similar[:6]] == [predictor.trust.gallery.ids.index(c.image_id) for c in cases]
 
 
 @needs_real_ham

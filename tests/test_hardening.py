@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from skinlesion.app.uploads import REFUSED, UPLOAD_LIMIT, UploadRefused, data_url_bytes, upload_source, uploaded_file
-from skinlesion.batch import HIDDEN, Item, analyse, expand, write_csv
+from skinlesion.batch import HIDDEN, Item, batch_rows, expand, write_csv
 from skinlesion.images import InputError, load_image
 
 
@@ -60,7 +60,7 @@ def test_one_bad_file_never_stops_a_batch(predictor, tmp_path):
     (folder / "cut.jpg").write_bytes(jpeg_bytes()[:10])  # "Truncated File Read" at open
     (folder / "bomb.png").write_bytes(png_text_bomb())
     (folder / "bad.qoi").write_bytes(bad_qoi())
-    rows = list(analyse(predictor, expand([folder])))
+    rows = list(batch_rows(predictor, expand([folder])))
     errors = {Path(r["file"]).name: r["error"] for r in rows}
     assert len(rows) == 6 and [n for n, e in errors.items() if not e] == ["good0.jpg", "good1.jpg", "good2.jpg"]
     assert all("damaged" in e or "not an image" in e for n, e in errors.items() if not n.startswith("good"))
@@ -71,7 +71,7 @@ def test_the_pixel_budget_stops_decoding_and_says_so(predictor, tmp_path):
     for i in range(5):
         paths.append(tmp_path / f"{i}.jpg")
         paths[-1].write_bytes(jpeg_bytes(i))  # 200×150 = 30,000 pixels each
-    rows = list(analyse(predictor, expand(paths), max_pixels=60_000))
+    rows = list(batch_rows(predictor, expand(paths), max_pixels=60_000))
     assert [bool(r["error"]) for r in rows] == [False, False, True, True, True]
     assert "limit of 0 million decoded pixels before file 3" in rows[2]["error"]
 
@@ -83,13 +83,13 @@ def test_hidden_zip_members_and_names_leading_out_get_a_row(predictor, tmp_path)
         z.writestr(".hidden.jpg", jpeg_bytes())
         z.writestr("../x.jpg", jpeg_bytes())
         z.writestr("__MACOSX/._ok.jpg", b"resource fork")
-    rows = list(analyse(predictor, expand([archive])))
+    rows = list(batch_rows(predictor, expand([archive])))
     assert [(r["file"], r["error"]) for r in rows] == [("a.zip/ok.jpg", ""), ("a.zip/.hidden.jpg", HIDDEN),
                                                        ("a.zip/../x.jpg", HIDDEN)]
 
 
 def test_csv_cells_that_look_like_formulas_are_neutralised(predictor, tmp_path):
-    rows = list(analyse(predictor, [Item("=SUM(1+1).jpg", None, error="@cmd"), Item("-2+3.jpg", None, error="x")]))
+    rows = list(batch_rows(predictor, [Item("=SUM(1+1).jpg", None, error="@cmd"), Item("-2+3.jpg", None, error="x")]))
     write_csv(tmp_path / "out.csv", predictor, rows)
     with open(tmp_path / "out.csv", newline="") as f:
         saved = list(csv.DictReader(f))

@@ -15,8 +15,9 @@ from PIL import Image
 
 from skinlesion import Predictor
 from skinlesion.images import InputError, load_image
-from skinlesion.spec import ModelFolderError
+from skinlesion.models.spec import ModelFolderError
 from skinlesion.tasks.dermoscopy import RESEARCH_DEMO as DISCLAIMER
+from skinlesion.transforms import model_input
 
 
 @pytest.fixture
@@ -47,9 +48,9 @@ def test_probabilities_of_every_class_sum_to_one_for_every_input_kind(predictor,
 
 
 def test_temperature_from_the_config_is_applied(predictor, photo):
-    x = predictor.to_batch([photo])
+    x = model_input([photo], predictor.spec)
     with torch.no_grad():
-        logits = predictor.model(x)[0]
+        logits = predictor.primary(x)[0]
     expected = torch.softmax(logits / 1.5, -1).numpy()
     assert np.allclose(list(predictor.predict(photo).values()), expected, atol=1e-6)
     assert not np.allclose(expected, torch.softmax(logits, -1).numpy(), atol=1e-3)
@@ -132,7 +133,7 @@ def test_verdict_levels_and_disclaimer(predictor):
         probs = np.array(list(probabilities.values()))
         decided = codes[int(predictor.rule.decide(probs))]
         members = [c for c, inside in zip(codes, predictor.rule.prediction_set(probs)) if inside]
-        return predictor.task.verdict(probabilities, decided, members, predictor.rule, predictor.task, None)
+        return predictor.task.verdict(probabilities, decided, members, predictor.rule.thresholds, predictor.task)
 
     refer = verdict(mel=0.25, nv=0.6)  # mel over its 0.2 threshold, not top
     assert refer.level == "refer" and refer.headline == "Refer to a dermatologist" and "Melanoma (25%)" in refer.detail

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from skinlesion.decision import fit_temperature, recall_first_thresholds, softmax
-from skinlesion.metrics import classification_report, expected_calibration_error, operating_point
+from train.metrics import classification_report, expected_calibration_error, operating_point
 
 CODES = ["a", "b", "c"]
 

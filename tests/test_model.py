@@ -14,8 +14,8 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
-from skinlesion.folder import write_atomically, write_json
-from skinlesion.model import (
+from skinlesion.models.folder import write_atomically, write_json
+from skinlesion.models.network import (
     INIT_LITE0,
     INIT_RANDOM,
     create_model,
@@ -24,7 +24,7 @@ from skinlesion.model import (
     save_model_folder,
     transplant_lite0,
 )
-from skinlesion.spec import ModelFolderError, read_config, update_config
+from skinlesion.models.spec import ModelFolderError, read_config, update_config
 from skinlesion.tasks import get_task
 
 HAM = get_task("ham10000")
@@ -107,7 +107,7 @@ def test_weights_are_safetensors_only(saved):
 
 
 def offline(monkeypatch):
-    monkeypatch.setattr("skinlesion.hub.hub_constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("skinlesion.models.hub.hub_constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
 
 
@@ -127,7 +127,7 @@ def test_pretrained_without_hub_transplants_lite0_weights(monkeypatch, caplog):
 
 def test_pretrained_without_hub_or_package_falls_back_to_random_with_a_message(monkeypatch, caplog):
     offline(monkeypatch)
-    monkeypatch.setattr("skinlesion.model.LITE0_PACKAGE", "no_such_weights_package")
+    monkeypatch.setattr("skinlesion.models.network.LITE0_PACKAGE", "no_such_weights_package")
     with caplog.at_level(logging.WARNING):
         model = create_model(7, pretrained=True, image_size=32)
     assert model.initialisation == INIT_RANDOM
@@ -168,7 +168,7 @@ def test_new_head_starts_at_uniform_probabilities():
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_nothing_behind(tmp_path):
-    """skinlesion/folder.py: every model-folder file (and the checkpoint) is written this way."""
+    """skinlesion/models/folder.py: every model-folder file (and the checkpoint) is written this way."""
     path = tmp_path / "config.json"
     write_json(path, {"temperature": 1.0})
 

@@ -175,8 +175,8 @@ def test_only_the_files_the_page_shows_are_served(app):
                                                                  str(SHARED_DATA))}
     not_shown = next(p.resolve() for p in sorted((REAL_HAM / "images").glob("*.jpg")) if p.resolve() not in shown)
     assert status(REAL_HAM / "HAM10000_metadata.csv") == 403 and status(not_shown) == 403
-    assert status(min(shown)) == 200 and status(ROOT / "assets" / "model" / "confusion_matrix.png") == 200
-    assert status(ROOT / "assets" / "model" / "config.json") == 403
+    assert status(min(shown)) == 200 and status(ROOT / "assets" / "models" / "ham10000" / "confusion_matrix.png") == 200
+    assert status(ROOT / "assets" / "models" / "ham10000" / "config.json") == 403
 
 
 def test_the_batch_csv_is_deleted_with_the_uploads_and_formulas_are_text(app, client, tmp_path):

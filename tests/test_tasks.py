@@ -39,18 +39,18 @@ def test_registry_finds_both_tasks_default_first_and_names_an_unknown_one():
 THIRD_TASK = '''
 from pathlib import Path
 from ..data import Record
-from ..verdicts import ManualReview
-from .base import ASSETS, DEFECT, ClassInfo, Task
+from .base import DEFECT, ClassInfo, Task
+from .verdicts import ManualReview
 
 def load(root):
     return [Record(p.stem, p.stem, p.stem.split("_")[0], p) for p in sorted(Path(root).glob("*.png"))]
 
 TASK = Task(key="leaves", title="Leaf disease", subject="a photograph of a leaf",
-            not_known="This does not look like a leaf",
+            refusal="This does not look like a leaf",
             classes=(ClassInfo("rust", "Rust", "Orange pustules.", DEFECT, "#aa5500"),
                      ClassInfo("healthy", "Healthy", "No disease.", DEFECT, "#00aa00")),
             load=load, annotation=lambda root, image_id, shape: None, annotation_name="none",
-            model_folder=ASSETS / "models" / "leaves", data_folder="leaves", dataset="Leaves",
+            data_folder="leaves", dataset="Leaves",
             license="other", license_text="", citation="", intended_use="", out_of_scope="",
             limitations="", ethics="", disclaimer="A person decides.",
             verdict=ManualReview(review="Look again", found="Found: {name}"))
@@ -70,9 +70,9 @@ def test_a_third_task_is_one_file(tmp_path):
              "assert list(TASKS) == ['ham10000', 'leaves', 'neu'], list(TASKS)\n"
              "labels = np.array([0, 1] * 20)\n"
              "logits = np.eye(2)[labels] * 2 + np.random.default_rng(0).normal(0, 1, (40, 2))\n"
-             "rule, _ = DecisionRule.fit(logits, labels, TASKS['leaves'].codes, 'leaves')\n"
+             "rule, _ = DecisionRule.fit(logits, labels, TASKS['leaves'].codes, TASKS['leaves'].high_risk_codes)\n"
              "task = TASKS['leaves']\n"
-             "print(task.verdict({'rust': 0.9, 'healthy': 0.1}, 'rust', ['rust'], rule, task, None).headline)\n")
+             "print(task.verdict({'rust': 0.9, 'healthy': 0.1}, 'rust', ['rust'], rule.thresholds, task).headline)\n")
     result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "Found: Rust"  # the task's own words

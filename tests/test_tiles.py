@@ -5,8 +5,9 @@ import pytest
 from conftest import REAL_NEU, needs_real_neu
 from PIL import Image
 
-from skinlesion import Predictor, inference, tiles
-from skinlesion.batch import Item, analyse
+from skinlesion import predictor as predictor_module
+from skinlesion import tiles
+from skinlesion.batch import Item, batch_rows
 from skinlesion.images import InputError
 from skinlesion.tiles import checked_boxes, tile_boxes, worth_tiling
 
@@ -33,7 +34,8 @@ def test_tiles_in_chunks_give_the_answer_of_one_pass(predictor, monkeypatch):
     rgb = np.random.default_rng(0).integers(0, 255, (64, 64 * 12), dtype=np.uint8).repeat(3).reshape(64, -1, 3)
     assert len(tile_boxes(rgb.shape[1], rgb.shape[0])) > tiles.TILE_CHUNK
     chunked, plain = predictor.analyse(rgb, tile=True), predictor.analyse(rgb, tile=True, method=None)
-    monkeypatch.setattr(inference, "TILE_CHUNK", 64)
+    for module in (predictor_module, tiles):  # every tile in the watched pass, as one chunk
+        monkeypatch.setattr(module, "TILE_CHUNK", 64)
     whole = predictor.analyse(rgb, tile=True)
     assert chunked.region == whole.region == plain.region and chunked.target == whole.target
     assert chunked.tiles == whole.tiles == len(tile_boxes(rgb.shape[1], rgb.shape[0]))
@@ -51,9 +53,9 @@ def strip(defect: str, position: int, tiles: int = 8) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def steel():
-    return Predictor.from_pretrained(task="neu")
+@pytest.fixture
+def steel(bundled_models):
+    return bundled_models["neu"]
 
 
 @needs_real_neu
@@ -74,7 +76,7 @@ def test_strip_answer_names_and_locates_the_defect(steel, defect, position):
 def test_batch_rows_of_a_strip_carry_the_region(steel, tmp_path):
     path = tmp_path / "strip.png"
     Image.fromarray(strip("scratches_5", 5)).save(path)
-    tiled, whole = (next(analyse(steel, [Item(str(path), path)], tile=t)) for t in (True, False))
+    tiled, whole = (next(batch_rows(steel, [Item(str(path), path)], tile=t)) for t in (True, False))
     assert tiled["decided"] == "scratches"
     assert tiled["region"] in ("1000 0 1200 200", "900 0 1100 200", "1100 0 1300 200")
     assert whole["region"] == ""

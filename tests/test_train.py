@@ -13,13 +13,15 @@ import yaml
 from conftest import REAL_HAM, REAL_NEU, ROOT, make_ham_folder, needs_real_ham, needs_real_neu, run_train
 
 from skinlesion.decision import softmax
-from skinlesion.model import load_model_folder
+from skinlesion.models.network import load_model_folder
 from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import load_ham10000
 from skinlesion.transforms import eval_transform
 from train.config import TrainConfig, parse_args, read_yaml
-from train.engine import make_loader, pick_device, predict_logits, prepare_splits
+from train.device import pick_device
+from train.loaders import make_loader, predict_logits
 from train.loop import class_weights, learning_rate
+from train.splits import prepare_splits
 
 
 def read_csv(path):
@@ -67,8 +69,8 @@ def test_run_folder_has_everything(tiny_run):
 def test_stored_coverage_is_recomputed_from_the_saved_predictions(tiny_run):
     """The card's coverage and set size are those of the sets in predictions.csv, and those sets
     are what config.json's quantiles make of the saved probabilities (up to their rounding)."""
-    from skinlesion.conformal import nonconformity
     from skinlesion.decision import DecisionRule
+    from skinlesion.trust.conformal import nonconformity
     config = json.loads((tiny_run / "model/config.json").read_text())
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     rule = DecisionRule.from_config(config)

@@ -21,17 +21,18 @@ import numpy as np
 import torch
 
 from skinlesion.data import DataError, split_records, write_split
-from skinlesion.folder import write_atomically, write_text
-from skinlesion.model import load_model_folder, save_model_folder
+from skinlesion.models.folder import write_atomically, write_text
+from skinlesion.models.network import load_model_folder, save_model_folder
 from skinlesion.tasks import Task, get_task
 from skinlesion.transforms import eval_transform, train_transform
 
 from .config import CONFIG_YAML, TrainConfig, parse_args
 from .device_augment import DeviceBatches
 from .distributed import Ranks, start, stop
-from .engine import SplitData, make_loader, prepare_splits
 from .evaluate import EvalOptions, evaluate
+from .loaders import make_loader
 from .loop import Trainer
+from .splits import SplitData, prepare_splits
 
 log = logging.getLogger("train")
 CHECKPOINT = "checkpoint.pt"

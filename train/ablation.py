@@ -2,15 +2,16 @@
 and without mirror views (test-time augmentation), every row with its own decision rule fitted
 on validation — as `python -m train.ensemble` + `python -m train.evaluate` would ship it.
 
-    python -m train.ablation assets/model runs/lite0-224/model --data ../shared/data/ham10000 \\
+    python -m train.ablation assets/models/ham10000 runs/lite0-224/model --data ../shared/data/ham10000 \\
         --out results/ablation/levers.md
 
 The first folder is the primary (the one that explains). Every model's outputs on every view are
-computed once (train/ensemble.member_outputs) and combined as skinlesion/ensemble.py combines
+computed once (train/ensemble.member_outputs) and combined as skinlesion/models/ensemble.py combines
 them (each model's own temperature fitted alone on validation, the probabilities averaged); the
 rule (skinlesion/decision.py: temperature, class bias, recall-first thresholds) is fitted on
 validation. Columns: validation balanced accuracy (what a choice may look at); on test, balanced
-accuracy, macro AUC, melanoma sensitivity and specificity at the stored threshold, ECE; the
+accuracy, macro AUC, each high-risk class's sensitivity and specificity at its stored threshold
+(the task's: Task.high_risk_codes), ECE; the
 network's forward pass p50 on one image (ms, this machine, no input check or heat-map); the
 training minutes of the models (from each run's metrics.json history when the folder is
 runs/<name>/model). Nothing is chosen on test.
@@ -28,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinlesion.card import f, table
 from skinlesion.decision import DecisionRule, fit_temperature
-from skinlesion.ensemble import Ensemble, average, load_ensemble
-from skinlesion.metrics import classification_report, expected_calibration_error, macro_auc, operating_point
+from skinlesion.models.card import f, table
+from skinlesion.models.ensemble import Ensemble, average, load_ensemble
+from train.metrics import classification_report, expected_calibration_error, macro_auc, operating_point
 
-from .engine import pick_device, prepare_splits
+from .device import pick_device
 from .ensemble import member_outputs
+from .splits import prepare_splits
 
 log = logging.getLogger("train.ablation")
 VIEW_SETS = (("plain",), ("plain", "hflip"), ("plain", "hflip", "vflip"))
@@ -73,19 +75,19 @@ def forward_p50(net: Ensemble, size: int) -> float:
 
 
 def lever(name: str, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray], codes: list[str],
-          task: str, temperatures: list[float]) -> dict:
+          high_risk: list[str], temperatures: list[float]) -> dict:
     """One row: the given passes (models × views), each at its model's temperature, averaged."""
     logits = {s: average([torch.log_softmax(torch.as_tensor(o) / t, -1) for o, t in zip(outputs[s], temperatures)]
                          ).numpy() for s in labels}
-    rule, _ = DecisionRule.fit(logits["val"], labels["val"], codes, task)
+    rule, _ = DecisionRule.fit(logits["val"], labels["val"], codes, high_risk)
     row: dict = {"lever": name}
     for s in labels:
         probs = rule.probabilities(logits[s])
         row[f"{s}_ba"] = classification_report(probs, labels[s], codes, rule.decide(probs))["balanced_accuracy"]
     probs = rule.probabilities(logits["test"])
-    mel = operating_point(probs, labels["test"], codes, rule.thresholds).get("mel", {})
-    row.update(test_auc=macro_auc(probs, labels["test"]), test_ece=expected_calibration_error(probs, labels["test"]),
-               mel_sensitivity=mel.get("sensitivity"), mel_specificity=mel.get("specificity"))
+    row.update(test_auc=macro_auc(probs, labels["test"]), test_ece=expected_calibration_error(probs, labels["test"]))
+    for code, point in operating_point(probs, labels["test"], codes, rule.thresholds).items():
+        row.update({f"{code}_sensitivity": point.get("sensitivity"), f"{code}_specificity": point.get("specificity")})
     return row
 
 
@@ -109,7 +111,7 @@ def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]
             passes = [m * views + VIEW_SETS[-1].index(v) for m in group for v in view_set]
             label = " + ".join(names[m] for m in group) + ("" if len(view_set) == 1 else " · " + "+".join(view_set[1:]))
             log.info("%s", label)
-            row = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes), spec.task.key,
+            row = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes), spec.task.high_risk_codes,
                         [temperatures[p // views] for p in passes])
             net = Ensemble([models[m] for m in group], [temperatures[m] for m in group],
                            [sizes[m] for m in group], view_set)
@@ -121,10 +123,13 @@ def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]
 
 
 def render(rows: list[dict]) -> str:
-    header = ["lever", "val BA", "test BA", "test macro AUC", "mel sensitivity", "mel specificity", "test ECE",
-              "forward p50 (ms)", "training (min)"]
-    return table(header, [[r["lever"], f(r["val_ba"]), f(r["test_ba"]), f(r["test_auc"]), f(r["mel_sensitivity"]),
-                           f(r["mel_specificity"]), f(r["test_ece"]), f"{r['p50_ms']:.0f}",
+    """The rows as a Markdown table: a sensitivity / specificity column per high-risk class the rows hold."""
+    risky = [k.removesuffix("_sensitivity") for k in (rows[0] if rows else {}) if k.endswith("_sensitivity")]
+    header = ["lever", "val BA", "test BA", "test macro AUC", *(f"{c} sensitivity / specificity" for c in risky),
+              "test ECE", "forward p50 (ms)", "training (min)"]
+    return table(header, [[r["lever"], f(r["val_ba"]), f(r["test_ba"]), f(r["test_auc"]),
+                           *(f"{f(r[f'{c}_sensitivity'])} / {f(r[f'{c}_specificity'])}" for c in risky),
+                           f(r["test_ece"]), f"{r['p50_ms']:.0f}",
                            "n/a" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"] for r in rows])
 
 

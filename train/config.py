@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, Mapping, Union, get_args, get_origin,
 
 import yaml
 
-from skinlesion.model import ARCHITECTURE
+from skinlesion.models.network import ARCHITECTURE
 from skinlesion.tasks import ALIASES, DEFAULT_TASK, TASKS
 from skinlesion.transforms import Augmentation
 

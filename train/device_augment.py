@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from skinlesion.transforms import Augmentation
 
-from .engine import SplitData, batch_order, rank_seed
+from .loaders import batch_order, rank_seed
+from .splits import SplitData
 
 GRAY = (0.299, 0.587, 0.114)  # cv2's RGB → gray weights, as albumentations' colour jitter uses
 

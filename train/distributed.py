@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .engine import pick_device
+from .device import pick_device
 
 log = logging.getLogger("train")
 

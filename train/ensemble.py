@@ -1,4 +1,4 @@
-"""Make a model folder that answers with several models and mirror views (skinlesion/ensemble.py).
+"""Make a model folder that answers with several models and mirror views (skinlesion/models/ensemble.py).
 
     python -m train.ensemble --primary runs/b0-192/model --member runs/lite0-224/model \\
         --views plain hflip --data ../shared/data/ham10000 --out runs/ensemble/model
@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from skinlesion.decision import fit_temperature
-from skinlesion.ensemble import ENSEMBLE_KEY, VIEWS, Ensemble, load_ensemble
-from skinlesion.model import WEIGHTS_FILE
-from skinlesion.spec import CONFIG_FILE, ModelSpec, update_config
-from skinlesion.transforms import eval_transform, normalize
+from skinlesion.models.ensemble import ENSEMBLE_KEY, VIEWS, Ensemble, load_ensemble
+from skinlesion.models.network import WEIGHTS_FILE
+from skinlesion.models.spec import CONFIG_FILE, ModelSpec, update_config
+from skinlesion.transforms import model_input
 
-from .engine import SplitData, pick_device, prepare_splits
+from .device import pick_device
+from .splits import SplitData, prepare_splits
 
 log = logging.getLogger("train.ensemble")
 MEMBERS = "members"
@@ -41,11 +42,10 @@ def member_outputs(net: Ensemble, spec: ModelSpec, images: Sequence[np.ndarray],
                    batch_size: int = 32) -> np.ndarray:
     """Every member's and view's log_softmax(z / T) (Ensemble.member_log_probs), resized as the
     Predictor does: passes × images × classes, float32."""
-    transform, parts = eval_transform(spec.input_size), []
+    parts = []
     net.eval()
     for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(image=rgb)["image"] for rgb in images[start:start + batch_size]])
-        x = normalize(batch.to(device), spec.mean, spec.std).contiguous(memory_format=torch.channels_last)
+        x = model_input(images[start:start + batch_size], spec, device)
         parts.append(torch.stack(net.member_log_probs(x)).cpu())
     return torch.cat(parts, 1).numpy() if parts else np.zeros((net.passes, 0, spec.num_classes), np.float32)
 

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skinlesion.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, RELIABILITY_PNG, render_card
 from skinlesion.data import DataError
 from skinlesion.decision import DecisionRule, softmax
-from skinlesion.ensemble import Ensemble, load_ensemble
-from skinlesion.folder import copy_file, write_atomically, write_json, write_text
-from skinlesion.metrics import (
+from skinlesion.models.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, RELIABILITY_PNG, render_card
+from skinlesion.models.ensemble import Ensemble, load_ensemble
+from skinlesion.models.folder import copy_file, write_atomically, write_json, write_text
+from skinlesion.models.spec import ModelFolderError, ModelSpec, read_spec, update_config
+from skinlesion.tasks.verdicts import unsure
+from train.metrics import (
     classification_report,
     expected_calibration_error,
     operating_point,
@@ -37,13 +39,12 @@ from skinlesion.metrics import (
     set_report,
     unsure_report,
 )
-from skinlesion.spec import ModelFolderError, ModelSpec, read_spec, update_config
-from skinlesion.verdicts import unsure
 
-from .engine import SplitData, autocast_dtype, folder_arguments, pick_device, prepare_splits
+from .device import autocast_dtype, pick_device
 from .explanations import explanation_report
 from .gallery import make_gallery
 from .report import CURVE_PNG, plot_confusion_matrix, plot_history, plot_reliability, render_report
+from .splits import SplitData, folder_arguments, prepare_splits
 from .trust import fit_check, forward_all, save_reference
 
 log = logging.getLogger("train.evaluate")
@@ -106,7 +107,7 @@ def split_metrics(rule: DecisionRule, logits: np.ndarray, labels: np.ndarray) ->
 
 def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[str, SplitData], model_dir: Path,
              out: Path, options: EvalOptions, extra: dict | None = None) -> dict:
-    """Fit the decision rule on what `model` (a model, or an Ensemble: skinlesion/ensemble.py)
+    """Fit the decision rule on what `model` (a model, or an Ensemble: skinlesion/models/ensemble.py)
     outputs and the input check on its primary model's features, measure validation and test,
     store the rule and the check in the model folder and write the reports; returns the metrics
     (metrics.json)."""
@@ -118,7 +119,8 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
     forwards = {s: forward_all(net if s in EVAL_SPLITS else net.primary, spec, splits[s].images, **run)
                 for s in ("train", *EVAL_SPLITS)}
     logits = {s: forwards[s].logits for s in EVAL_SPLITS}
-    rule, bias_strength = DecisionRule.fit(logits["val"], splits["val"].labels, spec.codes, spec.task.key)
+    rule, bias_strength = DecisionRule.fit(logits["val"], splits["val"].labels, spec.codes,
+                                              spec.task.high_risk_codes)
     others = options.data.resolve().parent if options.data is not None else None  # the other tasks' data
     check, gallery, check_report = fit_check(net.primary, spec, splits, forwards, **run, data_root=others,
                                              outliers=options.outliers, seed=spec.training.get("seed", 0))
@@ -143,7 +145,7 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
 def write_reports(metrics: dict, spec: ModelSpec, model_dir: Path, out: Path) -> None:
     """metrics.json, report.md and plots to `out`; metrics.json, the confusion matrix and the
     card (rendered from them) into the model folder, which carries its evidence when it ships.
-    Each file is replaced whole (skinlesion/folder.py): the app may be reading the folder."""
+    Each file is replaced whole (skinlesion/models/folder.py): the app may be reading the folder."""
     test = metrics["splits"]["test"]
     plot_confusion_matrix(test["confusion_matrix"], spec.codes, out / CONFUSION_PNG, f"test split (n={test['n']})")
     plot_reliability(test["reliability"], out / RELIABILITY_PNG, f"test split (n={test['n']})")

@@ -26,10 +26,11 @@ from scipy.stats import spearmanr
 from torchvision.transforms.functional import gaussian_blur
 
 from skinlesion.data import read_rgb
-from skinlesion.explain import METHODS, SHIPPED, Settings, attribution_map, energy_inside, last_stage, peak_inside
-from skinlesion.inference import Predictor
-from skinlesion.model import create_model
-from skinlesion.spec import ModelSpec
+from skinlesion.explain import METHODS, SHIPPED, Settings, attribution_map, energy_inside, peak_inside
+from skinlesion.models.network import create_model
+from skinlesion.models.spec import ModelSpec
+from skinlesion.predictor import Predictor
+from skinlesion.transforms import model_input
 
 STEPS = 16
 SANITY_FAIL_RHO = 0.5
@@ -40,7 +41,7 @@ SANITY_SAMPLE = 8     # images for the (costly) cascading randomisation
 def input_map(model: torch.nn.Module, x: torch.Tensor, method: str, index: int,
               settings: Settings = SHIPPED) -> torch.Tensor:
     """The method's map for class `index` at the model's input resolution (S×S)."""
-    cam, _, _ = attribution_map(model, last_stage(model), x, method, index, settings)
+    cam = attribution_map(model, x, method, index, settings)
     return torch.nn.functional.interpolate(cam.float(), x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
 
 
@@ -71,21 +72,21 @@ def faithfulness_and_localisation(predictor: Predictor, images: list[tuple[np.nd
                    "energy_inside": [], "peak_inside": [], "energy_inside_random_weights": [],
                    "peak_inside_random_weights": [], "seconds": []} for m in METHODS}
     for rgb, mask in images:
-        x = predictor.to_batch([rgb])
+        x = model_input([rgb], predictor.spec)
         with torch.inference_mode():
-            index = int(predictor.rule.decide(predictor.rule.probabilities(predictor.model(x).numpy()))[0])
+            index = int(predictor.rule.decide(predictor.rule.probabilities(predictor.primary(x).numpy()))[0])
         for method in METHODS:
             r = results[method]
             started = time.perf_counter()
-            heat = input_map(predictor.model, x, method, index)
+            heat = input_map(predictor.primary, x, method, index)
             r["seconds"].append(time.perf_counter() - started)
             for name, order in (("", heat.flatten().argsort(descending=True)),
                                 ("_random", torch.randperm(heat.numel(), generator=rng))):
-                deletion, insertion = curves(predictor.model, x, order, index, predictor.rule.temperature)
+                deletion, insertion = curves(predictor.primary, x, order, index, predictor.rule.temperature)
                 r["deletion" + name].append(deletion)
                 r["insertion" + name].append(insertion)
             if mask is not None:
-                for suffix, model in (("", predictor.model), ("_random_weights", random_model)):
+                for suffix, model in (("", predictor.primary), ("_random_weights", random_model)):
                     m = heat if suffix == "" else input_map(model, x, method, index)
                     small = np.asarray(Image.fromarray(mask).resize(tuple(m.shape[::-1]), Image.NEAREST))
                     share = energy_inside(m.numpy(), small)
@@ -111,10 +112,10 @@ def cascading_randomisation(predictor: Predictor, images: list[np.ndarray], seed
     """Per method, the mean Spearman correlation of the map with the trained model's after
     randomising each layer from the top down (cumulative)."""
     torch.manual_seed(seed)
-    model = copy.deepcopy(predictor.model)
-    xs = [predictor.to_batch([rgb]) for rgb in images]
+    model = copy.deepcopy(predictor.primary)
+    xs = [model_input([rgb], predictor.spec) for rgb in images]
     with torch.inference_mode():
-        indices = [int(predictor.model(x).argmax()) for x in xs]
+        indices = [int(predictor.primary(x).argmax()) for x in xs]
     original = {m: [input_map(model, x, m, i).flatten().numpy() for x, i in zip(xs, indices)] for m in METHODS}
     depths, rho = [], {m: [] for m in METHODS}
     for name, modules in randomised_layers(model):

@@ -1,6 +1,6 @@
 """Ship a trained model folder with float16 weights, when float16 changes no answer.
 
-    python -m train.export --model runs/b0-192/model --out assets/model --data ../shared/data/ham10000 \\
+    python -m train.export --model runs/b0-192/model --out assets/models/ham10000 --data ../shared/data/ham10000 \\
         --split runs/b0-192/split.csv --reference tests/fixtures/ham10000_fp32_probabilities.csv
 
 Copies the folder (with its ensemble members), stores every model's weights as float16 (half the
@@ -22,12 +22,13 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from skinlesion.ensemble import ENSEMBLE_KEY, load_ensemble
-from skinlesion.folder import copy_file, write_atomically
-from skinlesion.model import WEIGHTS_FILE
-from skinlesion.spec import read_config, read_spec
+from skinlesion.models.ensemble import ENSEMBLE_KEY, load_ensemble
+from skinlesion.models.folder import copy_file, write_atomically
+from skinlesion.models.network import WEIGHTS_FILE
+from skinlesion.models.spec import read_config, read_spec
 
-from .engine import SplitData, pick_device, prepare_splits
+from .device import pick_device
+from .splits import SplitData, prepare_splits
 from .trust import forward_all
 
 log = logging.getLogger("train.export")
@@ -44,7 +45,7 @@ def to_float16(folder: Path) -> None:
 
 
 def weight_folders(folder: Path) -> list[Path]:
-    """The folder and its ensemble members' folders (skinlesion/ensemble.py)."""
+    """The folder and its ensemble members' folders (skinlesion/models/ensemble.py)."""
     members = (read_config(folder).get(ENSEMBLE_KEY) or {}).get("members", [])
     return [folder, *(folder / m["folder"] for m in members)]
 

@@ -31,16 +31,17 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from skinlesion.card import CARD_FILE, METRICS_FILE, read_metrics, render_card
-from skinlesion.check import REFERENCE_FILE, InputCheck, normalised
 from skinlesion.data import read_rgb
-from skinlesion.ensemble import load_ensemble
-from skinlesion.folder import write_atomically, write_json, write_text
-from skinlesion.gallery import GALLERY_FILE
-from skinlesion.spec import ModelSpec, read_spec
+from skinlesion.models.card import CARD_FILE, METRICS_FILE, read_metrics, render_card
+from skinlesion.models.ensemble import load_ensemble
+from skinlesion.models.folder import write_atomically, write_json, write_text
+from skinlesion.models.spec import ModelSpec, read_spec
 from skinlesion.tasks.base import ASSETS
+from skinlesion.trust.check import REFERENCE_FILE, InputCheck, normalised
+from skinlesion.trust.gallery import GALLERY_FILE
 
-from .engine import SplitData, folder_arguments, pick_device, prepare_splits
+from .device import pick_device
+from .splits import SplitData, folder_arguments, prepare_splits
 from .trust import forward_all
 
 log = logging.getLogger("train.gallery")

@@ -23,12 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from skinlesion.model import create_model
+from skinlesion.models.network import create_model
 from skinlesion.tasks import Task
 
 from .config import TrainConfig
+from .device import autocast_dtype
 from .distributed import Ranks
-from .engine import autocast_dtype, predict_logits, to_input
+from .loaders import predict_logits, to_input
 
 log = logging.getLogger("train")
 

@@ -154,7 +154,7 @@ def shifted(images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
     """Each image under one acquisition shift, in turn: a colour cast, a rescale, another aspect
     ratio (a crop), JPEG recompression, a rotation with black corners, a dark circular vignette.
     Images of the task taken elsewhere look like this; the check must let them through, so its
-    reference statistics include them (skinlesion/check.py) and its pass rate is measured on them."""
+    reference statistics include them (skinlesion/trust/check.py) and its pass rate is measured on them."""
     return [_SHIFTS[i % len(_SHIFTS)](Image.fromarray(image), rng) for i, image in enumerate(images)]
 
 

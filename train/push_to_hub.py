@@ -17,8 +17,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 from huggingface_hub import constants as hub_constants
 
-from skinlesion.hub import HUB_FILES, hub_reachable, looks_like_repo_id
-from skinlesion.spec import ModelFolderError, read_spec
+from skinlesion.models.hub import HUB_FILES, hub_reachable, looks_like_repo_id
+from skinlesion.models.spec import ModelFolderError, read_spec
 
 
 def files_to_upload(folder: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """A run's report.md and plots; the model cards and the results tables of the project's docs.
 
-Every table comes from metrics.json through skinlesion/card.py. After evaluating a bundled
+Every table comes from metrics.json through skinlesion/models/card.py. After evaluating a bundled
 model (or changing the renderer), re-render the bundled models' cards and the tables of
 docs/results.md, docs/explanations.md and docs/trust.md (the blocks between
 `<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations or trust, and
@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from skinlesion.card import (
+from skinlesion.models.card import (
     CARD_FILE,
     explanation_tables,
     f,
@@ -30,8 +30,8 @@ from skinlesion.card import (
     table,
     trust_tables,
 )
-from skinlesion.folder import write_atomically, write_text
-from skinlesion.spec import read_spec
+from skinlesion.models.folder import write_atomically, write_text
+from skinlesion.models.spec import read_spec
 from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"

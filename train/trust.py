@@ -1,4 +1,4 @@
-"""The input check fitted and measured, and the reference gallery chosen (skinlesion/check.py).
+"""The input check fitted and measured, and the reference gallery chosen (skinlesion/trust/check.py).
 
     features = forward_all(net, spec, images, options)            # logits + FeatureTap features
     check, report = fit_check(spec, features, splits, options)    # called by train/evaluate.py
@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from skinlesion.check import PASS_RATE, REFERENCE_FILE, InputCheck
-from skinlesion.ensemble import Ensemble
-from skinlesion.features import stage_names
-from skinlesion.folder import write_atomically
-from skinlesion.spec import ModelSpec
-from skinlesion.transforms import eval_transform, normalize
+from skinlesion.models.ensemble import Ensemble
+from skinlesion.models.folder import write_atomically
+from skinlesion.models.spec import ModelSpec
+from skinlesion.transforms import model_input
+from skinlesion.trust.check import PASS_RATE, REFERENCE_FILE, InputCheck
+from skinlesion.trust.features import stage_names
 
-from .engine import SplitData
 from .outliers import families, shifted
+from .splits import SplitData
 
 GALLERY_PER_CLASS = 250   # training images per class in the reference gallery (all of a rarer class)
 
@@ -45,15 +45,13 @@ def forward_all(model: torch.nn.Module | Ensemble, spec: ModelSpec, images: Sequ
     """Logits of the answering network (a model, or an Ensemble) and the features of its primary
     model's plain view, of RGB images of any size, resized as the Predictor does, in order."""
     model = model if isinstance(model, Ensemble) else Ensemble([model])
-    transform, tap = eval_transform(spec.input_size), model.tap(stage_names(model.primary))
+    tap = model.tap(stage_names(model.primary))
     model.eval()
     logits, parts = [], {}
     try:
         with tap.recording():
             for start in range(0, len(images), batch_size):
-                batch = torch.stack([transform(image=rgb)["image"] for rgb in images[start:start + batch_size]])
-                x = normalize(batch.to(device), spec.mean, spec.std)
-                x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+                x = model_input(images[start:start + batch_size], spec, device, channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits.append(model(x).float().cpu())
                 for name, value in tap.take().items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..inference import Predictor
+from ..predictor import Predictor
 from ..tasks import DEFAULT_TASK, TASKS
 from .handlers import Handlers
 from .layout import build_demo

@@ -12,19 +12,29 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ..batch import MAX_PIXELS, BatchError, analyse, check_limits, write_csv
-from ..explain import GRAD_CAM, METHODS, OVERLAY_OPACITY, overlay
+from ..analysis import Analysis
+from ..batch import MAX_PIXELS, BatchError, batch_rows, check_limits, write_csv
+from ..explain import GRAD_CAM, METHODS
 from ..images import InputError
-from ..inference import Analysis, Predictor
+from ..predictor import Predictor
 from .uploads import UploadRefused, batch_csv_path, held, upload_source, uploaded_files
-from .views import TOP_CLASS, answer_html, display_name, sanity_flags, similar_cases, similar_summary
+from .views import (
+    OVERLAY_OPACITY,
+    TOP_CLASS,
+    analyse_outputs,
+    display_name,
+    overlay,
+    page_outputs,
+    sanity_flags,
+    similar_cases,
+)
 
 BATCH_HEADERS = ["file", "decided class", "probability", "verdict", "error"]
 TILING = {"auto": None, "on": True, "off": False}  # views.TILE_CHOICES → Predictor's `tile` (None: the task's default)
 ECHO = 40  # characters of a client's value an error message repeats
 
 
-def shown(value: object) -> str:
+def echo(value: object) -> str:
     """A client's value as an error message repeats it: its repr, cut to ECHO characters."""
     text = repr(value)
     return text if len(text) <= ECHO else text[:ECHO] + "…"
@@ -55,22 +65,22 @@ class Handlers:
         the tiling (None: the task's default)."""
         task = task or self.first
         if not isinstance(task, str) or task not in self.predictors:
-            raise gr.Error(f"Unknown task {shown(task)}; this app serves: {', '.join(self.predictors)}.")
+            raise gr.Error(f"Unknown task {echo(task)}; this app serves: {', '.join(self.predictors)}.")
         predictor = self.predictors[task]
         target = None if target in (None, "", TOP_CLASS) else target
         if target is not None and target not in predictor.codes:
-            raise gr.Error(f"Unknown class {shown(target)}; choose {TOP_CLASS!r} or one of "
+            raise gr.Error(f"Unknown class {echo(target)}; choose {TOP_CLASS!r} or one of "
                            f"{', '.join(predictor.codes)}.")
         if tile not in (None, "", True, False, *TILING):
-            raise gr.Error(f"Unknown tile setting {shown(tile)}; choose one of {', '.join(TILING)}.")
+            raise gr.Error(f"Unknown tile setting {echo(tile)}; choose one of {', '.join(TILING)}.")
         if method not in (None, "", *METHODS):
-            raise gr.Error(f"Unknown explanation method {shown(method)}; choose one of {', '.join(METHODS)}.")
+            raise gr.Error(f"Unknown explanation method {echo(method)}; choose one of {', '.join(METHODS)}.")
         if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
-            raise gr.Error(f"The opacity must be a number from 0 to 1, not {shown(opacity)}.")
+            raise gr.Error(f"The opacity must be a number from 0 to 1, not {echo(opacity)}.")
         return predictor, target, float(opacity), tile if isinstance(tile, bool) else TILING.get(tile or "auto")
 
     @staticmethod
-    def _analysed(predictor: Predictor, image, target: str | None, tile: bool | None,
+    def _analysis(predictor: Predictor, image, target: str | None, tile: bool | None,
                   method: str | None) -> Analysis:
         """`Predictor.analyse` of an upload (or an already checked array), errors as gr.Error."""
         source = image_source(image) if not isinstance(image, np.ndarray) else image
@@ -88,7 +98,7 @@ class Handlers:
         predictor, _, _, tile = self.checked(task, tile=tile)
         if not image:
             return None
-        analysis = self._analysed(predictor, image, None, tile, None)
+        analysis = self._analysis(predictor, image, None, tile, None)
         return analysis.decided, analysis.probabilities
 
     def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
@@ -97,7 +107,7 @@ class Handlers:
         "Occlusion"): the decided class, or the class given; long images by Grad-CAM tiles when
         `tile` is "on", or "auto" for a task that tiles (steel)."""
         predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
-        analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
+        analysis = self._analysis(predictor, image, target, tile, method or GRAD_CAM)
         return overlay(analysis.image, analysis.heatmap, opacity)
 
     def compare(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
@@ -105,8 +115,8 @@ class Handlers:
         """Every method's overlay for one image, side by side, each captioned with its name and
         what its sanity check found (the model card's figures)."""
         predictor, target, opacity, _ = self.checked(task, target, opacity)
-        first = self._analysed(predictor, image, target, False, METHODS[0])  # decodes the upload, once
-        analyses = [first] + [self._analysed(predictor, first.image, target, False, m) for m in METHODS[1:]]
+        first = self._analysis(predictor, image, target, False, METHODS[0])  # decodes the upload, once
+        analyses = [first] + [self._analysis(predictor, first.image, target, False, m) for m in METHODS[1:]]
         flags = self.flags[predictor.task.key]
         return [(overlay(a.image, a.heatmap, opacity), a.method + flags.get(a.method, "")) for a in analyses]
 
@@ -114,29 +124,26 @@ class Handlers:
                 task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
         """Verdict, probabilities and heat-map overlay, from one `Predictor.analyse` (a long
         image by its tiles when tiling is on: the answer is then the worst tile's)."""
-        return self._answered(image, target, opacity, task, tile, method)[2]
+        analysis, predictor, opacity = self._analysed(image, target, opacity, task, tile, method)
+        return analyse_outputs(analysis, predictor, opacity)
 
     def page_analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
                      task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
         """The page's Analyse: `analyse`'s answer, and the similar cases from the same analysis."""
-        predictor, analysis, shown = self._answered(image, target, opacity, task, tile, method)
-        return *shown, similar_summary(analysis, predictor), similar_cases(analysis, predictor)
+        analysis, predictor, opacity = self._analysed(image, target, opacity, task, tile, method)
+        return page_outputs(analysis, predictor, opacity)
 
-    def _answered(self, image, target, opacity, task, tile, method) -> tuple[Predictor, Analysis, tuple]:
-        """One analysis and what `/analyse` returns of it: the verdict with the prediction set,
-        the probabilities, the overlay and the (image, heat-map) state."""
+    def _analysed(self, image, target, opacity, task, tile, method) -> tuple[Analysis, Predictor, float]:
+        """The checked values' analysis, its Predictor and the checked opacity (/analyse, the page)."""
         predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
-        analysis = self._analysed(predictor, image, target, tile, method or GRAD_CAM)
-        return predictor, analysis, (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
-                                     overlay(analysis.image, analysis.heatmap, opacity),
-                                     (analysis.image, analysis.heatmap))
+        return self._analysis(predictor, image, target, tile, method or GRAD_CAM), predictor, opacity
 
     def similar(self, image: dict | None, task: str | None = None) -> list[tuple[np.ndarray, str]]:
         """The training images most similar to one image (the model's feature space), each
         captioned with its diagnosis, how it was confirmed and its similarity; none for an
         image the model does not know."""
         predictor, _, _, tile = self.checked(task)
-        analysis = self._analysed(predictor, image, None, tile, None)
+        analysis = self._analysis(predictor, image, None, tile, None)
         return similar_cases(analysis, predictor)
 
     def batch(self, files: list[dict] | None, task: str | None = None, tile: str = "auto",
@@ -154,13 +161,13 @@ class Handlers:
             except BatchError as error:
                 raise gr.Error(str(error)) from None
             progress((0, len(items)), desc="Analysing", unit="files")
-            rows = list(analyse(predictor, items, tile=tile, max_pixels=MAX_PIXELS,
+            answered = list(batch_rows(predictor, items, tile=tile, max_pixels=MAX_PIXELS,
                                 progress=lambda done, total: progress((done, total), unit="files")))
         path = batch_csv_path()
-        write_csv(path, predictor, rows)
+        write_csv(path, predictor, answered)
         table = [[r["file"], "", "", "", r["error"]] if r["error"] else
                  [r["file"], display_name(predictor.task.info(r["decided"])), f"{r[r['decided']]:.1%}",
-                  r["verdict"], ""] for r in rows]
+                  r["verdict"], ""] for r in answered]
         return table, str(path)
 
     @staticmethod

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..batch import MAX_BYTES, MAX_FILES
-from ..explain import GRAD_CAM, METHODS, OVERLAY_OPACITY
+from ..explain import GRAD_CAM, METHODS
 from ..tasks import TASKS
 from .handlers import BATCH_HEADERS, Handlers
 from .server import KEEP_SECONDS, SWEEP_SECONDS, UploadFiles, UploadImage
-from .views import TILE_CHOICES, TOP_CLASS, TaskView, display_name
+from .views import OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, TaskView, display_name
 
 TITLE = "skinlesion — explainable image classifier"
 QUEUE_SIZE = 64    # requests waiting beyond this are refused at once instead of timing out

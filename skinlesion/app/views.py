@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image
 
-from ..card import CONFUSION_PNG, RELIABILITY_PNG, card_body, is_placeholder, read_metrics
-from ..gallery import SHOWN, summary
-from ..inference import Analysis, Predictor
-from ..tasks import TASKS, ClassInfo
+from ..analysis import Analysis
+from ..models.card import CONFUSION_PNG, RELIABILITY_PNG, card_body, is_placeholder, read_metrics
+from ..predictor import Predictor
+from ..tasks import TASKS, ClassInfo, Verdict
 from ..tasks.base import ASSETS
-from ..verdicts import Verdict
+from ..trust.gallery import CASES_SHOWN, summary
 
 TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
 TILE_CHOICES = [(f"Auto (on for {', '.join(t.title.lower() for t in TASKS.values() if t.tile_large_images)})",
@@ -78,6 +80,18 @@ def answering_note(predictor: Predictor) -> str:
             f"image{mirrored}; the map and the similar cases come from the first of them. ")
 
 
+OVERLAY_OPACITY = 0.45  # the heat-map's default weight over the image (API, page, Predictor)
+COLOURS = colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)  # a lookup table
+
+
+def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = OVERLAY_OPACITY) -> Image.Image:
+    """The colour-mapped heat-map blended over the image; weak attributions stay see-through."""
+    colours = COLOURS[(heatmap * 255).round().astype(np.uint8)]
+    alpha = float(np.clip(opacity, 0, 1)) * np.sqrt(heatmap)[..., None]
+    blended = rgb.astype(np.float32) / 255 * (1 - alpha) + colours * alpha
+    return Image.fromarray((blended * 255).round().astype(np.uint8))
+
+
 def display_name(info: ClassInfo) -> str:
     """How the page names a class: the full name, with the code the API uses."""
     return f"{info.name} ({info.code})"
@@ -120,11 +134,31 @@ def prediction_set_text(analysis: Analysis, predictor: Predictor) -> str:
     return "90% prediction set: " + ", ".join(predictor.task.info(c).name for c in analysis.prediction_set)
 
 
+def method_note(analysis: Analysis) -> str:
+    """Which map the overlay shows, for an answer the model knows that has one."""
+    if not analysis.known or analysis.method is None:
+        return ""
+    return f"<div id='method-note'>The {analysis.method} overlay shows where the model found it.</div>"
+
+
+def analyse_outputs(analysis: Analysis, predictor: Predictor, opacity: float) -> tuple:
+    """What /analyse shows of an analysis: the verdict (with the prediction set), the decided
+    class and probabilities, the overlay, and the (image, heat-map) state the opacity slider reblends."""
+    return (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
+            overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, analysis.heatmap))
+
+
+def page_outputs(analysis: Analysis, predictor: Predictor, opacity: float) -> tuple:
+    """The page's Analyse: /analyse's outputs, then the similar cases' summary and thumbnails."""
+    cases = similar_cases(analysis, predictor)
+    return (*analyse_outputs(analysis, predictor, opacity), similar_summary(analysis, predictor), cases)
+
+
 def answer_html(analysis: Analysis, predictor: Predictor) -> str:
-    """The verdict with the prediction set under it (the page and /analyse)."""
+    """The verdict with the prediction set and the map's method under it (the page and /analyse)."""
     return verdict_html(analysis.verdict, f"<div id='prediction-set' data-known='{int(analysis.known)}' "
                                           f"style='margin-top:6px;font-weight:600'>"
-                                          f"{prediction_set_text(analysis, predictor)}</div>")
+                                          f"{prediction_set_text(analysis, predictor)}</div>{method_note(analysis)}")
 
 
 EXAMPLES = ASSETS / "examples"  # TASK/CODE.jpg: one test-split image per class (python -m train.gallery --examples)
@@ -150,16 +184,14 @@ def example_images(predictor: Predictor, data_root: str | None) -> list[tuple[st
 
 def similar_cases(analysis: Analysis, predictor: Predictor) -> list[tuple[np.ndarray, str]]:
     """The nearest gallery cases as (thumbnail, caption): diagnosis, how it was confirmed, similarity."""
-    if predictor.gallery is None:
-        return []
-    cases = [predictor.gallery.case(n) for n in analysis.similar[:SHOWN]]
+    cases = predictor.trust.cases(analysis.similar[:CASES_SHOWN])
     return [(case.thumbnail, f"{display_name(predictor.task.info(case.code))} · {case.confirmation} · "
                              f"similarity {case.similarity:.2f}") for case in cases]
 
 
 def similar_summary(analysis: Analysis, predictor: Predictor) -> str:
     """One line over the nearest cases, and a warning when they disagree with the decided class."""
-    if predictor.gallery is None:
+    if predictor.trust.gallery is None:
         return "This model ships no reference gallery."
     if not analysis.similar:
         return "No similar cases: the image is not one the model knows."
@@ -168,7 +200,7 @@ def similar_summary(analysis: Analysis, predictor: Predictor) -> str:
             + ", ".join(f"{n} {code}" for code, n in counts.items()) + ".")
     most = next(iter(counts))
     if most != analysis.decided:
-        names = {c: predictor.task.info(c).name for c in (most, analysis.decided)}
+        names = {c.code: c.name for c in predictor.task.classes}
         line += (f" **Most of them are {names[most]}, not the decided {names[analysis.decided]}: the similar cases "
                  "and the classifier disagree, a reason to look closer.**")
     return line

@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import BENIGN, DEFECT, HIGH_RISK, MALIGNANT, PRE_MALIGNANT, ClassInfo, Task
+from .base import BENIGN, DEFECT, HIGH_RISK, MALIGNANT, PRE_MALIGNANT, ClassInfo, Task, Verdict
 
 
 def _discover() -> tuple[dict[str, Task], dict[str, str]]:
     """The tasks (default first, then by key) and their module names as aliases of their keys
     (`--task steel` is `--task neu`)."""
     found = {m.name: getattr(importlib.import_module(f"{__name__}.{m.name}"), "TASK", None)
-             for m in pkgutil.iter_modules(__path__) if m.name != "base"}
+             for m in pkgutil.iter_modules(__path__) if m.name not in ("base", "verdicts")}
     found = {name: task for name, task in found.items() if isinstance(task, Task)}
     tasks = sorted(found.values(), key=lambda t: (not t.default, t.key))
     if sum(t.default for t in tasks) != 1:
@@ -37,5 +37,5 @@ def get_task(key: str | None = None) -> Task:
         raise ValueError(f"unknown task {key!r}; known tasks: {', '.join([*TASKS, *ALIASES])}") from None
 
 
-__all__ = ["TASKS", "ALIASES", "DEFAULT_TASK", "get_task", "Task", "ClassInfo",
+__all__ = ["TASKS", "ALIASES", "DEFAULT_TASK", "get_task", "Task", "ClassInfo", "Verdict",
            "MALIGNANT", "PRE_MALIGNANT", "BENIGN", "DEFECT", "HIGH_RISK"]

@@ -1,16 +1,17 @@
 """What a task is: its class table, its data reader, where its annotations and bundled model
 are, and the words the page and the model card use. Each task is one module of this package
-defining `TASK = Task(...)`; the package collects them (tasks/__init__.py)."""
+defining `TASK = Task(...)`; the package collects them (tasks/__init__.py). A task's verdict is
+a policy of verdicts.py in the task's words; the `Verdict` it returns and the policies' call
+are defined here, so that this module imports nothing of the policies."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from ..data import Record
-from ..verdicts import VerdictPolicy
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -30,16 +31,30 @@ class ClassInfo:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    level: str      # a page colour: "unknown"; recall-first "refer", "uncertain", "clear";
+                    # manual review "review", "named"
+    headline: str
+    detail: str
+
+
+class VerdictPolicy(Protocol):
+    """An answer → what a person is told (verdicts.py). `thresholds`: the decision rule's
+    recall-first thresholds of the high-risk classes."""
+    def __call__(self, probabilities: Mapping[str, float], decided: str, prediction_set: Sequence[str],
+                 thresholds: Mapping[str, float], task: "Task") -> Verdict: ...
+
+
+@dataclass(frozen=True)
 class Task:
     key: str                      # the name in config.json, on the command line and in the API
     title: str                    # the page's task selector
     subject: str                  # what an input is: "a dermoscopic image"
-    not_known: str                # the verdict of an image the input check refuses
+    refusal: str                  # the headline of an image the input check refuses
     classes: tuple[ClassInfo, ...]  # in the model's output order
     load: Callable[[Path], list[Record]]  # a data folder → checked records
     annotation: Callable[[Path, str, tuple[int, int]], np.ndarray | None]  # where the finding is
     annotation_name: str          # "lesion masks"
-    model_folder: Path            # the bundled model
     data_folder: str              # its folder's name inside a data root such as ../shared/data
     dataset: str
     license: str                  # Hugging Face licence id of the trained weights
@@ -54,6 +69,11 @@ class Task:
     confirmations: Callable[[Path], dict[str, str]] = lambda root: {}  # image id → how its label was confirmed
     default: bool = False         # the task the page, the API and the CLI use when none is named
     tile_large_images: bool = False  # long images (strips) analysed in tiles unless asked otherwise
+
+    @property
+    def model_folder(self) -> Path:
+        """The bundled model: assets/models/<key>/."""
+        return ASSETS / "models" / self.key
 
     @property
     def codes(self) -> list[str]:

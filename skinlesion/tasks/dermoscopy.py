@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 
 from ..data import IMAGE_SUFFIXES, DataError, Record, offenders
-from ..verdicts import RecallFirst
-from .base import ASSETS, BENIGN, MALIGNANT, PRE_MALIGNANT, ClassInfo, Task
+from .base import BENIGN, MALIGNANT, PRE_MALIGNANT, ClassInfo, Task
+from .verdicts import RecallFirst
 
 CLASSES = (
     ClassInfo("akiec", "Actinic keratosis / intraepithelial carcinoma",
@@ -115,9 +115,9 @@ RESEARCH_DEMO = "This is a research demo, not a diagnosis: only a clinician can 
 
 TASK = Task(
     key="ham10000", title="Dermoscopy", subject="a dermoscopic image of a skin lesion", classes=CLASSES,
-    default=True, not_known="This does not look like a dermoscopic image of a skin lesion",
+    default=True, refusal="This does not look like a dermoscopic image of a skin lesion",
     load=load_ham10000, confirmations=ham_confirmations, annotation=ham_lesion_mask, annotation_name="lesion masks",
-    model_folder=ASSETS / "model", data_folder="ham10000", dataset="HAM10000", license="cc-by-nc-sa-4.0",
+    data_folder="ham10000", dataset="HAM10000", license="cc-by-nc-sa-4.0",
     license_text="CC BY-NC-SA 4.0, inherited from the HAM10000 data (non-commercial, share-alike)",
     citation=CITATION,
     intended_use=("Research and teaching: showing how a classifier of dermoscopic images behaves and "

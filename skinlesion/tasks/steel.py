@@ -9,8 +9,8 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..data import IMAGE_SUFFIXES, DataError, Record, offenders
-from ..verdicts import ManualReview
-from .base import ASSETS, DEFECT, ClassInfo, Task
+from .base import DEFECT, ClassInfo, Task
+from .verdicts import ManualReview
 
 CLASSES = (  # NEU surface defect database, hot-rolled steel strip
     ClassInfo("crazing", "Crazing", "A network of fine surface cracks.", DEFECT, "#6d4c41"),
@@ -71,10 +71,10 @@ CITATION = ("Song K., Yan Y. A noise robust method based on completed local bina
 
 TASK = Task(
     key="neu", title="Steel surface", subject="a grey-scale image of a hot-rolled steel strip", classes=CLASSES,
-    not_known="This does not look like a steel surface image",
+    refusal="This does not look like a steel surface image",
     tile_large_images=True,
     load=load_neu, annotation=neu_box_mask, annotation_name="defect boxes",
-    model_folder=ASSETS / "models" / "neu", data_folder="neu_det", dataset="NEU surface defect database",
+    data_folder="neu_det", dataset="NEU surface defect database",
     license="other", license_text="academic use, as the NEU surface defect database it was trained on",
     citation=CITATION,
     intended_use=("Research and teaching: naming the defect type on a hot-rolled steel strip image and "

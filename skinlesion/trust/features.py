@@ -7,11 +7,12 @@ the heat-map's pass (captum's) feeds them as well as a plain one.
 """
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+from ..hooks import ThreadLocalHooks
 
 POOLED = "pooled"  # the name of the pooled pre-logit features (model.global_pool's output)
 
@@ -27,18 +28,18 @@ def channel_statistics(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([flat.mean(2), flat.std(2, unbiased=False)], dim=1)
 
 
-class FeatureTap:
+class FeatureTap(ThreadLocalHooks):
     """Forward hooks on named modules. Inside `recording()`, every pass appends its features;
     `take()` returns what was recorded since the last take, as {name: n×d float32 CPU tensor}.
     Outside `recording` the hooks do nothing. What is recorded is the calling thread's own, so
     one Predictor can serve several threads."""
 
     def __init__(self, model: torch.nn.Module, stages: list[str]):
+        super().__init__()
         self.stages = list(stages)
-        self._local = threading.local()
-        self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name, channel_statistics))
-                         for name in self.stages]
-        self._handles.append(model.global_pool.register_forward_hook(self._hook(POOLED, self._flat)))
+        for name in self.stages:
+            self.hook(model.get_submodule(name), self._hook(name, channel_statistics))
+        self.hook(model.global_pool, self._hook(POOLED, self._flat))
 
     @staticmethod
     def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,3 @@ class FeatureTap:
             raise RuntimeError("FeatureTap.take() outside recording()")
         self._local.seen = None if last else {}
         return {name: torch.cat(parts) for name, parts in seen.items()}
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()

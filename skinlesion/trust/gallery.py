@@ -13,9 +13,9 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,10 +23,11 @@ from PIL import Image
 from safetensors import safe_open
 
 from .check import REFERENCE_FILE, normalised
+from .features import POOLED
 
 GALLERY_FILE = "gallery.safetensors"
-NEIGHBOURS = 20   # the nearest cases an answer keeps: the summary line counts them, the page shows SHOWN
-SHOWN = 6
+NEIGHBOURS = 20   # the nearest cases an answer keeps: the summary line counts them, the page shows CASES_SHOWN
+CASES_SHOWN = 6
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Case:
 
 class Gallery:
     """The reference gallery of a model folder: features, classes, ids, confirmations, thumbnails."""
+    stages: tuple[str, ...] = ()  # reads the pooled features only
 
     def __init__(self, features: torch.Tensor, codes: Sequence[str], ids: Sequence[str],
                  confirmations: Sequence[str], thumbnails: torch.Tensor, offsets: torch.Tensor):
@@ -83,6 +85,10 @@ class Gallery:
         similarity = (normalised(pooled.reshape(1, -1)) @ self.features.T)[0]
         top = similarity.topk(min(k, len(self)))
         return [Neighbour(int(i), self.codes[int(i)], float(s)) for s, i in zip(top.values, top.indices)]
+
+    def assess(self, features: Mapping[str, torch.Tensor], row: int, so_far):
+        """The nearest cases of row `row`, for an image the input check knows (trust/__init__.py)."""
+        return replace(so_far, similar=self.nearest(features[POOLED][row])) if so_far.known else so_far
 
     def case(self, neighbour: Neighbour) -> Case:
         i = neighbour.index

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from .model import INIT_HUB, INIT_LITE0, INIT_RANDOM
+from ..tasks import get_task
+from .network import INIT_HUB, INIT_LITE0, INIT_RANDOM
 from .spec import ModelSpec
-from .tasks import get_task
 
 CARD_FILE = "README.md"
 METRICS_FILE = "metrics.json"
@@ -229,7 +229,7 @@ def card_metadata(spec: ModelSpec, metrics: dict) -> dict:
 
 
 def _answering(metrics: dict) -> str:
-    """A paragraph on the ensemble (skinlesion/ensemble.py) when more than one pass answers."""
+    """A paragraph on the ensemble (skinlesion/models/ensemble.py) when more than one pass answers."""
     answered = metrics.get("answered_by") or {}
     if answered.get("passes", 1) == 1:
         return ""

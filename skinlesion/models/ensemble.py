@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .features import FeatureTap
-from .model import load_model_folder
+from ..trust.features import FeatureTap
+from .network import load_model_folder
 from .spec import ModelFolderError, ModelSpec
 
 ENSEMBLE_KEY = "ensemble"

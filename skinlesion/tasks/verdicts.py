@@ -1,52 +1,32 @@
 """Verdict policies: how a task turns an answer into what a person is told.
 
-A task module picks a policy and gives it its own words (tasks/dermoscopy.py: recall-first
-referral; tasks/steel.py: manual review); the numbers a policy compares against — the
-recall-first thresholds, the 90% prediction set — come from the model's DecisionRule. Both
-policies call an answer unsure the same way: its prediction set holds more than the decided
-class (several classes are plausible). An image that fails the input check gets
-the task's "not an image of this kind" verdict whatever the policy (`not_known`). Every
-verdict ends with the task's disclaimer, and names the explanation method actually shown.
+A task module picks a policy and gives it its own words (dermoscopy.py: recall-first referral;
+steel.py: manual review); the numbers a policy compares against — the recall-first thresholds,
+the 90% prediction set — come from the model's decision rule. Both policies call an answer
+unsure the same way: its prediction set holds more than the decided class (several classes are
+plausible). An image that fails the input check gets the task's refusal whatever the policy
+(`refused`). Every verdict ends with the task's disclaimer.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Mapping, Sequence
 
-if TYPE_CHECKING:  # only for type hints: tasks import this module
-    from .decision import DecisionRule
-    from .tasks.base import Task
+from .base import Task, Verdict
 
 UNKNOWN = "unknown"  # the level of an image that fails the input check
 
 
-@dataclass(frozen=True)
-class Verdict:
-    level: str      # a page colour: "unknown"; recall-first "refer", "uncertain", "clear";
-                    # manual review "review", "named"
-    headline: str
-    detail: str
-
-
-class VerdictPolicy(Protocol):
-    def __call__(self, probabilities: dict[str, float], decided: str, prediction_set: Sequence[str],
-                 rule: DecisionRule, task: Task, method: str | None) -> Verdict: ...
-
-
-def not_known(task: Task, score: float, threshold: float) -> Verdict:
+def refused(task: Task, score: float, threshold: float) -> Verdict:
     """The verdict of an image the input check refuses: no diagnosis-like words at all."""
-    return Verdict(UNKNOWN, task.not_known, f"The input check scores it {score:.2f}, over its threshold of "
-                                            f"{threshold:.2f}: the model was not trained on images like this, so "
-                                            f"the probabilities mean nothing here. Try {task.subject}.")
+    return Verdict(UNKNOWN, task.refusal, f"The input check scores it {score:.2f}, over its threshold of "
+                                          f"{threshold:.2f}: the model was not trained on images like this, so "
+                                          f"the probabilities mean nothing here. Try {task.subject}.")
 
 
 def unsure(prediction_set: Sequence[str], decided: str) -> bool:
     """The one test of an unsure answer, for both policies: the set is not the decided class alone."""
     return set(prediction_set) != {decided}
-
-
-def shown_where(method: str | None) -> str:
-    return f" The {method} overlay shows where the model found it." if method else ""
 
 
 def unsure_why(prediction_set: Sequence[str], task: Task) -> str:
@@ -64,10 +44,10 @@ class RecallFirst:
     clear: str
     clear_means: str                # what "clear" says was not found
 
-    def __call__(self, probabilities: dict[str, float], decided: str, prediction_set: Sequence[str],
-                 rule: DecisionRule, task: Task, method: str | None) -> Verdict:
+    def __call__(self, probabilities: Mapping[str, float], decided: str, prediction_set: Sequence[str],
+                 thresholds: Mapping[str, float], task: Task) -> Verdict:
         names = {c.code: c.name for c in task.classes}
-        flagged = [c for c in task.high_risk_codes if probabilities[c] >= rule.thresholds.get(c, 0.5)]
+        flagged = [c for c in task.high_risk_codes if probabilities[c] >= thresholds.get(c, 0.5)]
         if flagged:
             listed = ", ".join(f"{names[c]} ({probabilities[c]:.0%})" for c in flagged)
             return Verdict("refer", self.refer, f"Probability at or above the high-sensitivity threshold for: "
@@ -84,11 +64,11 @@ class ManualReview:
     review: str                 # the headline of an answer a person must check
     found: str                  # the headline of an answer, with {name}: "Defect: {name}"
 
-    def __call__(self, probabilities: dict[str, float], decided: str, prediction_set: Sequence[str],
-                 rule: DecisionRule, task: Task, method: str | None) -> Verdict:
+    def __call__(self, probabilities: Mapping[str, float], decided: str, prediction_set: Sequence[str],
+                 thresholds: Mapping[str, float], task: Task) -> Verdict:
         name = task.info(decided).name
         answer = f"{name} ({probabilities[decided]:.0%})"
         if unsure(prediction_set, decided):
             return Verdict("review", self.review, f"Not sure enough for an automatic label: classified as {answer}. "
                                                   f"{unsure_why(prediction_set, task)} {task.disclaimer}")
-        return Verdict("named", self.found.format(name=name), f"{answer}.{shown_where(method)} {task.disclaimer}")
+        return Verdict("named", self.found.format(name=name), f"{answer}. {task.disclaimer}")

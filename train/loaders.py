@@ -1,12 +1,7 @@
-"""What training and evaluation share: device and precision choice, datasets in memory,
-loaders, and a forward pass over a loader."""
+"""Batches of a split for training and evaluation: which images make each batch (one process
+or a rank's shard under torchrun), the loader with its seeded augmentations, and a forward pass
+over a loader."""
 from __future__ import annotations
-
-import argparse
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,57 +14,10 @@ from torch.utils.data import (
     get_worker_info,
 )
 
-from skinlesion.data import SPLITS, ImageDataset, Record, load_images, read_split, split_records, stratified_subset
-from skinlesion.transforms import normalize, resizer
+from skinlesion.data import ImageDataset
+from skinlesion.transforms import normalize
 
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class SplitData:
-    records: list[Record]
-    images: list[np.ndarray]  # RGB uint8, already at the model's input size
-    labels: np.ndarray        # class indices in the model's label order
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
-def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
-    """bf16 where the hardware has it (no loss scaling needed), else fp16 on CUDA; None = fp32.
-    `amp=None` means: on for CUDA, off for CPU (CPU autocast is slower on most CPUs)."""
-    if amp is None:
-        amp = device.type == "cuda"
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
-
-
-def prepare_splits(records: list[Record], image_size: int, seed: int, max_samples: int | None,
-                   codes: Sequence[str], split: Mapping[str, str] | Path | None = None,
-                   workers: int = 4) -> dict[str, SplitData]:
-    """Split (image id → split name, given or read from a split.csv; None: lesion-grouped for
-    `seed`), optionally subsample each split to its share of `max_samples`, then decode and
-    resize every image once."""
-    if not isinstance(split, Mapping):
-        split = read_split(split) if split else split_records(records, seed)
-    codes = list(codes)
-    out = {}
-    for name in SPLITS:
-        members = [r for r in records if split.get(r.image_id) == name]
-        if max_samples:
-            members = stratified_subset(members, round(max_samples * len(members) / len(records)), seed)
-        kept, images = load_images(members, resizer(image_size), workers)
-        out[name] = SplitData(kept, images, np.array([codes.index(r.label) for r in kept], dtype=np.int64))
-    return out
+from .splits import SplitData
 
 
 def seed_worker(_: int) -> None:
@@ -130,12 +78,3 @@ def predict_logits(model: torch.nn.Module, loader: DataLoader, device: torch.dev
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs.append(model(x).float().cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, model.num_classes), np.float32)
-
-
-def folder_arguments(prog: str, doc: str) -> argparse.ArgumentParser:
-    """The arguments of the programs that read a model folder and its task's data."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="model folder")
-    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
-    p.add_argument("--split", type=Path, help="split.csv of the training run (default: remake it)")
-    return p

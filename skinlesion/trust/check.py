@@ -21,7 +21,7 @@ the gallery's pooled features) and in config.json under "input_check".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -70,6 +70,11 @@ class InputCheck:
         raw = self.raw_scores(features)
         scaled = [(raw[name] - self.centre[name]) / self.spread[name] for name in raw]
         return torch.stack(scaled).amax(0).double().numpy()
+
+    def assess(self, features: Mapping[str, torch.Tensor], row: int, so_far):
+        """Row `row`'s score against the threshold (trust/__init__.py: a part's entry)."""
+        score = float(self.scores(features)[row])
+        return replace(so_far, known=score <= self.threshold, check_score=score, check_threshold=self.threshold)
 
     def to_config(self, **measured) -> dict:
         return {"method": METHOD, "stages": list(self.stages), "k": self.k, "threshold": self.threshold,

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .decision import DecisionRule
+from ..decision import DecisionRule
+from ..tasks import Task, get_task
 from .folder import write_json
-from .tasks import Task, get_task
 
 CONFIG_FILE = "config.json"
 REQUIRED_CONFIG = ("architecture", "num_classes", "label_names", "pretrained_cfg")

@@ -19,10 +19,10 @@ import timm
 import torch
 from timm.models._hub import save_config_for_hf
 
+from ..tasks import Task
 from .folder import write_atomically
 from .hub import hub_offline, hub_reachable
 from .spec import CONFIG_FILE, ModelFolderError, ModelSpec, read_spec
-from .tasks import Task
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,165 @@
+"""The Predictor: one image's way to an answer, and then to its explanation.
+
+    Predictor.analyse(image, target=None, method=GRAD_CAM, tile=None) -> Analysis
+      prepare  check the file → RGB (images.py); the whole image or its tiles (tiles.py) → the
+               model's input (transforms.model_input)
+      forward  one pass of the answering network (models/ensemble.py) → logits; the same pass
+               records the primary model's features for the trust parts (trust/) and, when a
+               Grad-CAM map will be drawn, keeps its last stage's activation (explain.GradCam)
+      answer   calibrated probabilities → the decided class, decided once → the 90% prediction
+               set → the trust parts (the input check, the similar cases) → the task's verdict
+      explain  the heat-map of the decided (or asked) class: Grad-CAM backpropagates the
+               answer's own pass; Integrated Gradients and Occlusion run their own passes; a long
+               image's tile maps are stitched into one, and its answer is the worst tile's
+
+`analyse_many` answers many prepared images in batched passes, without heat-maps (the batch
+path and the command line). The heat-map, the input check and the similar cases are the
+primary model's (the folder's own) also when an ensemble answers. Presentation is the app's.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .analysis import Analysis, Prepared
+from .explain import GRAD_CAM, METHODS, GradCam, Watched, attribution_map, heatmap
+from .images import ImageInput, InputError, load_image
+from .models.ensemble import Ensemble, load_ensemble
+from .models.hub import download, looks_like_repo_id
+from .models.spec import ModelSpec
+from .tasks import get_task
+from .tasks.verdicts import refused
+from .tiles import TILE_CHUNK, split, where, worst_tile
+from .transforms import model_input
+from .trust import Trust
+from .trust.gallery import CASES_SHOWN, Case
+
+Features = dict[str, torch.Tensor] | None
+
+
+class Predictor:
+    """The answering network `net` (a model folder's model, or an Ensemble of several models and
+    views), the folder's spec (task, classes, input, decision rule) and its trust parts."""
+
+    def __init__(self, net: torch.nn.Module | Ensemble, spec: ModelSpec, folder: str | Path | None = None,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        net = net if isinstance(net, Ensemble) else Ensemble([net])
+        # channels_last: about twice the CPU throughput of the default layout for B0
+        self.net = net.to(self.device, memory_format=torch.channels_last).eval()
+        for p in self.net.parameters():  # Grad-CAM needs gradients of activations only
+            p.requires_grad_(False)
+        self.spec, self.task, self.codes, self.rule = spec, spec.task, list(spec.codes), spec.rule
+        self.folder = Path(folder) if folder is not None else None  # the card and plots live there
+        self.trust = Trust.load(self.folder, spec.config, self.codes, self.net)
+        self.grad_cam = GradCam(self.primary)
+
+    @property
+    def primary(self) -> torch.nn.Module:
+        """The folder's own model: the one the heat-map explains and the trust parts read."""
+        return self.net.primary
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
+                        task: str | None = None) -> "Predictor":
+        """`source`: a model folder, a Hub repo id ("user/name", cached copies work offline), or
+        None for the bundled model of `task` (the default task when None)."""
+        folder = Path(source) if source is not None else get_task(task).model_folder
+        if source is not None and not folder.exists() and looks_like_repo_id(str(source)):
+            folder = download(str(source))
+        net, spec = load_ensemble(folder)
+        return cls(net, spec, folder=folder, device=device)
+
+    def prepare(self, image: ImageInput, tile: bool | None = None, keep_image: bool = False) -> Prepared:
+        """Check and decode `image`, and make the model's input: its tiles when tiling is on
+        (None: the task's default) and the image is long enough, else the whole image. The
+        decoded image is dropped unless `keep_image`: a batch holds only model inputs."""
+        rgb = load_image(image)
+        views, boxes = split(rgb, self.task.tile_large_images if tile is None else tile)
+        return Prepared(model_input(views, self.spec, self.device), rgb.shape[:2], boxes, rgb if keep_image else None)
+
+    def analyse(self, image: ImageInput, *, target: str | None = None, method: str | None = GRAD_CAM,
+                tile: bool | None = None) -> Analysis:
+        """The answer for one image, then the heat-map of `method` (None: no heat-map) for
+        `target` (None: the decided class); a long image by its tiles (`prepare`), with a
+        stitched Grad-CAM map. InputError for a bad image, class or method."""
+        if target is not None and target not in self.codes:
+            raise InputError(f"unknown class {target!r}; choose one of {', '.join(self.codes)}")
+        if method is not None and method not in METHODS:
+            raise InputError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
+        prepared = self.prepare(image, tile, keep_image=True)
+        drawn = None if method is None else GRAD_CAM if prepared.boxes else method  # tiles: Grad-CAM
+        reuse = drawn == GRAD_CAM and len(prepared.x) <= TILE_CHUNK  # the answer's pass feeds the map
+        with self.grad_cam.watch() if reuse else torch.inference_mode() as watched:
+            answer = replace(self._answer(prepared, *self._forward(prepared.x)), image=prepared.image)
+        if drawn is None:
+            return answer
+        index = self.codes.index(target or answer.decided)
+        return replace(answer, heatmap=self._heatmap(prepared, drawn, index, watched), target=self.codes[index],
+                       method=drawn)
+
+    @torch.inference_mode()
+    def analyse_many(self, prepared: Sequence[Prepared]) -> list[Analysis]:
+        """Answers without heat-maps: the whole images in one forward pass, each tiled image in
+        passes of TILE_CHUNK tiles."""
+        whole = [p for p in prepared if p.boxes is None]
+        logits, features = self._forward(torch.cat([p.x for p in whole])) if whole else (None, None)
+        answers, row = [], 0
+        for p in prepared:
+            if p.boxes is None:
+                rows = {name: f[row:row + 1] for name, f in features.items()} if features else None
+                answers.append(self._answer(p, logits[row:row + 1], rows))
+                row += 1
+            else:
+                answers.append(self._answer(p, *self._forward(p.x)))
+        return answers
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
+        """The answering network's logits of a stack of views or tiles (in passes of TILE_CHUNK),
+        and the primary model's features of the same passes."""
+        with self.trust.recording():
+            logits = torch.cat([self.net(chunk) for chunk in x.split(TILE_CHUNK)])
+            return logits, self.trust.features(last=True)
+
+    def _answer(self, prepared: Prepared, logits: torch.Tensor, features: Features) -> Analysis:
+        """One image's logits and features (one row, or one per tile) → calibrated probabilities,
+        the decided class (the only place it is decided), the prediction set, the trust parts'
+        findings and the verdict. A tiled image answers with its worst tile, checked as that tile."""
+        probs = self.rule.probabilities(logits.detach().float().cpu().numpy())
+        worst = worst_tile(probs)
+        probabilities = {code: float(p) for code, p in zip(self.codes, probs[worst])}
+        decided = self.codes[int(self.rule.decide(probs[worst]))]
+        in_set = [c for c, inside in zip(self.codes, self.rule.prediction_set(probs[worst])) if inside]
+        trust = self.trust.assess(features, worst)
+        region = prepared.boxes[worst] if prepared.boxes else None
+        if not trust.known:
+            verdict = refused(self.task, trust.check_score, trust.check_threshold)
+        else:
+            verdict = self.task.verdict(probabilities, decided, in_set, self.rule.thresholds, self.task)
+            if region is not None:
+                verdict = replace(verdict, detail=f"{verdict.detail} {where(region, len(prepared.boxes))}")
+        return Analysis(prepared.image, probabilities, decided, verdict, in_set, region=region,
+                        tiles=len(prepared.boxes or ()), **vars(trust))
+
+    def _heatmap(self, prepared: Prepared, method: str, index: int, watched: Watched | None) -> np.ndarray:
+        """The map of `method` for class `index`: from the answer's own pass when it was watched."""
+        if watched is not None:
+            maps = watched.maps(index)
+        elif prepared.boxes is not None:
+            maps = torch.cat([self.grad_cam(chunk, index) for chunk in prepared.x.split(TILE_CHUNK)])
+        else:
+            maps = attribution_map(self.primary, prepared.x, method, index)
+        return heatmap(maps, prepared.size, prepared.boxes)
+
+    def similar(self, image: ImageInput, k: int = CASES_SHOWN, tile: bool | None = None) -> list[Case]:
+        """The k training images of the reference gallery nearest to `image` in the model's feature
+        space, most similar first; none for an image that fails the input check, or no gallery."""
+        return self.trust.cases(self.analyse(image, method=None, tile=tile).similar[:k])
+
+    def predict(self, image: ImageInput) -> dict[str, float]:
+        """Calibrated probability of every class (summing to 1) of the whole image."""
+        return self.analyse(image, method=None, tile=False).probabilities
