@@ -38,6 +38,7 @@ class Analysis:
 class Prepared:
     """A checked image as the model's input: one view, or its tiles."""
     x: torch.Tensor                    # n×C×H×W, normalised, on the device
-    size: tuple[int, int]              # the image's height and width
+    size: tuple[int, int]              # the image's height and width (at most images.WORKING_PIXELS)
     boxes: list[Box] | None = None     # the tiles' boxes; None: the whole image
     image: np.ndarray | None = None    # the RGB image, kept when a heat-map will need it
+    pixels: int = 0                    # the source's pixels: what decoding it cost (a batch's budget)

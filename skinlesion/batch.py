@@ -144,7 +144,7 @@ def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int = BA
         else:
             try:
                 pending.append((item, predictor.prepare(item.source(), tile)))
-                decoded += pending[-1][1].size[0] * pending[-1][1].size[1]
+                decoded += pending[-1][1].pixels
             except InputError as error:
                 pending.append((item, row(predictor, item.name, error=str(error))))
         if sum(isinstance(p, Prepared) for _, p in pending) >= batch_size:

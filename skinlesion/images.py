@@ -16,6 +16,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000   # larger images are refused before decoding (decompression bombs)
+# Larger images are reduced to about this many pixels as they are decoded (a JPEG at a fraction
+# of its scale, then area-averaged): the model sees at most 224 px a side, and the heat-map,
+# the overlay and the page's state of a 40-megapixel image would cost hundreds of MB each.
+WORKING_PIXELS = 4_000_000
 MIN_SIDE = 16             # smaller images carry no usable detail
 ImageInput = Union[Image.Image, np.ndarray, str, Path, bytes]
 
@@ -68,15 +72,34 @@ def _check_size(width: int, height: int) -> None:
         raise InputError(f"the image is too small: {width}×{height} pixels; each side needs at least {MIN_SIDE}")
 
 
+def working_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) scaled, aspect kept, to at most WORKING_PIXELS pixels."""
+    scale = min(1.0, (WORKING_PIXELS / (width * height)) ** 0.5)
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _reduced(image: Image.Image) -> Image.Image:
+    size = working_size(*image.size)
+    return image if size == image.size else image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+
+
 def load_image(image: ImageInput) -> np.ndarray:
-    """A PIL image, an array or a file (path or bytes) → upright RGB uint8 array, or InputError.
+    """A PIL image, an array or a file (path or bytes) → upright RGB uint8 array of at most
+    WORKING_PIXELS pixels (aspect kept), or InputError (`decode`)."""
+    return decode(image)[0]
+
+
+def decode(image: ImageInput) -> tuple[np.ndarray, int]:
+    """`load_image`'s array, and how many pixels the source had (what decoding it cost).
 
     Decoders fail in many ways besides `UnidentifiedImageError` (a JPEG cut inside its header
     raises OSError, a PNG text-chunk bomb ValueError, a bad QOI file IndexError): every failure
     of a file's decoding is an InputError in the project's words, never a raw library message."""
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
         _check_size(image.shape[1], image.shape[0])  # already RGB (e.g. decoded by the page): as is
-        return image
+        if working_size(image.shape[1], image.shape[0]) == (image.shape[1], image.shape[0]):
+            return image, image.shape[0] * image.shape[1]
+        return np.asarray(_reduced(Image.fromarray(image))), image.shape[0] * image.shape[1]
     if isinstance(image, np.ndarray):
         image = _from_array(image)
     if not isinstance(image, Image.Image):
@@ -98,12 +121,15 @@ def load_image(image: ImageInput) -> np.ndarray:
         opened = None  # the caller's image: never changed in place
     try:
         _check_size(*image.size)
+        pixels = image.size[0] * image.size[1]
+        if opened is not None:  # a JPEG decodes at a fraction of its scale (no-op for other formats)
+            opened.draft(None, working_size(*opened.size))
         image.load()
         if opened is not None:  # one decoded copy plus the array: a 12-megapixel photo is 36 MB each
             ImageOps.exif_transpose(opened, in_place=True)
         else:
             image = ImageOps.exif_transpose(image)
-        return np.asarray(_to_rgb(image))
+        return np.asarray(_reduced(_to_rgb(image))), pixels
     except InputError:
         raise
     except MemoryError:

@@ -27,7 +27,7 @@ import torch
 
 from .analysis import Analysis, Prepared
 from .explain import GRAD_CAM, METHODS, GradCam, Watched, attribution_map, heatmap
-from .images import ImageInput, InputError, load_image
+from .images import ImageInput, InputError, decode
 from .models.ensemble import Ensemble, load_ensemble
 from .models.hub import download, looks_like_repo_id
 from .models.spec import ModelSpec
@@ -78,9 +78,10 @@ class Predictor:
         """Check and decode `image`, and make the model's input: its tiles when tiling is on
         (None: the task's default) and the image is long enough, else the whole image. The
         decoded image is dropped unless `keep_image`: a batch holds only model inputs."""
-        rgb = load_image(image)
+        rgb, pixels = decode(image)
         views, boxes = split(rgb, self.task.tile_large_images if tile is None else tile)
-        return Prepared(model_input(views, self.spec, self.device), rgb.shape[:2], boxes, rgb if keep_image else None)
+        return Prepared(model_input(views, self.spec, self.device), rgb.shape[:2], boxes, rgb if keep_image else None,
+                        pixels)
 
     def analyse(self, image: ImageInput, *, target: str | None = None, method: str | None = GRAD_CAM,
                 tile: bool | None = None) -> Analysis:

@@ -14,7 +14,7 @@ from conftest import ROOT
 from PIL import Image
 
 from skinlesion import Predictor
-from skinlesion.images import InputError, load_image
+from skinlesion.images import WORKING_PIXELS, InputError, load_image, working_size
 from skinlesion.models.spec import ModelFolderError
 from skinlesion.tasks.dermoscopy import RESEARCH_DEMO as DISCLAIMER
 from skinlesion.transforms import model_input
@@ -117,11 +117,24 @@ def test_truncated_and_missing_files(tmp_path, photo):
         load_image(tmp_path / "nope.jpg")
 
 
-def test_huge_but_allowed_image_is_handled(predictor):
-    image = Image.new("RGB", (6000, 4000), (150, 100, 90))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG")
-    assert sum(predictor.predict(buffer.getvalue()).values()) == pytest.approx(1, abs=1e-6)
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "array"])
+def test_huge_images_are_analysed_at_a_bounded_working_resolution(predictor, fmt):
+    """A 24-megapixel image is reduced as it is decoded: the analysis, its heat-map and the
+    overlay made of them hold at most WORKING_PIXELS pixels, in the image's proportions, and the
+    answer is the one of the same picture at that size."""
+    rng = np.random.default_rng(0)
+    small = np.clip(rng.normal(140, 30, (40, 60, 3)), 0, 255).astype(np.uint8)
+    picture = Image.fromarray(small).resize((6000, 4000), Image.Resampling.NEAREST)
+    source = np.asarray(picture) if fmt == "array" else io.BytesIO()
+    if fmt != "array":
+        picture.save(source, fmt)
+        source = source.getvalue()
+    analysis = predictor.analyse(source)
+    height, width = analysis.image.shape[:2]
+    assert height * width <= WORKING_PIXELS and (width, height) == working_size(6000, 4000)
+    assert analysis.heatmap.shape == (height, width)
+    reference = predictor.analyse(np.asarray(picture.resize((width, height), Image.Resampling.BOX)), method=None)
+    assert analysis.probabilities == pytest.approx(reference.probabilities, abs=0.02 if fmt == "JPEG" else 1e-3)
 
 
 def test_verdict_levels_and_disclaimer(predictor):

@@ -40,6 +40,13 @@ def echo(value: object) -> str:
     return text if len(text) <= ECHO else text[:ECHO] + "…"
 
 
+def checked_opacity(opacity: object) -> float:
+    """A number from 0 to 1 (not a bool, not NaN), or a gr.Error."""
+    if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
+        raise gr.Error(f"The opacity must be a number from 0 to 1, not {echo(opacity)}.")
+    return float(opacity)
+
+
 def image_source(payload: object):
     """The uploaded image as gradio hands it over unprocessed: the uploaded file, or the bytes
     of a data URL (uploads.py); None when there is none; a gr.Error for anything else."""
@@ -71,13 +78,12 @@ class Handlers:
         if target is not None and target not in predictor.codes:
             raise gr.Error(f"Unknown class {echo(target)}; choose {TOP_CLASS!r} or one of "
                            f"{', '.join(predictor.codes)}.")
-        if tile not in (None, "", True, False, *TILING):
+        if not (tile is None or isinstance(tile, bool) or (isinstance(tile, str) and tile in ("", *TILING))):
             raise gr.Error(f"Unknown tile setting {echo(tile)}; choose one of {', '.join(TILING)}.")
         if method not in (None, "", *METHODS):
             raise gr.Error(f"Unknown explanation method {echo(method)}; choose one of {', '.join(METHODS)}.")
-        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
-            raise gr.Error(f"The opacity must be a number from 0 to 1, not {echo(opacity)}.")
-        return predictor, target, float(opacity), tile if isinstance(tile, bool) else TILING.get(tile or "auto")
+        tiling = tile if isinstance(tile, bool) else TILING.get(tile or "auto")
+        return predictor, target, checked_opacity(opacity), tiling
 
     @staticmethod
     def _analysis(predictor: Predictor, image, target: str | None, tile: bool | None,
@@ -173,6 +179,7 @@ class Handlers:
     @staticmethod
     def reblend(state, opacity: float):
         """The last heat-map over the last image at a new opacity, without the model."""
+        opacity = checked_opacity(opacity)
         if state is None:
             return gr.skip()
         rgb, heatmap = state

@@ -18,7 +18,7 @@ from ..batch import MAX_BYTES, MAX_FILES
 from ..explain import GRAD_CAM, METHODS
 from ..tasks import TASKS
 from .handlers import BATCH_HEADERS, Handlers
-from .server import KEEP_SECONDS, SWEEP_SECONDS, UploadFiles, UploadImage
+from .server import Page, UploadFiles, UploadImage
 from .views import OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, TaskView, display_name
 
 TITLE = "skinlesion — explainable image classifier"
@@ -64,7 +64,7 @@ class NamedLabel(DecidedLabel):
 def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
     """The page of `handlers`' models, showing `views` (task key → what follows the task)."""
     first = views[handlers.first]
-    with gr.Blocks(title=TITLE, delete_cache=(SWEEP_SECONDS, KEEP_SECONDS)) as demo:
+    with Page(title=TITLE) as demo:  # server.py: its own cleanup, short errors
         c = SimpleNamespace()
         gr.Markdown(f"# {TITLE}")
         c.task = gr.Radio([(TASKS[t].title, t) for t in views], value=handlers.first, label="Task", elem_id="task",

@@ -7,13 +7,16 @@ What a client can make the server read or hold is bounded here, below the handle
 - file inputs: only files uploaded to this server (`only_uploads`, and the handlers through
   uploads.py);
 - files served: exactly those the page shows (`App.allowed_paths`);
-- time: uploads and outputs are deleted `KEEP_SECONDS` after they were written (Gradio's
-  delete_cache), the folders that held them too, and everything when the app stops.
+- time: uploads and outputs are deleted `KEEP_SECONDS` after they were written, partial
+  uploads too, and the folders that held them (`delete_expired`, every `SWEEP_SECONDS`), and
+  everything when the app stops;
+- routes the app does not use are not served (`Disabled`: deep links, the monitoring dashboard).
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
 import shutil
 import signal
@@ -30,11 +33,14 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 
 from ..batch import MAX_BYTES
-from .uploads import UPLOAD_LIMIT, UploadRefused, uploaded_file
+from .uploads import HELD, UPLOAD_LIMIT, UploadRefused, uploaded_file
 
 KEEP_SECONDS = int(os.environ.get("SKINLESION_KEEP_SECONDS", 120))  # uploads and outputs; tests shorten it
 SWEEP_SECONDS = max(1, KEEP_SECONDS // 2)
 UPLOAD_ROUTE_LIMIT = MAX_BYTES + 1024 ** 2  # a whole batch in one /upload request, with its multipart headers
+UPLOAD_ROUTES = ("/gradio_api/upload", "/upload")  # the file upload itself; every other route gets UPLOAD_LIMIT
+DISABLED_ROUTES = ("/gradio_api/deep_link", "/monitoring")  # and what lies under them: unused by the app
+log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(HTTPException):
@@ -52,7 +58,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.upload_limit if scope["path"].rstrip("/").endswith("/upload") else self.limit
+        limit = self.upload_limit if scope["path"].rstrip("/") in UPLOAD_ROUTES else self.limit
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > limit:
             return await refuse(BodyTooLarge(limit), scope, receive, send)
@@ -78,8 +84,23 @@ class BodyLimit:
                 await refuse(error, scope, receive, send)
 
 
-async def refuse(error: BodyTooLarge, scope, receive, send) -> None:
+async def refuse(error: HTTPException, scope, receive, send) -> None:
     await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
+
+
+class Disabled:
+    """ASGI middleware: the routes the app does not use answer 404 before Gradio sees them — deep
+    links (each call writes the session's state to a file nothing cleans) and the monitoring
+    dashboard (open to anyone; its key is written to the log)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "").rstrip("/")
+        if scope["type"] == "http" and any(path == r or path.startswith(r + "/") for r in DISABLED_ROUTES):
+            return await refuse(HTTPException(404, "Not Found"), scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def only_uploads(url_or_file_path) -> None:
@@ -92,6 +113,15 @@ def only_uploads(url_or_file_path) -> None:
             uploaded_file(str(url_or_file_path))
         except UploadRefused as error:
             raise gr.Error(f"Cannot analyse this: {error}.") from None
+
+
+class Page(gr.Blocks):
+    """gr.Blocks whose requests with too few values get a short error. Gradio's own message
+    repeats every value sent — a whole image's base64 — in the reply and in the server's log."""
+
+    def validate_inputs(self, block_fn, inputs: list) -> None:
+        if len(inputs) < len(block_fn.inputs):
+            raise gr.Error(f"This endpoint takes {len(block_fn.inputs)} values; the request sent {len(inputs)}.")
 
 
 class UploadImage(gr.Image):
@@ -140,13 +170,47 @@ def remove_empty_folders(root: Path, older_than: float) -> None:
             continue
 
 
+def delete_expired(blocks: gr.Blocks, root: Path, age: float) -> None:
+    """Every file under `root` untouched for `age` seconds — uploads, partial uploads, outputs —
+    except the files the page itself keeps (its examples and plots: Gradio's keep_in_cache) and
+    a running batch's (uploads.held), then the folders left empty.
+
+    Written here, not Gradio's delete_cache: that one walks the live set of created files while
+    uploads add to it, and the first "Set changed size during iteration" ends it for good
+    (gradio 6.31, route_utils.delete_files_created_by_app); nor does it see a partial upload."""
+    keep = {os.path.realpath(p) for block in list(blocks.blocks.values())
+            for p in list(getattr(block, "keep_in_cache", ()))}
+    now, gone = time.time(), set()
+    for folder, folders, names in os.walk(root):
+        folders[:] = [f for f in folders if not f.startswith(HELD)]  # a running batch's uploads (uploads.held)
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                status = os.lstat(path)
+                if now - max(status.st_mtime, status.st_ctime) > age and os.path.realpath(path) not in keep:
+                    os.remove(path)
+                    gone.add(path)
+            except OSError:  # removed or replaced meanwhile
+                continue
+    for created in list(blocks.temp_file_sets):
+        created.difference_update(gone)  # one C call: safe beside a thread adding to the set
+    remove_empty_folders(root, age)
+
+
 @asynccontextmanager
 async def sweeping(app):
-    """The app's lifespan: empty folders of the temporary folder removed every SWEEP_SECONDS."""
+    """The app's lifespan: `delete_expired` every SWEEP_SECONDS, in a worker thread. A sweep
+    that fails is logged once and the next one runs: the cleanup cannot die."""
     async def sweep():
+        root, logged = Path(os.environ["GRADIO_TEMP_DIR"]), False
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            remove_empty_folders(Path(os.environ["GRADIO_TEMP_DIR"]), SWEEP_SECONDS)
+            try:
+                await asyncio.to_thread(delete_expired, app.get_blocks(), root, KEEP_SECONDS)
+            except Exception:
+                if not logged:
+                    log.exception("The temporary-file cleanup failed; it runs again every %d s", SWEEP_SECONDS)
+                logged = True
 
     task = asyncio.create_task(sweep())
     try:
@@ -163,4 +227,5 @@ class App:
     def launch(self) -> None:
         self.demo.launch(show_error=True, max_file_size=UPLOAD_LIMIT, footer_links=["api"],
                          allowed_paths=self.allowed_paths,
-                         app_kwargs={"middleware": [Middleware(BodyLimit)], "lifespan": sweeping})
+                         app_kwargs={"middleware": [Middleware(Disabled), Middleware(BodyLimit)],
+                                     "lifespan": sweeping})

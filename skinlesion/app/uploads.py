@@ -95,12 +95,16 @@ def uploaded_files(files: object) -> list[tuple[str, Path]]:
     return uploads
 
 
+HELD = "held-"  # the prefix of a running batch's folder of links (server.delete_expired skips them)
+
+
 @contextmanager
 def held(uploads: list[tuple[str, Path]]) -> Iterator[list[Item]]:
     """The uploads as batch items (a zip's members each an item), read through hard links that
-    last as long as the batch: Gradio's cleanup deletes an upload KEEP_SECONDS after it arrived,
-    and a long batch may still be reading it then. The links go when the batch ends."""
-    folder = Path(tempfile.mkdtemp(prefix="held-", dir=get_upload_folder()))
+    last as long as the batch: the cleanup deletes an upload KEEP_SECONDS after it arrived, and
+    a long batch may still be reading it then, so it leaves HELD folders alone. The links go
+    when the batch ends (and with the whole temporary folder when the app stops)."""
+    folder = Path(tempfile.mkdtemp(prefix=HELD, dir=get_upload_folder()))
     try:
         items = []
         for number, (name, path) in enumerate(uploads):
