@@ -157,3 +157,26 @@ def test_the_body_limit_refuses_by_length_and_while_reading():
         assert client.post("/upload", content=b"x" * 900).text == "900"
         streamed = client.post("/call", content=(b"x" * 60 for _ in range(3)))  # chunked: no Content-Length
         assert streamed.status_code == 413 and "larger than" in streamed.text
+
+
+def test_the_page_keeps_a_small_state_of_a_huge_image(predictor):
+    """A 40-megapixel image: the page's state (the image and heat-map the opacity slider
+    reblends) stays within 20 MB, the heat-map kept as its 256 levels."""
+    from skinlesion.app.handlers import Handlers
+    huge = np.zeros((5000, 8000, 3), np.uint8) + np.array([170, 120, 100], np.uint8)
+    outputs = Handlers({"ham10000": predictor}).page_analyse(huge, "top", 0.5, "ham10000", "auto", "Grad-CAM")
+    image, levels = outputs[3]
+    assert levels.dtype == np.uint8 and levels.shape == image.shape[:2]
+    assert image.nbytes + levels.nbytes <= 20 * 1024 ** 2
+
+
+def test_answers_and_maps_wait_in_separate_queues(predictor):
+    """/classify and /similar (one forward pass) never wait behind /analyse, /explain, /compare
+    or /batch (seconds each): two concurrency groups, one model call at a time in each."""
+    from skinlesion.app.handlers import Handlers
+    from skinlesion.app.layout import build_demo
+    from skinlesion.app.views import TaskView
+    demo = build_demo(Handlers({"ham10000": predictor}), {"ham10000": TaskView.of(predictor, [])})
+    groups = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values() if fn.api_name}
+    assert {groups[name] for name in ("classify", "similar", "page_classify")} == {("answer", 1)}
+    assert {groups[name] for name in ("analyse", "explain", "compare", "batch", "page_analyse")} == {("explain", 1)}

@@ -24,8 +24,12 @@ from .views import OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, TaskView, display_n
 TITLE = "skinlesion — explainable image classifier"
 QUEUE_SIZE = 64    # requests waiting beyond this are refused at once instead of timing out
 CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls only contend
-MODEL = {"concurrency_id": "model", "concurrency_limit": CONCURRENCY, "preprocess": False}  # every model event
-PAGE_ONLY = {**MODEL, "api_visibility": "private"}
+# Two queues, one model call at a time in each: answers (/classify, /similar: one forward pass)
+# never wait behind maps, comparisons and batches (seconds each).
+ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
+EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
+PAGE_ONLY = {"api_visibility": "private"}
+STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after its last use, for the opacity slider
 
 
 class DecidedLabel(gr.Label):
@@ -111,24 +115,25 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
         c.classes = gr.Markdown(v.classes, elem_id="about-classes")
     with gr.Accordion("Data & ethics", open=False):
         c.ethics = gr.Markdown(v.ethics, elem_id="ethics")
-    c.state = gr.State(None, time_to_live=900)
+    c.state = gr.State(None, time_to_live=STATE_SECONDS)
     with gr.Column(visible=False):  # the API's own outputs: the same handlers, answers in class codes
         api = SimpleNamespace(classify=gr.Button(), analyse=gr.Button(), label=DecidedLabel(), verdict=gr.HTML(),
                               cam=gr.Image(type="pil", format="png"), state=gr.State(None, time_to_live=60))
     analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile, c.method]
     c.image.change(handlers.classify, inputs=[c.image, c.task, c.tile], outputs=c.label, api_name="page_classify",
-                   **PAGE_ONLY)
+                   **ANSWER, **PAGE_ONLY)
     api.classify.click(handlers.classify, inputs=[c.image, c.task, c.tile], outputs=api.label, api_name="classify",
-                       **MODEL)
+                       **ANSWER)
     c.button.click(handlers.page_analyse, inputs=analyse_inputs,
                    outputs=[c.verdict, c.label, c.cam, c.state, c.similar_summary, c.similar],
-                   api_name="page_analyse", **PAGE_ONLY)
+                   api_name="page_analyse", **EXPLAIN, **PAGE_ONLY)
     api.analyse.click(handlers.analyse, inputs=analyse_inputs, outputs=[api.verdict, api.label, api.cam, api.state],
-                      api_name="analyse", **MODEL)
-    c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **MODEL)
-    c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain", **PAGE_ONLY)
+                      api_name="analyse", **EXPLAIN)
+    c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **EXPLAIN)
+    c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain",
+                   **EXPLAIN, **PAGE_ONLY)
     c.compare_button.click(handlers.compare, inputs=analyse_inputs[:4], outputs=c.compare, api_name="compare",
-                           **MODEL)
+                           **EXPLAIN)
     c.opacity.release(handlers.reblend, inputs=[c.state, c.opacity], outputs=c.cam, api_visibility="private")
 
 
@@ -165,14 +170,14 @@ def batch_tab(c: SimpleNamespace, handlers: Handlers) -> None:
     c.batch_table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, elem_id="batch-table")
     c.batch_csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
     c.batch_button.click(handlers.batch, inputs=[c.batch_files, c.task, c.tile], outputs=[c.batch_table, c.batch_csv],
-                         api_name="batch", **MODEL)
+                         api_name="batch", **EXPLAIN)
 
 
 def similar_api(c: SimpleNamespace, handlers: Handlers) -> None:
     """/similar, the last endpoint: the nearest training cases of an image, as a captioned gallery."""
     with gr.Column(visible=False):
         button, gallery = gr.Button(), gr.Gallery(format="jpeg")
-    button.click(handlers.similar, inputs=[c.image, c.task], outputs=gallery, api_name="similar", **MODEL)
+    button.click(handlers.similar, inputs=[c.image, c.task], outputs=gallery, api_name="similar", **ANSWER)
 
 
 def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:

@@ -84,10 +84,18 @@ OVERLAY_OPACITY = 0.45  # the heat-map's default weight over the image (API, pag
 COLOURS = colormaps["jet"](np.linspace(0, 1, 256))[:, :3].astype(np.float32)  # a lookup table
 
 
+def heat_levels(heatmap: np.ndarray) -> np.ndarray:
+    """A heat-map in 0..1 as the 256 levels the overlay draws (uint8: a quarter of float32's
+    size, what the page keeps in its state)."""
+    return heatmap if heatmap.dtype == np.uint8 else (heatmap * 255).round().astype(np.uint8)
+
+
 def overlay(rgb: np.ndarray, heatmap: np.ndarray, opacity: float = OVERLAY_OPACITY) -> Image.Image:
-    """The colour-mapped heat-map blended over the image; weak attributions stay see-through."""
-    colours = COLOURS[(heatmap * 255).round().astype(np.uint8)]
-    alpha = float(np.clip(opacity, 0, 1)) * np.sqrt(heatmap)[..., None]
+    """The colour-mapped heat-map (0..1, or its `heat_levels`) blended over the image; weak
+    attributions stay see-through."""
+    levels = heat_levels(heatmap)
+    colours = COLOURS[levels]
+    alpha = float(np.clip(opacity, 0, 1)) * np.sqrt(levels / np.float32(255))[..., None]
     blended = rgb.astype(np.float32) / 255 * (1 - alpha) + colours * alpha
     return Image.fromarray((blended * 255).round().astype(np.uint8))
 
@@ -145,7 +153,7 @@ def analyse_outputs(analysis: Analysis, predictor: Predictor, opacity: float) ->
     """What /analyse shows of an analysis: the verdict (with the prediction set), the decided
     class and probabilities, the overlay, and the (image, heat-map) state the opacity slider reblends."""
     return (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
-            overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, analysis.heatmap))
+            overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, heat_levels(analysis.heatmap)))
 
 
 def page_outputs(analysis: Analysis, predictor: Predictor, opacity: float) -> tuple:
