@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 
 from skinlesion.colour import MINKOWSKI_P, apply, preprocessing_config, shades_of_gray
+from skinlesion.tasks import get_task
+
+CODES = get_task("ham10000").codes
 
 
 def texture(seed: int = 0) -> np.ndarray:
@@ -53,3 +56,21 @@ def test_apply_follows_the_model_folders_preprocessing_entry():
     assert preprocessing_config("none") is None
     with pytest.raises(ValueError, match="unknown colour constancy"):
         apply(image, {"colour_constancy": "retinex"})
+
+
+def test_training_and_evaluation_decode_through_the_same_step(tmp_path):
+    from conftest import make_ham_folder
+
+    from skinlesion.data import read_rgb
+    from skinlesion.tasks.dermoscopy import load_ham10000
+    from skinlesion.transforms import resizer
+    from train.engine import prepare_splits
+    records = load_ham10000(make_ham_folder(tmp_path / "ham", per_class=3, images_per_lesion=1))[:6]
+    split = {r.image_id: "val" for r in records}
+    entry = preprocessing_config("shades_of_gray")
+    part = prepare_splits(records, 32, 0, None, CODES, split, workers=1, preprocessing=entry,
+                          names=("val",))["val"]
+    expected = [resizer(32)(shades_of_gray(read_rgb(r.path))) for r in part.records]  # before the resize
+    assert all(np.array_equal(a, b) for a, b in zip(part.images, expected))
+    plain = prepare_splits(records, 32, 0, None, CODES, split, workers=1, names=("val",))["val"]
+    assert not all(np.array_equal(a, b) for a, b in zip(part.images, plain.images))
