@@ -95,12 +95,16 @@ def stratified_subset(records: Sequence[Record], n: int, seed: int = 0) -> list[
     return [r for r in records if id(r) in chosen]
 
 
-def write_split(path: Path, records: Sequence[Record], split: dict[str, str]) -> None:
+def write_split(path: Path, records: Sequence[Record], split: dict[str, str],
+                source: dict[str, str] | None = None) -> None:
+    """One row per record; with `source` (image id → where it comes from, for runs on several
+    sources) a `source` column too."""
     with Path(path).open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(SPLIT_COLUMNS)
+        writer.writerow(SPLIT_COLUMNS + (("source",) if source else ()))
         for r in records:
-            writer.writerow((r.image_id, r.group, r.label, split[r.image_id]))
+            writer.writerow((r.image_id, r.group, r.label, split[r.image_id])
+                            + ((source[r.image_id],) if source else ()))
 
 
 def read_split(path: Path) -> dict[str, str]:

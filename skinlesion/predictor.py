@@ -1,8 +1,8 @@
 """The Predictor: one image's way to an answer, and then to its explanation.
 
     Predictor.analyse(image, target=None, method=GRAD_CAM, tile=None) -> Analysis
-      prepare  check the file → RGB (images.py); the whole image or its tiles (tiles.py) → the
-               model's input (transforms.model_input)
+      prepare  check the file → RGB (images.py); the model folder's preprocessing (colour.py);
+               the whole image or its tiles (tiles.py) → the model's input (transforms.model_input)
       forward  one pass of the answering network (models/ensemble.py) → logits; the same pass
                records the primary model's features for the trust parts (trust/) and, when a
                Grad-CAM map will be drawn, keeps its last stage's activation (explain.GradCam)
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .analysis import Analysis, Prepared
+from .colour import apply as preprocess
 from .explain import GRAD_CAM, METHODS, GradCam, Watched, attribution_map, heatmap
 from .images import ImageInput, InputError, decode
 from .models.ensemble import Ensemble, load_ensemble
@@ -78,8 +79,9 @@ class Predictor:
         """Check and decode `image`, and make the model's input: its tiles when tiling is on
         (None: the task's default) and the image is long enough, else the whole image. The
         decoded image is dropped unless `keep_image`: a batch holds only model inputs."""
-        rgb, pixels = decode(image)
-        views, boxes = split(rgb, self.task.tile_large_images if tile is None else tile)
+        rgb, pixels = decode(image)  # what the page shows; the model sees it through its own preprocessing
+        views, boxes = split(preprocess(rgb, self.spec.preprocessing), self.task.tile_large_images if tile is None
+                             else tile)
         return Prepared(model_input(views, self.spec, self.device), rgb.shape[:2], boxes, rgb if keep_image else None,
                         pixels)
 

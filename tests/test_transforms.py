@@ -36,3 +36,38 @@ def test_augmentation_strength_scales_the_ranges():
     assert half.translate_range == (-0.025, 0.025) and half.jitter == (0.1, 0.1, 0.075, 0.015)
     assert half.noise_std_range == (0.01, 0.02)  # the upper std only, as train_transform always did
     assert Augmentation(strength=0.0).rotate_range == (0.0, 0.0)
+
+
+def test_no_acquisition_shift_is_the_pipeline_as_it_was():
+    image = np.random.default_rng(1).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    plain, zero = train_transform(64), train_transform(64, Augmentation(shift=0.0))
+    assert [type(t) for t in plain.transforms] == [type(t) for t in zero.transforms]
+    plain.set_random_seed(3)
+    zero.set_random_seed(3)
+    for _ in range(5):
+        assert torch.equal(plain(image=image)["image"], zero(image=image)["image"])
+    assert Augmentation(shift=0.0).jitter == Augmentation().jitter
+
+
+def test_acquisition_shift_adds_its_steps_and_keeps_the_output_format():
+    from albumentations import Downscale, ImageCompression, RandomResizedCrop, Sharpen
+    a = Augmentation(shift=1.0)
+    transform = train_transform(64, a)
+    names = repr(transform)
+    for step in (RandomResizedCrop, Downscale, Sharpen, ImageCompression):
+        assert step.__name__ in names
+    assert "CircularVignette" in names
+    assert a.jitter[0] > Augmentation().jitter[0] and a.jitter[3] == Augmentation().jitter[3]  # hue kept
+    assert Augmentation(shift=5.0).shifted_p(a.zoom_p) == 1.0
+    transform.set_random_seed(0)
+    image = np.random.default_rng(2).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    outputs = [transform(image=image)["image"] for _ in range(8)]
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.uint8 for o in outputs)
+
+
+def test_circular_vignette_darkens_the_corners_only():
+    from skinlesion.transforms import CircularVignette
+    image = np.full((60, 80, 3), 200, np.uint8)
+    out = CircularVignette(radius=(1.0, 1.0), p=1.0)(image=image)["image"]
+    assert out[0, 0].max() == 0 and out[-1, -1].max() == 0
+    assert (out[25:35, 35:45] == 200).all() and out.dtype == np.uint8

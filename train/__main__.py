@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skinlesion.colour import preprocessing_config
 from skinlesion.data import DataError, split_records, write_split
 from skinlesion.models.folder import write_atomically, write_text
 from skinlesion.models.network import load_model_folder, save_model_folder
+from skinlesion.models.spec import ModelFolderError
 from skinlesion.tasks import Task, get_task
 from skinlesion.transforms import eval_transform, train_transform
 
@@ -31,14 +33,15 @@ from .device_augment import DeviceBatches
 from .distributed import Ranks, start, stop
 from .evaluate import EvalOptions, evaluate
 from .loaders import make_loader
-from .loop import Trainer
+from .loop import InitError, Trainer
+from .sources import HELD_OUT, external_records
 from .splits import SplitData, prepare_splits
 
 log = logging.getLogger("train")
 CHECKPOINT = "checkpoint.pt"
 # Settings that must match for --resume to continue the same run; with the run's world size.
 RUN_IDENTITY = ("task", "data", "seed", "max_samples", "image_size", "epochs", "batch_size", "architecture",
-                "pretrained")
+                "pretrained", "extra_data", "colour_constancy", "init")
 
 
 class ResumeError(ValueError):
@@ -52,24 +55,37 @@ def run_identity(config: TrainConfig, world_size: int) -> dict:
 
 
 def load_splits(config: TrainConfig, task: Task, ranks: Ranks) -> dict[str, SplitData]:
-    """The task's records, split by lesion (once, on rank 0, and shared) and decoded; DataError
-    when a split is empty."""
+    """The task's records, split by lesion (once, on rank 0, and shared), with --extra-data's
+    sources (their training part joins the training split, the rest is held out:
+    train/sources.py), decoded and preprocessed; DataError when a split is empty."""
     data = config.dataset
     records = task.load(data.data)
     log.info("%d images, %d groups (lesions / duplicates) in %s", len(records),
              len({r.group for r in records}), data.data)
-    split = ranks.on_main(lambda: split_records(records, data.seed))
+    split = ranks.on_main(lambda: split_records(records, data.seed))  # the task's own split, as without extras
+    source = None
+    if data.extra_data:
+        extra, extra_split, source = external_records(data.extra_data, task, {r.image_id for r in records})
+        for name in sorted(set(source.values())):
+            ids = [i for i, s in source.items() if s == name]
+            log.info("extra source %s: %d images, %d train, %d held out", name, len(ids),
+                     sum(extra_split[i] == "train" for i in ids), sum(extra_split[i] == HELD_OUT for i in ids))
+        source = {**{r.image_id: Path(data.data).name for r in records}, **source}
+        records, split = records + extra, {**split, **extra_split}
     splits = prepare_splits(records, config.model.image_size, data.seed, data.max_samples, task.codes, split,
-                            workers=config.runtime.workers + 1)
+                            workers=config.runtime.workers + 1,
+                            preprocessing=preprocessing_config(config.model.colour_constancy))
     for name, part in splits.items():
         counts = np.bincount(part.labels, minlength=len(task.codes))
         log.info("%-5s %5d images  %s", name, len(part.labels),
                  " ".join(f"{c}={n}" for c, n in zip(task.codes, counts)))
         if len(part.labels) == 0:
             raise DataError(f"the {name} split is empty: use more samples (--max-samples)")
-    if ranks.is_main:
-        write_split(config.runtime.out / "split.csv", [r for d in splits.values() for r in d.records],
-                    {r.image_id: name for name, d in splits.items() for r in d.records})
+    if ranks.is_main:  # what trained, chose and measured, then what is held out (never decoded here)
+        held_out = [r for r in records if split.get(r.image_id) == HELD_OUT]
+        write_split(config.runtime.out / "split.csv", [r for d in splits.values() for r in d.records] + held_out,
+                    {**{r.image_id: name for name, d in splits.items() for r in d.records},
+                     **{r.image_id: HELD_OUT for r in held_out}}, source)
     return splits
 
 
@@ -108,10 +124,20 @@ def training_record(trainer: Trainer, epoch: int, weights: str, score: float) ->
     (the data and run folders by their names: the folder ships, this machine's paths do not),
     and the facts of the run (`device`: the one it got, where the setting may say "auto")."""
     config = trainer.config
-    return {**config.settings(), "data": config.dataset.data.name, "out": config.runtime.out.name,
+    names = {k: Path(v).name for k, v in (("extra_data", config.dataset.extra_data), ("init", config.model.init)) if v}
+    return {**config.settings(), "data": config.dataset.data.name, "out": config.runtime.out.name, **names,
             "world_size": trainer.ranks.world_size, "best_epoch": epoch, "weights": weights,
             "val_balanced_accuracy": score, "device": str(trainer.device),
-            "precision": str(trainer.amp_dtype or torch.float32), "initialisation": trainer.model.initialisation}
+            "precision": str(trainer.amp_dtype or torch.float32), "initialisation": trainer.model.initialisation,
+            **({"lineage": trainer.lineage} if trainer.lineage else {})}
+
+
+def folder_extra(trainer: Trainer, epoch: int, weights: str, score: float) -> dict:
+    """config.json's entries beside the weights: the training record, and the preprocessing
+    (skinlesion/colour.py) every reader of the folder applies before resizing."""
+    preprocessing = preprocessing_config(trainer.config.model.colour_constancy)
+    return {"training": training_record(trainer, epoch, weights, score),
+            **({"preprocessing": preprocessing} if preprocessing else {})}
 
 
 def batches(config: TrainConfig, device: torch.device, splits: dict[str, SplitData], ranks: Ranks):
@@ -156,7 +182,7 @@ def fit(trainer: Trainer, task: Task, splits: dict[str, SplitData]) -> list[dict
             best_score = scores[chosen]
         if improved and ranks.is_main:
             save_model_folder(trainer.candidates()[chosen], out / "model", task,
-                              extra={"training": training_record(trainer, epoch, chosen, best_score)})
+                              extra=folder_extra(trainer, epoch, chosen, best_score))
         history.append({**record, **{f"val_balanced_accuracy_{n}": s for n, s in scores.items()}})
         log.info("epoch %d/%d  loss %.4f  %.0f img/s  val balanced accuracy %s%s", epoch, epochs,
                  record["train_loss"], record["images_per_s"], "  ".join(f"{n} {s:.4f}" for n, s in scores.items()),
@@ -196,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         splits = load_splits(config, task, ranks)
         trainer = Trainer.build(config, task, splits["train"].labels, ranks)
         history = fit(trainer, task, splits)
-    except (DataError, ResumeError) as error:
+    except (DataError, ResumeError, InitError, ModelFolderError) as error:
         log.error("%s", error)
         return 2
     except FloatingPointError as error:

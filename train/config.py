@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Mapping, Union, get_args, get_origin,
 
 import yaml
 
+from skinlesion.colour import METHODS as COLOUR_CONSTANCY
 from skinlesion.models.network import ARCHITECTURE
 from skinlesion.tasks import ALIASES, DEFAULT_TASK, TASKS
 from skinlesion.transforms import Augmentation
@@ -57,6 +58,7 @@ class DataConfig(Group):
     ranges: ClassVar[dict[str, str]] = {"max_samples": ">=1"}
     task: str = DEFAULT_TASK              # the first task found (skinlesion/tasks/): dermoscopy
     data: Path | None = None              # no default: where the data lives is the user's to say
+    extra_data: Path | None = None        # None: the task's data alone; else more training sources (train/sources.py)
     max_samples: int | None = None        # None: every image; a subset only for quick checks
     seed: int = 0                         # any fixed seed: the split and the subset must be repeatable
 
@@ -65,12 +67,15 @@ class DataConfig(Group):
 class ModelConfig(Group):
     """The network: which, from which weights, at which input size, how regularised."""
     title: ClassVar[str] = "model"
+    choices: ClassVar[dict[str, tuple]] = {"colour_constancy": COLOUR_CONSTANCY}
     ranges: ClassVar[dict[str, str]] = {"image_size": ">=1", "drop_rate": "in [0, 1)", "drop_path_rate": "in [0, 1)"}
     architecture: str = ARCHITECTURE      # EfficientNet-B0: accurate for its size, trainable on a CPU
     pretrained: bool = False              # off: a run needs nothing but its data (no download)
     image_size: int = 224                 # B0's native resolution
     drop_rate: float = 0.2                # timm's dropout before B0's head
     drop_path_rate: float = 0.1           # light stochastic depth: the datasets are small
+    colour_constancy: str = "none"        # none: as the bundled models; the step goes into the model folder
+    init: Path | None = None              # None: ImageNet or random (`pretrained`); else a model folder's weights
 
 
 @dataclass(frozen=True)
@@ -96,13 +101,20 @@ class OptimConfig(Group):
 class AugmentConfig(Group):
     """The training augmentations (skinlesion.transforms.Augmentation) and where they run."""
     title: ClassVar[str] = "augmentation"
-    ranges: ClassVar[dict[str, str]] = {"aug_strength": ">=0"}
+    ranges: ClassVar[dict[str, str]] = {"aug_strength": ">=0", "aug_shift": ">=0"}
     aug_strength: float = 1.0             # the ranges as measured for the bundled models
+    aug_shift: float = 0.0                # 0: as the bundled models; 1: the acquisition-shift steps at their set odds
     augment_on: Literal["workers", "device"] = "workers"  # workers: any machine; device: for GPUs
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.augment_on == "device" and self.aug_shift > 0:
+            raise ConfigError("aug_shift: the acquisition-shift steps (zoom crops, downscale, sharpen, JPEG, "
+                              "vignette) run in the loader workers only; use --augment-on workers or --aug-shift 0")
 
     def augmentation(self) -> Augmentation:
         """The one augmentation settings object both pipelines read."""
-        return Augmentation(strength=self.aug_strength)
+        return Augmentation(strength=self.aug_strength, shift=self.aug_shift)
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,9 @@ class RuntimeConfig(Group):
 HELP = {
     "task": "which task (skinlesion/tasks/)",
     "data": "the task's data folder (its reader in skinlesion/tasks/ says what it holds; docs/training.md: Data)",
+    "extra_data": "more labelled training sources: a folder of source folders, each with labels.csv "
+                  "(image,label,... ; optional split, dup_group); a source's `split` train rows train, the "
+                  "rest and sources without `split` are held out and measured (train/sources.py)",
     "max_samples": "a stratified subset of this many images, for quick runs",
     "seed": "fixes the split, the subset and the init",
     "architecture": "timm model name (efficientnet_b0, efficientnet_lite0)",
@@ -130,6 +145,10 @@ HELP = {
     "image_size": "input side in pixels (the whole image squashed to it)",
     "drop_rate": "dropout before the classifier",
     "drop_path_rate": "stochastic depth",
+    "colour_constancy": "colour constancy applied to every image before resizing (skinlesion/colour.py), "
+                        "stored in the model folder's config.json `preprocessing`",
+    "init": "start from this model folder's weights (same architecture and classes), fresh schedule; "
+            "the lineage goes into config.json's `training`",
     "epochs": "training epochs",
     "batch_size": "images per step and process",
     "lr": "peak AdamW learning rate",
@@ -141,6 +160,8 @@ HELP = {
     "label_smoothing": "cross-entropy label smoothing",
     "ema_decay": "weight EMA decay; 0 turns the EMA off",
     "aug_strength": "scales affine/colour/noise",
+    "aug_shift": "acquisition-shift augmentation (zoom crops, downscale/sharpen, JPEG, stronger colour, "
+                 "vignette; skinlesion/transforms.py); 0 = off",
     "augment_on": "workers: albumentations in loader processes; device: the whole split on the device, "
                   "augmented there per batch (train/device_augment.py; for GPUs)",
     "out": "run folder to write",

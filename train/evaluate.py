@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, spec = load_ensemble(args.model)
         splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
-                                spec.codes, split=args.split, workers=args.workers + 1)
+                                spec.codes, split=args.split, workers=args.workers + 1,
+                                preprocessing=spec.preprocessing)
     except (ModelFolderError, DataError) as error:
         log.error("%s", error)
         return 2

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
     spec = read_spec(args.model)
-    splits = prepare_splits(spec.task.load(args.data), spec.input_size, 0, None, spec.codes, split=args.split)
+    splits = prepare_splits(spec.task.load(args.data), spec.input_size, 0, None, spec.codes, split=args.split,
+                            preprocessing=spec.preprocessing)
     held_out = SplitData(splits["val"].records + splits["test"].records, splits["val"].images + splits["test"].images,
                          np.concatenate([splits["val"].labels, splits["test"].labels]))
     device = pick_device("cpu")

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model, spec = load_ensemble(args.model)
     splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
-                            spec.codes, split=args.split)
+                            spec.codes, split=args.split,
+                            preprocessing=spec.preprocessing)
     device = pick_device(args.device)
     test = forward_all(model.to(device), spec, splits["test"].images, device)
     decided = spec.rule.decide(spec.rule.probabilities(test.logits))

@@ -8,11 +8,13 @@ checkpoint and the saved weights never see the wrapper. Every rank keeps the sam
 weights are identical after each step); rank 0 alone writes it."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from skinlesion.models.network import create_model
+from skinlesion.models.network import WEIGHTS_FILE, create_model, load_model_folder
+from skinlesion.models.spec import read_spec
 from skinlesion.tasks import Task
 
 from .config import TrainConfig
@@ -54,6 +57,38 @@ def learning_rate(step: int, total: int, warmup: int, peak: float, floor: float)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class InitError(ValueError):
+    """--init names a model folder whose weights cannot start this run (other network or classes)."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def start_from(model: torch.nn.Module, folder: Path, task: Task, architecture: str) -> list[dict]:
+    """Copy a model folder's weights into `model` (--init): the same timm architecture and the
+    same classes in the same order, else InitError; the input size may differ (the weights do
+    not depend on it). Returns the lineage to record: the folder's own, then the folder itself
+    (its name, the sha256 of its weights, how long it trained), so runs that continue one
+    another add up and each step can be checked against the file it started from."""
+    spec = read_spec(folder)
+    if spec.architecture != architecture:
+        raise InitError(f"--init {folder}: its weights are a {spec.architecture}, this run trains a {architecture} "
+                        f"(--architecture {spec.architecture} to continue it)")
+    if spec.codes != tuple(task.codes):
+        raise InitError(f"--init {folder}: its classes {list(spec.codes)} are not task {task.key!r}'s "
+                        f"{list(task.codes)} in that order")
+    source, _ = load_model_folder(folder)
+    model.load_state_dict(source.state_dict())
+    parent = spec.training
+    return [*parent.get("lineage", []), {"folder": Path(folder).name, "sha256": sha256(Path(folder) / WEIGHTS_FILE),
+                                        "epochs": parent.get("epochs"), "best_epoch": parent.get("best_epoch")}]
+
+
 @dataclass
 class Trainer:
     """The model being trained and everything that updates it; one method per step of an epoch."""
@@ -69,6 +104,7 @@ class Trainer:
     ranks: Ranks
     net: torch.nn.Module  # what trains: `model`, or `model` wrapped in DistributedDataParallel
     step: int = 0
+    lineage: list[dict] = field(default_factory=list)  # the model folders this run continues (--init)
 
     @classmethod
     def build(cls, config: TrainConfig, task: Task, train_labels: np.ndarray, ranks: Ranks) -> "Trainer":
@@ -79,8 +115,11 @@ class Trainer:
         channels_last = True if config.runtime.channels_last is None else config.runtime.channels_last
         log.info("device %s, precision %s%s", device, amp_dtype or torch.float32,
                  ", channels_last" if channels_last else "")
-        model = create_model(len(task.codes), architecture=m.architecture, pretrained=m.pretrained,
+        model = create_model(len(task.codes), architecture=m.architecture, pretrained=m.pretrained and not m.init,
                              image_size=m.image_size, drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate)
+        lineage = start_from(model, m.init, task, m.architecture) if m.init else []
+        if m.init:
+            model.initialisation = f"model folder {Path(m.init).name} (sha256 {lineage[-1]['sha256'][:12]})"
         log.info("initialisation: %s", model.initialisation)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         net = model
@@ -95,7 +134,7 @@ class Trainer:
                    torch.optim.AdamW(param_groups_weight_decay(model, o.weight_decay), lr=o.lr),
                    torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                    torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=o.label_smoothing),
-                   device, amp_dtype, channels_last, ranks, net)
+                   device, amp_dtype, channels_last, ranks, net, lineage=lineage)
 
     def train_one_epoch(self, loader, epoch: int, total_steps: int, warmup_steps: int,
                         since: float | None = None) -> dict:

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from skinlesion.colour import apply as preprocess
 from skinlesion.data import SPLITS, Record, load_images, read_split, split_records, stratified_subset
 from skinlesion.transforms import resizer
 
@@ -22,19 +23,22 @@ class SplitData:
 
 def prepare_splits(records: list[Record], image_size: int, seed: int, max_samples: int | None,
                    codes: Sequence[str], split: Mapping[str, str] | Path | None = None,
-                   workers: int = 4) -> dict[str, SplitData]:
+                   workers: int = 4, preprocessing: dict | None = None,
+                   names: Sequence[str] = SPLITS) -> dict[str, SplitData]:
     """Split (image id → split name, given or read from a split.csv; None: lesion-grouped for
-    `seed`), optionally subsample each split to its share of `max_samples`, then decode and
-    resize every image once."""
+    `seed`), optionally subsample each split to its share of `max_samples`, then decode, apply
+    the model's `preprocessing` (skinlesion/colour.py: on the full image, as serving does) and
+    resize every image once. `names`: the splits to make (any split name of the file)."""
     if not isinstance(split, Mapping):
         split = read_split(split) if split else split_records(records, seed)
     codes = list(codes)
+    resize = resizer(image_size)
     out = {}
-    for name in SPLITS:
+    for name in names:
         members = [r for r in records if split.get(r.image_id) == name]
         if max_samples:
             members = stratified_subset(members, round(max_samples * len(members) / len(records)), seed)
-        kept, images = load_images(members, resizer(image_size), workers)
+        kept, images = load_images(members, lambda rgb: resize(preprocess(rgb, preprocessing)), workers)
         out[name] = SplitData(kept, images, np.array([codes.index(r.label) for r in kept], dtype=np.int64))
     return out
 

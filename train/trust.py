@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from skinlesion.colour import apply as preprocess
 from skinlesion.models.ensemble import Ensemble
 from skinlesion.models.folder import write_atomically
 from skinlesion.models.spec import ModelSpec
@@ -88,7 +89,15 @@ def fit_check(model: torch.nn.Module, spec: ModelSpec, splits: dict[str, SplitDa
     folder holding the tasks' data folders; None: the families without another task's images).
     Returns the check, the gallery's training-split indices and the report."""
     run = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, batch_size=batch_size)
-    train_shifted = forward_all(model, spec, shifted(splits["train"].images, np.random.default_rng(seed)), **run)
+    # The splits' images went through the model's preprocessing when decoded (train/splits.py); the
+    # shifted copies and the families are new images, so they go through it here, as serving would.
+    steps = spec.preprocessing
+
+    def prepared(images: list[np.ndarray]) -> list[np.ndarray]:
+        return [preprocess(image, steps) for image in images]
+
+    train_shifted = forward_all(model, spec, prepared(shifted(splits["train"].images, np.random.default_rng(seed))),
+                                **run)
     reference = {name: torch.cat([forwards["train"].features[name], train_shifted.features[name]])
                  for name in train_shifted.features}
     gallery = gallery_indices(splits["train"].labels, seed=seed)
@@ -97,8 +106,8 @@ def fit_check(model: torch.nn.Module, spec: ModelSpec, splits: dict[str, SplitDa
                            forwards["val"].features, stages)
     scores = {s: check.scores(forwards[s].features) for s in ("val", "test")}
     scores["shifted test"] = check.scores(forward_all(
-        model, spec, shifted(splits["test"].images, np.random.default_rng(seed + 1)), **run).features)
-    made = {name: forward_all(model, spec, images, **run).features
+        model, spec, prepared(shifted(splits["test"].images, np.random.default_rng(seed + 1))), **run).features)
+    made = {name: forward_all(model, spec, prepared(images), **run).features
             for name, images in families(spec.task, data_root, seed, outliers).items()}
     refused = {name: check.scores(features) for name, features in made.items()}
     report = {"threshold": check.threshold, "method": check.to_config()["method"],

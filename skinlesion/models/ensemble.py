@@ -118,8 +118,9 @@ def load_ensemble(folder: str | Path) -> tuple[Ensemble, ModelSpec]:
         if not where.is_relative_to(folder.resolve()):
             raise ModelFolderError(f"{folder}: ensemble member {member['folder']!r} lies outside the folder")
         other, other_spec = load_model_folder(where)
-        if other_spec.codes != spec.codes or (other_spec.mean, other_spec.std) != (spec.mean, spec.std):
-            raise ModelFolderError(f"{where}: its classes or normalisation differ from {folder}'s")
+        if (other_spec.codes, other_spec.mean, other_spec.std, other_spec.preprocessing) != (
+                spec.codes, spec.mean, spec.std, spec.preprocessing):
+            raise ModelFolderError(f"{where}: its classes, normalisation or preprocessing differ from {folder}'s")
         models.append(other)
         temperatures.append(member.get("temperature", 1.0))
         sizes.append(other_spec.input_size)

@@ -33,6 +33,7 @@ class ModelSpec:
     mean: tuple[float, ...]       # normalisation on the 0..1 scale
     std: tuple[float, ...]
     rule: DecisionRule            # temperature, class bias, thresholds (decision.py)
+    preprocessing: dict[str, Any] | None  # the model's own steps before the resize (colour.py); None: none
     initialisation: str | None    # where training started: model.INIT_*; None when unrecorded
     training: dict[str, Any]      # the settings the model was trained with
     config: dict[str, Any]        # config.json as read
@@ -59,7 +60,8 @@ class ModelSpec:
         training = config.get("training") or {}
         return cls(task=task, architecture=config["architecture"], codes=codes,
                    input_size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                   rule=DecisionRule.from_config(config), initialisation=training.get("initialisation"),
+                   rule=DecisionRule.from_config(config), preprocessing=config.get("preprocessing"),
+                   initialisation=training.get("initialisation"),
                    training=training, config=config)
 
 

@@ -1,0 +1,127 @@
+"""A model folder measured per source: the task's validation and test splits, and each external
+source's held-out images (train/sources.py), with the folder's own decision rule.
+
+    python -m train.external --model runs/x/model --data ../shared/data/ham10000 \\
+        --extra-data ../shared/data/dermoscopy_external --split runs/x/split.csv [--out external.json]
+
+Why apart from train.evaluate: the external sources hold only some of the task's classes (ISIC
+2017 and PH2: nv, mel, bkl), so their figures are over the classes present, and they must be
+reported per source, never pooled with the task's test split. Per source: balanced accuracy of
+the decided class over the classes present, melanoma (every thresholded class) sensitivity at
+the stored threshold, and macro AUC over the classes with positives and negatives.
+
+The held-out images are the split file's `held_out` rows when it has them (what a run trained
+with --extra-data kept out), else the sources' own rule (train/sources.py): so a model that never
+saw the sources is measured on exactly the images another run held out. A folder without a
+fitted rule (an ensemble member, a run stopped before its evaluation) gets one fitted on the
+validation split here, as train.evaluate would, and the output says so.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skinlesion.data import DataError, read_split
+from skinlesion.decision import DecisionRule
+from skinlesion.models.ensemble import load_ensemble
+from skinlesion.models.folder import write_json
+from skinlesion.models.spec import ModelFolderError
+from train.metrics import classification_report, operating_point
+
+from .device import pick_device
+from .sources import HELD_OUT, external_records
+from .splits import SplitData, prepare_splits
+from .trust import forward_all
+
+log = logging.getLogger("train.external")
+TASK_SPLITS = ("val", "test")
+
+
+def source_figures(rule: DecisionRule, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Balanced accuracy over the classes present, macro AUC where defined, each thresholded
+    class's sensitivity and specificity at its stored threshold, and the class counts."""
+    probs = rule.probabilities(logits)
+    with warnings.catch_warnings():  # a source without some classes: balanced accuracy over those present
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        report = classification_report(probs, labels, rule.codes, rule.decide(probs))
+    return {"n": report["n"], "balanced_accuracy": report["balanced_accuracy"], "macro_auc": report["macro_auc"],
+            "accuracy": report["accuracy"],
+            "operating_point": operating_point(probs, labels, rule.codes, rule.thresholds),
+            "classes": {c: int((labels == i).sum()) for i, c in enumerate(rule.codes) if (labels == i).any()}}
+
+
+def measure(model_dir: Path, data: Path, extra_data: Path, split: Path | None, device: torch.device,
+            batch_size: int = 64, workers: int = 2) -> dict:
+    """The figures of `model_dir` on the task's validation and test splits and each source's held-out images."""
+    net, spec = load_ensemble(model_dir)
+    net.to(device)
+    steps = spec.preprocessing
+    seed = spec.training.get("seed", 0)
+    task_records = spec.task.load(data)
+    parts = prepare_splits(task_records, spec.input_size, seed, None, spec.codes, split=split, workers=workers,
+                           preprocessing=steps, names=TASK_SPLITS)
+    records, own_split, source = external_records(extra_data, spec.task, {r.image_id for r in task_records})
+    chosen = read_split(split) if split else own_split
+    if split and not any(s == HELD_OUT for s in chosen.values()):
+        chosen = own_split  # a split of the task's data alone: the sources' own rule says what is held out
+    held = prepare_splits(records, spec.input_size, seed, None, spec.codes, split=chosen, workers=workers,
+                          preprocessing=steps, names=(HELD_OUT,))[HELD_OUT]
+    for name in sorted(set(source.values())):
+        rows = [i for i, r in enumerate(held.records) if source[r.image_id] == name]
+        parts[name] = SplitData([held.records[i] for i in rows], [held.images[i] for i in rows], held.labels[rows])
+    logits = {name: forward_all(net, spec, part.images, device, batch_size=batch_size).logits
+              for name, part in parts.items()}
+    stored = "temperature" in spec.config
+    rule = spec.rule if stored else DecisionRule.fit(logits["val"], parts["val"].labels, spec.codes,
+                                                     spec.task.high_risk_codes)[0]
+    return {"model": str(model_dir), "preprocessing": steps, "rule": "stored" if stored else "fitted on val here",
+            "thresholds": rule.thresholds,
+            "sources": {name: source_figures(rule, logits[name], parts[name].labels) for name in parts}}
+
+
+def table(results: dict) -> str:
+    """A markdown table: one row per source."""
+    lines = ["| source | n | balanced accuracy | macro AUC | mel sensitivity | mel specificity |",
+             "|---|---|---|---|---|---|"]
+    for name, f in results["sources"].items():
+        mel = f["operating_point"].get("mel", {})
+        cells = [f["balanced_accuracy"], f["macro_auc"], mel.get("sensitivity"), mel.get("specificity")]
+        lines.append(f"| {name} | {f['n']} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.external", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="model folder")
+    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
+    p.add_argument("--extra-data", type=Path, required=True, help="the external sources (train/sources.py)")
+    p.add_argument("--split", type=Path, help="split.csv of the training run (default: remake it)")
+    p.add_argument("--out", type=Path, help="write the figures here as JSON")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        results = measure(args.model, args.data, args.extra_data, args.split, pick_device(args.device),
+                          args.batch_size, args.workers)
+    except (ModelFolderError, DataError) as error:
+        log.error("%s", error)
+        return 2
+    if args.out:
+        write_json(args.out, results)
+    print(f"{args.model} (rule {results['rule']}; preprocessing {results['preprocessing']})")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())
