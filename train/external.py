@@ -18,7 +18,6 @@ validation split here, as train.evaluate would, and the output says so.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import warnings
@@ -36,7 +35,7 @@ from train.metrics import classification_report, operating_point
 
 from .device import pick_device
 from .sources import HELD_OUT, external_records
-from .splits import SplitData, prepare_splits
+from .splits import SplitData, folder_arguments, prepare_splits
 from .trust import forward_all
 
 log = logging.getLogger("train.external")
@@ -86,23 +85,24 @@ def measure(model_dir: Path, data: Path, extra_data: Path, split: Path | None, d
 
 
 def table(results: dict) -> str:
-    """A markdown table: one row per source."""
-    lines = ["| source | n | balanced accuracy | macro AUC | mel sensitivity | mel specificity |",
-             "|---|---|---|---|---|---|"]
+    """A markdown table: one row per source, a sensitivity / specificity column per thresholded
+    (high-risk) class of the rule."""
+    risky = list(results["thresholds"])
+    lines = ["| source | n | balanced accuracy | macro AUC | "
+             + " | ".join(f"{c} sensitivity / specificity" for c in risky) + " |",
+             "|---|---|---|---|" + "---|" * len(risky)]
+    number = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for name, f in results["sources"].items():
-        mel = f["operating_point"].get("mel", {})
-        cells = [f["balanced_accuracy"], f["macro_auc"], mel.get("sensitivity"), mel.get("specificity")]
-        lines.append(f"| {name} | {f['n']} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+        points = [f["operating_point"].get(c, {}) for c in risky]
+        cells = [number(f["balanced_accuracy"]), number(f["macro_auc"]),
+                 *(f"{number(q.get('sensitivity'))} / {number(q.get('specificity'))}" for q in points)]
+        lines.append(f"| {name} | {f['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.external", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="model folder")
-    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
+    p = folder_arguments("python -m train.external", __doc__)
     p.add_argument("--extra-data", type=Path, required=True, help="the external sources (train/sources.py)")
-    p.add_argument("--split", type=Path, help="split.csv of the training run (default: remake it)")
     p.add_argument("--out", type=Path, help="write the figures here as JSON")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
