@@ -10,7 +10,7 @@ from PIL import Image
 from skinlesion.data import DataError
 from skinlesion.models.network import create_model, save_model_folder
 from skinlesion.tasks import get_task
-from train.config import parse_args
+from train.flags import parse_args
 from train.loop import InitError, start_from
 from train.sources import HELD_OUT, external_records
 

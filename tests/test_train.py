@@ -17,8 +17,9 @@ from skinlesion.models.network import load_model_folder
 from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import load_ham10000
 from skinlesion.transforms import eval_transform
-from train.config import TrainConfig, parse_args, read_yaml
+from train.config import TrainConfig
 from train.device import pick_device
+from train.flags import parse_args, read_yaml
 from train.loaders import make_loader, predict_logits
 from train.loop import class_weights, learning_rate
 from train.splits import prepare_splits

@@ -28,10 +28,11 @@ from skinlesion.models.spec import ModelFolderError
 from skinlesion.tasks import Task, get_task
 from skinlesion.transforms import eval_transform, train_transform
 
-from .config import CONFIG_YAML, TrainConfig, parse_args
+from .config import CONFIG_YAML, TrainConfig
 from .device_augment import DeviceBatches
 from .distributed import Ranks, start, stop
 from .evaluate import EvalOptions, evaluate
+from .flags import parse_args
 from .loaders import make_loader
 from .loop import InitError, Trainer
 from .sources import HELD_OUT, external_records
