@@ -98,6 +98,6 @@ def test_shipped_weights_give_the_probabilities_measured_at_export(bundled):
     with reference.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 100
-    worst = max(abs(bundled.predict(paths[row["image_id"]])[c] - float(row[c]))
-                for row in rows for c in bundled.codes)
+    predicted = {row["image_id"]: bundled.predict(paths[row["image_id"]]) for row in rows}  # one pass each
+    worst = max(abs(predicted[row["image_id"]][c] - float(row[c])) for row in rows for c in bundled.codes)
     assert worst <= 1e-3
