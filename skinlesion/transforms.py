@@ -53,7 +53,7 @@ class Augmentation:
     noise_std: tuple[float, float] = (0.01, 0.04)   # of 255, per channel; the upper one scaled
     blur_taps: tuple[int, int] = (3, 5)       # Gaussian kernel sides (odd)
     blur_sigma: tuple[float, float] = (0.5, 3.0)    # albumentations' GaussianBlur default
-    # Acquisition shift (issue 28): what changes from one dermatoscope and clinic to the next.
+    # Acquisition shift: what changes from one dermatoscope and clinic to the next.
     # `shift` scales the probabilities below (capped at 1) and the extra colour spread; 0 leaves
     # the pipeline above exactly as it was, so earlier models and their tests are unchanged.
     shift: float = 0.0                        # --aug-shift

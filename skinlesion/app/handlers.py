@@ -130,16 +130,16 @@ class Handlers:
                 task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
         """Verdict, probabilities and heat-map overlay, from one `Predictor.analyse` (a long
         image by its tiles when tiling is on: the answer is then the worst tile's)."""
-        analysis, predictor, opacity = self._analysed(image, target, opacity, task, tile, method)
+        analysis, predictor, opacity = self._checked_analysis(image, target, opacity, task, tile, method)
         return analyse_outputs(analysis, predictor, opacity)
 
     def page_analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
                      task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
         """The page's Analyse: `analyse`'s answer, and the similar cases from the same analysis."""
-        analysis, predictor, opacity = self._analysed(image, target, opacity, task, tile, method)
+        analysis, predictor, opacity = self._checked_analysis(image, target, opacity, task, tile, method)
         return page_outputs(analysis, predictor, opacity)
 
-    def _analysed(self, image, target, opacity, task, tile, method) -> tuple[Analysis, Predictor, float]:
+    def _checked_analysis(self, image, target, opacity, task, tile, method) -> tuple[Analysis, Predictor, float]:
         """The checked values' analysis, its Predictor and the checked opacity (/analyse, the page)."""
         predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
         return self._analysis(predictor, image, target, tile, method or GRAD_CAM), predictor, opacity
