@@ -139,12 +139,14 @@ def test_data_urls_are_decoded_within_the_upload_limit():
 
 
 def test_the_body_limit_refuses_by_length_and_while_reading():
+    """A body over its route's limit gets 413; only a multipart upload to /upload has the
+    larger limit (a JSON body there is held to the small one)."""
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from skinlesion.app.server import BodyLimit
+    from skinlesion.app.gate import BodyLimit
 
     async def echo(request):
         return PlainTextResponse(str(len(await request.body())))
@@ -154,7 +156,10 @@ def test_the_body_limit_refuses_by_length_and_while_reading():
     with TestClient(app) as client:
         assert client.post("/call", content=b"x" * 100).text == "100"
         assert client.post("/call", content=b"x" * 101).status_code == 413
-        assert client.post("/upload", content=b"x" * 900).text == "900"
+        multipart = {"Content-Type": "multipart/form-data; boundary=x"}
+        assert client.post("/upload", content=b"x" * 900, headers=multipart).text == "900"
+        assert client.post("/upload", content=b"x" * 900, headers={"Content-Type": "application/json"}
+                           ).status_code == 413
         streamed = client.post("/call", content=(b"x" * 60 for _ in range(3)))  # chunked: no Content-Length
         assert streamed.status_code == 413 and "larger than" in streamed.text
 

@@ -235,6 +235,102 @@ def test_only_the_upload_route_takes_a_batch_sized_body(app):
         connection.close()
 
 
+def raw(url: str, method: str, path: str, body: object = None, headers: dict | None = None) -> tuple[int, bytes]:
+    """One raw HTTP request: (status, body), whatever the status."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path.lstrip("/"), data, {"Content-Type": "application/json",
+                                                                   **(headers or {})}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def endpoint_ids(url: str) -> dict[str, int]:
+    config = json.loads(raw(url, "GET", "config")[1])
+    return {d["api_name"]: d["id"] for d in config["dependencies"]}
+
+
+def test_what_gradio_answered_with_a_500_or_let_through_is_refused(app):
+    """Unknown fn_index → 400 (Gradio: 500); a malformed or multi-part Range → the whole file
+    (Starlette: 500); the REST routes that skip the queue → closed; a 5 MB session hash → 400,
+    before anything is kept (Gradio kept each, 7.7 MB a request)."""
+    url, small = app.url, {"url": "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()}
+    for index in (999, -1):
+        status, body = raw(url, "POST", "gradio_api/queue/join", {"data": [], "fn_index": index, "session_hash": "s"})
+        assert (status, json.loads(body)["detail"]) == (400, "There is no such endpoint."), index
+    shown = ROOT / "assets" / "models" / "ham10000" / "confusion_matrix.png"
+    whole = raw(url, "GET", f"gradio_api/file={shown}")[1]
+    for header in ("bytes=0-0,5-1", "bytes=0-1,2-3", "bytes=1-2-3", "bytes=abc", "items=0-5"):
+        assert raw(url, "GET", f"gradio_api/file={shown}", headers={"Range": header}) == (200, whole), header
+    assert raw(url, "GET", f"gradio_api/file={shown}", headers={"Range": "bytes=0-9"}) == (206, whole[:10])
+    for route in ("gradio_api/run/classify", "gradio_api/api/classify"):
+        assert raw(url, "POST", route, {"data": [small, "ham10000", "auto"]})[0] == 404, route
+    ids, long = endpoint_ids(url), "h" * (5 * 1024 ** 2)
+    status, body = raw(url, "POST", "gradio_api/queue/join",
+                       {"data": [small, "ham10000", "auto"], "fn_index": ids["classify"], "session_hash": long})
+    assert (status, json.loads(body)["detail"]) == (400, "The session hash is too long.")
+    for path in (f"gradio_api/queue/data?session_hash={'h' * 10_000}", f"gradio_api/heartbeat/{'h' * 10_000}"):
+        assert raw(url, "GET", path)[0] == 400
+
+
+def test_one_client_gets_a_share_of_the_queue_and_others_still_get_in(app, tmp_path):
+    """Behind a comparison (seconds), one client's maps wait in the queue: it gets CLIENT_SHARE
+    places, its next requests a 503 at once, and another client (another address forwarded by
+    the proxy in front) still gets in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skinlesion.app.gate import CLIENT_SHARE
+    url, small = app.url, {"url": "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()}
+    blocker = ThreadPoolExecutor(1).submit(call, url, "compare", [small, "top", 0.5, "ham10000"])
+    time.sleep(0.5)
+    one, other = {"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "198.51.100.9, 203.0.113.8"}
+    statuses = [raw(url, "POST", "gradio_api/call/explain", {"data": [small, "top", 0.5, "ham10000", "auto",
+                                                                      "Grad-CAM"]}, one)
+                for _ in range(CLIENT_SHARE + 4)]
+    assert [s for s, _ in statuses] == [200] * CLIENT_SHARE + [503] * 4, [s for s, _ in statuses]
+    assert b"This client already has" in statuses[-1][1]
+    assert raw(url, "POST", "gradio_api/call/classify", {"data": [small, "ham10000", "auto"]}, other)[0] == 200
+    assert blocker.result()[0] == "complete"
+
+
+def test_a_page_session_and_its_state_end_with_the_page(app):
+    """A page's session (its heartbeat stream open) keeps its state: the opacity slider
+    reblends the last map. When the page closes, the session is forgotten within the grace
+    time, its state with it: the same session's reblend then has nothing to draw."""
+    import threading
+    url, ids, session = app.url, endpoint_ids(app.url), "page-session-1"
+    small = {"url": "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes()).decode()}
+    host, port = urllib.parse.urlsplit(url).netloc.split(":")
+    heartbeat = http.client.HTTPConnection(host, int(port), timeout=30)
+    heartbeat.request("GET", f"/gradio_api/heartbeat/{session}")
+    reading = threading.Thread(target=lambda: heartbeat.getresponse().read(1), daemon=True)
+    reading.start()
+
+    def run(name: str, data: list) -> dict:
+        status, _ = raw(url, "POST", "gradio_api/queue/join",
+                        {"data": data, "fn_index": ids[name], "session_hash": session, "trigger_id": None})
+        assert status == 200
+        with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=120) as stream:
+            for line in stream:
+                message = json.loads(line[6:]) if line.startswith(b"data: ") else {}
+                if message.get("msg") == "process_completed":
+                    return message["output"]
+        raise AssertionError("no answer")
+
+    def drawn(output: object) -> bool:
+        return isinstance(output, dict) and bool(output.get("url"))
+
+    assert drawn(run("page_analyse", [small, "top", 0.5, "ham10000", "auto", "Grad-CAM"])["data"][2])
+    assert drawn(run("reblend", [None, 0.3])["data"][0])  # the page's state: the last image and map
+    time.sleep(KEEP + 3)  # a page still open keeps its session past the grace time
+    assert drawn(run("reblend", [None, 0.4])["data"][0])
+    heartbeat.close()
+    time.sleep(KEEP + 3)
+    assert not drawn(run("reblend", [None, 0.5])["data"][0])
+
+
 def test_deep_links_and_the_monitoring_dashboard_are_not_served(app):
     for route in ("gradio_api/deep_link?session_hash=x", "monitoring", "monitoring/summary", "monitoring/abc"):
         with pytest.raises(urllib.error.HTTPError) as refused:

@@ -17,12 +17,12 @@ import gradio as gr
 from ..batch import MAX_BYTES, MAX_FILES
 from ..explain import GRAD_CAM, METHODS
 from ..tasks import TASKS
+from .gate import QUEUE_SIZE
 from .handlers import BATCH_HEADERS, Handlers
 from .server import Page, UploadFiles, UploadImage
 from .views import OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, TaskView, display_name
 
 TITLE = "skinlesion — explainable image classifier"
-QUEUE_SIZE = 64    # requests waiting beyond this are refused at once instead of timing out
 CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls only contend
 # Two queues, one model call at a time in each: answers (/classify, /similar: one forward pass)
 # never wait behind maps, comparisons and batches (seconds each).
@@ -88,7 +88,8 @@ def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
                                      elem_id="reliability")
         task_switch(c, views)
         similar_api(c, handlers)
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    # api_open=False: the REST routes that skip the queue (/gradio_api/run/…, /api/…) are closed
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY, api_open=False)
     return demo
 
 

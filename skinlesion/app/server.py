@@ -1,21 +1,23 @@
 """The web server around the page: its private temporary folder, what it lets in, how long it
 keeps what it was sent, and its launch.
 
-What a client can make the server read or hold is bounded here, below the handlers:
-- request bodies: at most `UPLOAD_LIMIT` (25 MB), or the batch limit for /upload, refused
-  with 413 before or while they arrive (Gradio caps only each file sent to /upload);
+What a client can make the server read or hold is bounded here and in gate.py, below the
+handlers:
+- requests: bodies, routes, session hashes, Range headers and each client's share of the
+  queue (gate.py);
 - file inputs: only files uploaded to this server (`only_uploads`, and the handlers through
   uploads.py);
 - files served: exactly those the page shows (`App.allowed_paths`);
 - time: uploads and outputs are deleted `KEEP_SECONDS` after they were written, partial
   uploads too, and the folders that held them (`delete_expired`, every `SWEEP_SECONDS`), and
-  everything when the app stops;
-- routes the app does not use are not served (`Disabled`: deep links, the monitoring dashboard).
+  everything when the app stops; a session is forgotten, its page state with it, soon after
+  its page closed or its API call ended (`forget_sessions`).
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
 import logging
 import os
 import shutil
@@ -24,83 +26,20 @@ import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.responses import JSONResponse
 
-from ..batch import MAX_BYTES
+from .gate import Admission, BodyLimit, Gate, Heartbeats
 from .uploads import HELD, UPLOAD_LIMIT, UploadRefused, uploaded_file
 
 KEEP_SECONDS = int(os.environ.get("SKINLESION_KEEP_SECONDS", 120))  # uploads and outputs; tests shorten it
 SWEEP_SECONDS = max(1, KEEP_SECONDS // 2)
-UPLOAD_ROUTE_LIMIT = MAX_BYTES + 1024 ** 2  # a whole batch in one /upload request, with its multipart headers
-UPLOAD_ROUTES = ("/gradio_api/upload", "/upload")  # the file upload itself; every other route gets UPLOAD_LIMIT
-DISABLED_ROUTES = ("/gradio_api/deep_link", "/monitoring")  # and what lies under them: unused by the app
+SESSION_SWEEP_SECONDS = 2    # how often sessions are looked at (forget_sessions)
+SESSION_GRACE_SECONDS = min(30, KEEP_SECONDS)  # a session without an open page: kept this long after its last request
 log = logging.getLogger(__name__)
-
-
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"The request is larger than {limit // 1024 ** 2} MB: send a smaller image.")
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over its route's limit is refused with 413, from its
-    Content-Length before anything is read, or as soon as the bytes read pass the limit."""
-
-    def __init__(self, app, limit: int = UPLOAD_LIMIT, upload_limit: int = UPLOAD_ROUTE_LIMIT):
-        self.app, self.limit, self.upload_limit = app, limit, upload_limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.upload_limit if scope["path"].rstrip("/") in UPLOAD_ROUTES else self.limit
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > limit:
-            return await refuse(BodyTooLarge(limit), scope, receive, send)
-        received, started = 0, False
-
-        async def counted():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge(limit)
-            return message
-
-        async def watched(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watched)
-        except BodyTooLarge as error:
-            if not started:
-                await refuse(error, scope, receive, send)
-
-
-async def refuse(error: HTTPException, scope, receive, send) -> None:
-    await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
-
-
-class Disabled:
-    """ASGI middleware: the routes the app does not use answer 404 before Gradio sees them — deep
-    links (each call writes the session's state to a file nothing cleans) and the monitoring
-    dashboard (open to anyone; its key is written to the log)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path", "").rstrip("/")
-        if scope["type"] == "http" and any(path == r or path.startswith(r + "/") for r in DISABLED_ROUTES):
-            return await refuse(HTTPException(404, "Not Found"), scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def only_uploads(url_or_file_path) -> None:
@@ -116,8 +55,14 @@ def only_uploads(url_or_file_path) -> None:
 
 
 class Page(gr.Blocks):
-    """gr.Blocks whose requests with too few values get a short error. Gradio's own message
-    repeats every value sent — a whole image's base64 — in the reply and in the server's log."""
+    """gr.Blocks whose requests with too few values get a short error (Gradio's own message
+    repeats every value sent — a whole image's base64 — in the reply and in the server's log),
+    and whose queue admits requests through gate.Admission."""
+
+    def queue(self, *args, **kwargs):
+        super().queue(*args, **kwargs)  # a new queue each call (Blocks' own exit calls it too)
+        Admission.install(self)
+        return self
 
     def validate_inputs(self, block_fn, inputs: list) -> None:
         if len(inputs) < len(block_fn.inputs):
@@ -197,35 +142,67 @@ def delete_expired(blocks: gr.Blocks, root: Path, age: float) -> None:
     remove_empty_folders(root, age)
 
 
-@asynccontextmanager
-async def sweeping(app):
-    """The app's lifespan: `delete_expired` every SWEEP_SECONDS, in a worker thread. A sweep
-    that fails is logged once and the next one runs: the cleanup cannot die."""
-    async def sweep():
-        root, logged = Path(os.environ["GRADIO_TEMP_DIR"]), False
-        while True:
-            await asyncio.sleep(SWEEP_SECONDS)
-            try:
-                await asyncio.to_thread(delete_expired, app.get_blocks(), root, KEEP_SECONDS)
-            except Exception:
-                if not logged:
-                    log.exception("The temporary-file cleanup failed; it runs again every %d s", SWEEP_SECONDS)
-                logged = True
+def forget_sessions(holder, live: set[str], grace: float = SESSION_GRACE_SECONDS) -> None:
+    """Forget every session (its page state and its copy of the page's settings, about 100 kB)
+    unused for `grace` seconds and without a page open on it (`live`: its heartbeat stream).
 
-    task = asyncio.create_task(sweep())
-    try:
-        yield
-    finally:
-        task.cancel()
+    Gradio keeps up to 10,000 sessions, one for each API call, and the state of a closed page
+    for an hour: written here so that a session ends with its page, or soon after its call."""
+    now = datetime.datetime.now()
+    for session, used in list(holder.time_last_used.items()):
+        if session not in live and (now - used).total_seconds() > grace:
+            holder.delete_state(session)  # each State's delete_callback
+            with holder.lock:
+                holder.session_data.pop(session, None)
+                holder.time_last_used.pop(session, None)
+
+
+async def every(seconds: float, what: str, work) -> None:
+    """`work()` every `seconds`, for ever: one that fails is logged once and the next one runs."""
+    logged = False
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()
+        except Exception:
+            if not logged:
+                log.exception("The %s failed; it runs again every %g s", what, seconds)
+            logged = True
+
+
+def sweeping(heartbeats: Heartbeats):
+    """The app's lifespan: `delete_expired` every SWEEP_SECONDS in a worker thread, and
+    `forget_sessions` every SESSION_SWEEP_SECONDS on the event loop (where Gradio changes
+    its sessions). Neither can die."""
+    @asynccontextmanager
+    async def lifespan(app):
+        root = Path(os.environ["GRADIO_TEMP_DIR"])
+
+        async def files():
+            await asyncio.to_thread(delete_expired, app.get_blocks(), root, KEEP_SECONDS)
+
+        async def sessions():
+            forget_sessions(app.state_holder, heartbeats.live())
+
+        tasks = [asyncio.create_task(every(SWEEP_SECONDS, "temporary-file cleanup", files)),
+                 asyncio.create_task(every(SESSION_SWEEP_SECONDS, "session cleanup", sessions))]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+    return lifespan
 
 
 @dataclass
 class App:
     demo: gr.Blocks
     allowed_paths: list[str]  # exactly the files the page shows: the Model tab's plots, example images
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)  # the pages open now
 
     def launch(self) -> None:
         self.demo.launch(show_error=True, max_file_size=UPLOAD_LIMIT, footer_links=["api"],
                          allowed_paths=self.allowed_paths,
-                         app_kwargs={"middleware": [Middleware(Disabled), Middleware(BodyLimit)],
-                                     "lifespan": sweeping})
+                         app_kwargs={"middleware": [Middleware(Gate, heartbeats=self.heartbeats),
+                                                    Middleware(BodyLimit)],
+                                     "lifespan": sweeping(self.heartbeats)})
