@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,8 @@ from skinlesion.explain import METHODS
 from skinlesion.transforms import model_input
 from skinlesion.trust.gallery import CASES_SHOWN, NEIGHBOURS
 
-ROOT = Path(__file__).resolve().parents[1]
+from .served import ROOT, memory_mb, running_app
+
 SAMPLE = ROOT.parent / "shared" / "data" / "ham10000" / "images" / "ISIC_0024306.jpg"
 
 
@@ -71,19 +70,6 @@ def sample_image(folder: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def odd_files(folder: Path, image: Path) -> list[Path]:
     """25 files a public app meets: modes, sizes, formats, damage."""
     rgb = np.asarray(Image.open(image).convert("RGB"))
@@ -113,26 +99,10 @@ def odd_files(folder: Path, image: Path) -> list[Path]:
 def app_benchmark(image: Path, model: str | None, clients: int, corpus: list[Path]) -> dict:
     from gradio_client import Client, handle_file
 
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False"}
-    if model:
-        env["SKINLESION_MODEL"] = model
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit("app.py exited during start-up")
-            try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-                client.predict(handle_file(image), api_name="/classify")
-                break
-            except Exception:
-                if time.perf_counter() - started > 180:
-                    raise SystemExit("app.py did not answer within 180 s")
-                time.sleep(0.2)
+    with tempfile.TemporaryDirectory() as temp, running_app(Path(temp), SKINLESION_MODEL=model or "") as (url, process):
+        client = Client(url, verbose=False)
+        client.predict(handle_file(image), api_name="/classify")
         cold_start = time.perf_counter() - started
         for path in corpus:
             try:
@@ -143,7 +113,7 @@ def app_benchmark(image: Path, model: str | None, clients: int, corpus: list[Pat
         def one_request(_):
             t = time.perf_counter()
             try:
-                Client(f"http://127.0.0.1:{port}/", verbose=False).predict(handle_file(image), api_name="/classify")
+                Client(url, verbose=False).predict(handle_file(image), api_name="/classify")
                 return True, time.perf_counter() - t
             except Exception:
                 return False, time.perf_counter() - t
@@ -151,12 +121,9 @@ def app_benchmark(image: Path, model: str | None, clients: int, corpus: list[Pat
         with ThreadPoolExecutor(clients) as pool:
             results = list(pool.map(one_request, range(clients)))
         latencies = sorted(t for ok, t in results if ok)
-        return {"cold_start": cold_start, "rss": peak_rss_mb(process.pid),
+        return {"cold_start": cold_start, "rss": memory_mb(process.pid, "VmHWM"),
                 "ok": sum(ok for ok, _ in results), "p50": np.percentile(latencies, 50) if latencies else float("nan"),
                 "p95": np.percentile(latencies, 95) if latencies else float("nan")}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def batch_rate(predictor: Predictor, image: Path, size: int, folder: Path, n: int = 128) -> float:

@@ -1,21 +1,17 @@
 """Shared fixtures: a small synthetic HAM10000-like folder, and the real data when present."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.served import running_app  # noqa: F401 (the tests' server)
 from skinlesion.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,50 +114,6 @@ def bundled_models() -> dict:
 def predictor(model_folder):
     from skinlesion import Predictor
     return Predictor.from_pretrained(model_folder)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"app.py exited: {log.read_text()[-3000:] if log else process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"app.py did not answer within {timeout:.0f} s")
-
-
-@contextlib.contextmanager
-def running_app(temp: Path, log: Path | None = None, root: Path = ROOT, **env: str):
-    """`python app.py` of `root` (the bundled models) on a free port with GRADIO_TEMP_DIR=`temp`
-    and `env`; yields (url, process); stopped with SIGTERM, as a Space stops it."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(temp), "HF_HUB_OFFLINE": "1", **env}
-    env.pop("SKINLESION_MODEL", None)
-    out = log.open("w") if log else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_for(url, process, log)
-        yield url, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        if log:
-            out.close()
 
 
 def read_card(folder: Path) -> tuple[dict, str]:

@@ -23,6 +23,7 @@ from conftest import REAL_HAM, ROOT, SHARED_DATA, running_app
 from PIL import Image
 from test_hardening import jpeg_bytes
 
+from benchmarks.served import call, upload
 from skinlesion.app.views import example_images
 from skinlesion.images import WORKING_PIXELS, working_size
 from skinlesion.tasks import get_task
@@ -51,17 +52,6 @@ def left_by_requests(app) -> list[Path]:
 def client(app):
     from gradio_client import Client
     return Client(app.url, verbose=False)
-
-
-def call(url: str, api: str, data: list) -> tuple[str, object]:
-    """POST /gradio_api/call/<api>, then read its event stream: ("complete" | "error", data)."""
-    request = urllib.request.Request(f"{url}gradio_api/call/{api}", json.dumps({"data": data}).encode(),
-                                     {"Content-Type": "application/json"})
-    event = json.load(urllib.request.urlopen(request, timeout=60))["event_id"]
-    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event}", timeout=300) as response:
-        text = response.read().decode()
-    kind = re.findall(r"^event: (\w+)", text, re.M)[-1]
-    return kind, json.loads(re.findall(r"^data: (.*)$", text, re.M)[-1])
 
 
 def error_of(url: str, api: str, data: list) -> str:
@@ -136,16 +126,6 @@ def test_request_bodies_and_echoed_values_are_bounded(app, client):
     assert max(map(len, log.read_text().splitlines())) < 5000
 
 
-def upload(url: str, name: str, data: bytes) -> Path:
-    """POST /gradio_api/upload as a browser sends it: one multipart file; its path on the server."""
-    boundary = "skinlesion-test-boundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{url}gradio_api/upload", body,
-                                     {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    return Path(json.load(urllib.request.urlopen(request, timeout=60))[0])
-
-
 def abandon_an_upload(url: str, sent: int = 2 * 1024 ** 2) -> None:
     """A multipart upload that declares 20 MB, sends `sent` bytes of its file, and hangs up."""
     host, port = urllib.parse.urlsplit(url).netloc.split(":")
@@ -179,7 +159,7 @@ def test_the_cleanup_survives_concurrent_uploads_and_removes_partial_ones(app):
     with ThreadPoolExecutor(16) as pool:
         assert sum(pool.map(uploader, range(16))) > 16
     abandon_an_upload(app.url)
-    last = upload(app.url, "last.jpg", data)
+    last = Path(upload(app.url, "last.jpg", data))
     assert last.is_file()
     time.sleep(KEEP + 2 * max(1, KEEP // 2) + 3)
     assert not last.exists()
@@ -402,10 +382,12 @@ def test_the_batch_csv_is_deleted_with_the_uploads_and_formulas_are_text(app, cl
 
 
 def test_peak_memory_of_the_server_under_these_tests(app):
-    """Last in this module: the server's peak resident memory after everything above."""
+    """Last in this module: the server's peak resident memory after everything above (a
+    40-megapixel image, comparisons: Integrated Gradients' 8 steps in one backward pass take
+    about 0.5 GB while they run), within the goal of 2.5 GB."""
     status = Path(f"/proc/{app.process.pid}/status").read_text()
     peak_kb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
-    assert peak_kb < 1.5 * 1024 ** 2, f"peak RSS {peak_kb / 1024:.0f} MB"
+    assert peak_kb < 2.5 * 1024 ** 2, f"peak RSS {peak_kb / 1024:.0f} MB"
 
 
 def write(path: Path, data: bytes) -> Path:

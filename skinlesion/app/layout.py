@@ -29,7 +29,7 @@ CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls o
 ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
 EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
 PAGE_ONLY = {"api_visibility": "private"}
-STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after its last use, for the opacity slider
+STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after the analysis, for the opacity slider
 
 
 class DecidedLabel(gr.Label):

@@ -36,7 +36,7 @@ from .gate import Admission, BodyLimit, Gate, Heartbeats
 from .uploads import HELD, UPLOAD_LIMIT, UploadRefused, uploaded_file
 
 KEEP_SECONDS = int(os.environ.get("SKINLESION_KEEP_SECONDS", 120))  # uploads and outputs; tests shorten it
-SWEEP_SECONDS = max(1, KEEP_SECONDS // 2)
+SWEEP_SECONDS = max(1, KEEP_SECONDS // 4)  # so a file goes 1 to 1.25 keep times after it was written
 SESSION_SWEEP_SECONDS = 2    # how often sessions are looked at (forget_sessions)
 SESSION_GRACE_SECONDS = min(30, KEEP_SECONDS)  # a session without an open page: kept this long after its last request
 log = logging.getLogger(__name__)
