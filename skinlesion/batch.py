@@ -1,11 +1,12 @@
 """Many images at once, with one CSV layout for the page's Batch tab, the /batch endpoint and
 `python -m skinlesion predict`: `file`, the calibrated probability of every class, the
-`decided` class, the `verdict`, the `region` the answer comes from (`left top right bottom`
+`decided` class (empty for an image the input check refuses), the `verdict`, the `region` the answer comes from (`left top right bottom`
 of the worst tile when the image was tiled, else empty), `error` (empty when the file was
 read), `known` (1 when the image passed the input check, 0 when it looks like nothing the model
 was trained on: its probabilities then mean nothing), `check_score` (the check's score; known
-when at most the model's threshold) and `prediction_set` (the 90% prediction set's class codes,
-joined by single spaces), one row per input file in input order.
+when at most the model's threshold), `prediction_set` (the 90% prediction set's class codes,
+joined by single spaces) and `level` (the verdict's level: refer, uncertain, clear, review, or
+unknown when the input check refused the image), one row per input file in input order.
 
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
 file). Images are decoded one by one into the model's input (`Predictor.prepare`: a long image
@@ -119,7 +120,7 @@ def check_limits(items: Sequence[Item], max_files: int = MAX_FILES, max_bytes: i
 
 def columns(predictor: Predictor) -> list[str]:
     return ["file", *predictor.codes, "decided", "verdict", "region", "error", "known", "check_score",
-            "prediction_set"]
+            "prediction_set", "level"]
 
 
 def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool | None = None,
@@ -166,13 +167,13 @@ def cell(value):
 def row(predictor: Predictor, name: str, analysis: Analysis | None = None, error: str = "") -> dict:
     if analysis is None:
         return {"file": name, **{c: "" for c in predictor.codes}, "decided": "", "verdict": "", "region": "",
-                "error": error, "known": "", "check_score": "", "prediction_set": ""}
+                "error": error, "known": "", "check_score": "", "prediction_set": "", "level": ""}
     return {"file": name, **{c: round(p, 6) for c, p in analysis.probabilities.items()},
-            "decided": analysis.decided, "verdict": analysis.verdict.headline,
+            "decided": analysis.decided if analysis.known else "", "verdict": analysis.verdict.headline,
             "region": " ".join(map(str, analysis.region)) if analysis.region else "", "error": "",
             "known": int(analysis.known),
             "check_score": "" if analysis.check_score is None else round(analysis.check_score, 4),
-            "prediction_set": " ".join(analysis.prediction_set)}
+            "prediction_set": " ".join(analysis.prediction_set), "level": analysis.verdict.level}
 
 
 def write_csv(path: str | Path, predictor: Predictor, rows: Iterable[dict]) -> tuple[int, int]:

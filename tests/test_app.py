@@ -108,13 +108,15 @@ def test_analyse_endpoint_gives_verdict_probabilities_and_overlay(client, lesion
 
 
 def test_analyse_endpoint_refuses_an_image_of_the_other_task(client, lesion, steel):
-    """/analyse says when an image is not of the model's kind, with the level, and no set."""
+    """/analyse says when an image is not of the model's kind, with the level, no set, and a
+    label without a decided class or bars (the refusal); /classify says the same."""
     from gradio_client import handle_file
     for image, task in ((steel, "ham10000"), (lesion, "neu")):
         verdict, label, _ = client.predict(handle_file(image), "top", 0.45, task, api_name="/analyse")
         assert "data-level='unknown'" in verdict and get_task(task).refusal in verdict, verdict
         assert "mean nothing" in verdict and "data-known='0'" in verdict
-        assert sorted(probabilities(label)) == sorted(get_task(task).codes)  # still returned
+        assert label == {"label": f"not analysed: {get_task(task).refusal}", "confidences": None}, label
+        assert client.predict(handle_file(image), task=task, api_name="/classify") == label
 
 
 @pytest.mark.parametrize("content, message", [
@@ -172,11 +174,12 @@ def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_pat
     with open(csv_path, newline="") as f:
         saved = list(csv.DictReader(f))
     assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error", "known", "check_score",
-                              "prediction_set"]
+                              "prediction_set", "level"]
     single = probabilities(client.predict(handle_file(steel), task="neu", api_name="/classify"))
     assert all(abs(float(saved[0][c]) - single[c]) < 1e-5 for c in NEU_CODES)
     assert saved[0]["known"] == "1" and set(saved[0]["prediction_set"].split()) <= set(NEU_CODES)
     assert saved[4]["known"] == "0" and rows[4][3] == get_task("neu").refusal  # a lesion is not steel
+    assert rows[4][1:3] == ["not analysed", ""] and saved[4]["decided"] == "" and saved[4]["level"] == "unknown"
     assert saved[2]["known"] == saved[2]["check_score"] == saved[2]["prediction_set"] == ""  # unreadable
 
 
@@ -208,6 +211,8 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         page.locator("#analyse").click()
         expect(page.locator("#verdict")).to_contain_text("does not look like a dermoscopic image", timeout=60_000)
         expect(page.locator("#prediction-set")).to_contain_text("mean nothing")
+        expect(page.locator("#probabilities")).to_contain_text("not analysed: This does not look like")
+        expect(page.locator("#probabilities")).not_to_contain_text("%")  # no decided class, no bars
         page.reload()
         page.locator("#input-image input[type=file]").set_input_files(str(lesion))
         page.locator("#analyse").click()

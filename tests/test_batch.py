@@ -61,7 +61,8 @@ def test_rows_keep_input_order_errors_included_and_match_single_predictions(pred
                                        method=None)
             assert np.allclose([row[c] for c in predictor.codes], [single.probabilities[c] for c in predictor.codes],
                                atol=1e-5)
-            assert row["decided"] == single.decided and row["verdict"] == single.verdict.headline
+            assert row["decided"] == (single.decided if single.known else "")  # none for a refused image
+            assert row["verdict"] == single.verdict.headline and row["level"] == single.verdict.level
 
 
 def test_csv_keeps_the_rows_written_before_an_interruption(predictor, tmp_path, images):
@@ -114,7 +115,9 @@ def test_command_line_marks_images_of_the_other_task_unknown(tmp_path, bundled_m
         refused, known = list(csv.DictReader(f))
     threshold = bundled_models["ham10000"].trust.check.threshold
     assert refused["known"] == "0" and float(refused["check_score"]) > threshold
-    assert refused["verdict"] == get_task("ham10000").refusal
+    assert refused["verdict"] == get_task("ham10000").refusal and refused["level"] == "unknown"
+    assert refused["decided"] == "" and all(refused[c] for c in get_task("ham10000").codes)  # kept beside known 0
+    assert known["decided"] and known["level"] in ("refer", "uncertain", "clear")
     assert known["known"] == "1" and float(known["check_score"]) <= threshold
     assert known["prediction_set"] and set(known["prediction_set"].split(" ")) <= set(get_task("ham10000").codes)
     steel_run = run_predict(lesion, steel, "--task", "steel", "--out", tmp_path / "s.csv")

@@ -19,10 +19,12 @@ from ..images import InputError
 from ..predictor import Predictor
 from .uploads import UploadRefused, batch_csv_path, held, upload_source, uploaded_files
 from .views import (
+    NOT_ANALYSED,
     OVERLAY_OPACITY,
     TOP_CLASS,
     analyse_outputs,
     display_name,
+    label_value,
     overlay,
     page_outputs,
     sanity_flags,
@@ -98,14 +100,14 @@ class Handlers:
             raise gr.Error(f"Cannot analyse this image: {error}") from None
 
     def classify(self, image: dict | None, task: str | None = None,
-                 tile: str = "auto") -> tuple[str, dict[str, float]] | None:
+                 tile: str = "auto") -> tuple[str | None, dict[str, float] | str] | None:
         """The decided class and the calibrated probability of every class, for one image (a
-        long one by tiles when tiling is on: the worst tile's)."""
+        long one by tiles when tiling is on: the worst tile's); the refusal alone for an image
+        the input check refuses."""
         predictor, _, _, tile = self.checked(task, tile=tile)
         if not image:
             return None
-        analysis = self._analysis(predictor, image, None, tile, None)
-        return analysis.decided, analysis.probabilities
+        return label_value(self._analysis(predictor, image, None, tile, None))
 
     def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
                 task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
@@ -172,6 +174,7 @@ class Handlers:
         path = batch_csv_path()
         write_csv(path, predictor, answered)
         table = [[r["file"], "", "", "", r["error"]] if r["error"] else
+                 [r["file"], NOT_ANALYSED, "", r["verdict"], ""] if not r["known"] else
                  [r["file"], display_name(predictor.task.info(r["decided"])), f"{r[r['decided']]:.1%}",
                   r["verdict"], ""] for r in answered]
         return table, str(path)

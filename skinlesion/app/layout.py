@@ -20,7 +20,7 @@ from ..tasks import TASKS
 from .gate import QUEUE_SIZE
 from .handlers import BATCH_HEADERS, Handlers
 from .server import Page, UploadFiles, UploadImage
-from .views import OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, TaskView, display_name
+from .views import NOT_ANALYSED, OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, TaskView, display_name
 
 TITLE = "skinlesion — explainable image classifier"
 CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls only contend
@@ -35,8 +35,10 @@ STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after
 class DecidedLabel(gr.Label):
     """gr.Label whose heading is the decided class of the model's decision rule, which need not
     be the most probable one (the rule favours rare classes in close calls); the bars are the
-    calibrated probabilities. Handlers return (decided code, probabilities). Through the API
-    the value is {"label": decided code, "confidences": [{"label": code, "confidence": p}, …]}."""
+    calibrated probabilities. Handlers return (decided code, probabilities), or (None, the
+    refusal) for an image the input check refuses (views.label_value). Through the API the
+    value is {"label": decided code, "confidences": [{"label": code, "confidence": p}, …]}, or
+    {"label": "not analysed: <the refusal>"} without confidences."""
     is_template = True  # the page draws it with Label's own front-end component
 
     def get_block_name(self) -> str:  # also for subclasses (NamedLabel): Label's front-end
@@ -48,6 +50,8 @@ class DecidedLabel(gr.Label):
         if not isinstance(value, tuple):
             return super().postprocess(value)
         decided, probabilities = value
+        if decided is None:
+            return super().postprocess(f"{NOT_ANALYSED}: {probabilities}")
         data = super().postprocess(probabilities)
         data.label = decided
         return data
@@ -59,7 +63,7 @@ class NamedLabel(DecidedLabel):
     NAMES = {c.code: display_name(c) for task in TASKS.values() for c in task.classes}
 
     def postprocess(self, value):
-        if isinstance(value, tuple):
+        if isinstance(value, tuple) and value[0] is not None:
             decided, probabilities = value
             value = (self.NAMES[decided], {self.NAMES[c]: p for c, p in probabilities.items()})
         return super().postprocess(value)

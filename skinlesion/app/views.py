@@ -149,10 +149,22 @@ def method_note(analysis: Analysis) -> str:
     return f"<div id='method-note'>The {analysis.method} overlay shows where the model found it.</div>"
 
 
+NOT_ANALYSED = "not analysed"  # the label of an image the input check refuses, before its reason
+
+
+def label_value(analysis: Analysis) -> tuple[str | None, dict[str, float] | str]:
+    """What the label shows: the decided class over every class's probability; for an image
+    the input check refuses, no class and no bars, only the refusal (the label's large type is
+    what a person reads)."""
+    if analysis.known:
+        return analysis.decided, analysis.probabilities
+    return None, analysis.verdict.headline
+
+
 def analyse_outputs(analysis: Analysis, predictor: Predictor, opacity: float) -> tuple:
     """What /analyse shows of an analysis: the verdict (with the prediction set), the decided
     class and probabilities, the overlay, and the (image, heat-map) state the opacity slider reblends."""
-    return (answer_html(analysis, predictor), (analysis.decided, analysis.probabilities),
+    return (answer_html(analysis, predictor), label_value(analysis),
             overlay(analysis.image, analysis.heatmap, opacity), (analysis.image, heat_levels(analysis.heatmap)))
 
 
