@@ -1,12 +1,13 @@
 """Many images at once, with one CSV layout for the page's Batch tab, the /batch endpoint and
 `python -m skinlesion predict`: `file`, the calibrated probability of every class, the
-`decided` class (empty for an image the input check refuses), the `verdict`, the `region` the answer comes from (`left top right bottom`
-of the worst tile when the image was tiled, else empty), `error` (empty when the file was
-read), `known` (1 when the image passed the input check, 0 when it looks like nothing the model
-was trained on: its probabilities then mean nothing), `check_score` (the check's score; known
-when at most the model's threshold), `prediction_set` (the 90% prediction set's class codes,
-joined by single spaces) and `level` (the verdict's level: refer, uncertain, clear, review, or
-unknown when the input check refused the image), one row per input file in input order.
+`decided` class (empty for an image the input check refuses), the `verdict`, the `region` the
+answer comes from (`left top right bottom` of the worst tile when the image was tiled, else
+empty), `error` (empty when the file was read), `known` (1 when the image passed the input
+check, 0 when it looks like nothing the model was trained on: its probabilities then mean
+nothing), `check_score` (the check's score; known when at most the model's threshold),
+`prediction_set` (the 90% prediction set's class codes, joined by single spaces) and `level`
+(the verdict's level: refer, uncertain, clear, review, named, or unknown when the input check
+refused the image), one row per input file in input order.
 
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
 file). Images are decoded one by one into the model's input (`Predictor.prepare`: a long image

@@ -3,6 +3,7 @@ source's held-out images (train/sources.py), with the folder's own decision rule
 
     python -m train.external --model runs/x/model --data ../shared/data/ham10000 \\
         --extra-data ../shared/data/dermoscopy_external --split runs/x/split.csv [--out external.json]
+    python -m train.external compare a.json b.json …   # several models' figures in one table
 
 Why apart from train.evaluate: the external sources hold only some of the task's classes (ISIC
 2017 and PH2: nv, mel, bkl), so their figures are over the classes present, and they must be
@@ -18,6 +19,7 @@ validation split here, as train.evaluate would, and the output says so.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import warnings
@@ -100,7 +102,28 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def comparison(paths: list[Path]) -> str:
+    """Several models' figures (--out JSON files, each named by its file's stem) in one markdown
+    table: a row per source and model, the sources in the first file's order."""
+    named = {Path(path).stem: json.loads(Path(path).read_text()) for path in paths}
+    first = next(iter(named.values()))
+    risky = list(first["thresholds"])
+    lines = ["| source | model | n | balanced accuracy | macro AUC | "
+             + " | ".join(f"{c} sensitivity / specificity" for c in risky) + " |",
+             "|---|---|---|---|---|" + "---|" * len(risky)]
+    for source in first["sources"]:
+        for name, results in named.items():
+            row = table({**results, "thresholds": dict.fromkeys(risky),
+                         "sources": {source: results["sources"][source]}}).splitlines()[-1]
+            lines.append(row.replace(f"| {source} |", f"| {source} | {name} |", 1))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        print(comparison([Path(a) for a in argv[1:]]))
+        return 0
     p = folder_arguments("python -m train.external", __doc__)
     p.add_argument("--extra-data", type=Path, required=True, help="the external sources (train/sources.py)")
     p.add_argument("--out", type=Path, help="write the figures here as JSON")
