@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .skintone import group
 from .tasks import Verdict
 from .tiles import Box
 from .trust.gallery import Neighbour
@@ -32,6 +33,12 @@ class Analysis:
     tiles: int = 0                     # the number of tiles; 0: the whole image in one view
     similar: list[Neighbour] = field(default_factory=list)  # the nearest gallery cases, most similar first
                                        # (gallery.NEIGHBOURS; empty for an unknown image or no gallery)
+    skin_ita: float | None = None      # the estimated skin tone's ITA° (skintone.estimate; a task of skin only)
+
+    @property
+    def skin_tone(self) -> str | None:
+        """The estimated skin tone's group (skintone.GROUPS); None when not estimated."""
+        return group(self.skin_ita)
 
 
 @dataclass
@@ -42,3 +49,4 @@ class Prepared:
     boxes: list[Box] | None = None     # the tiles' boxes; None: the whole image
     image: np.ndarray | None = None    # the RGB image, kept when a heat-map will need it
     pixels: int = 0                    # the source's pixels: what decoding it cost (a batch's budget)
+    skin_ita: float | None = None      # skintone.estimate of the whole image, for a task of skin

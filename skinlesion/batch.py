@@ -7,7 +7,8 @@ check, 0 when it looks like nothing the model was trained on: its probabilities 
 nothing), `check_score` (the check's score; known when at most the model's threshold),
 `prediction_set` (the 90% prediction set's class codes, joined by single spaces) and `level`
 (the verdict's level: refer, uncertain, clear, review, named, or unknown when the input check
-refused the image), one row per input file in input order.
+refused the image), `skin_ita` and `skin_tone` (the estimated skin tone's ITA° and group, for
+a task of skin: skintone.py), one row per input file in input order.
 
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
 file). Images are decoded one by one into the model's input (`Predictor.prepare`: a long image
@@ -121,7 +122,7 @@ def check_limits(items: Sequence[Item], max_files: int = MAX_FILES, max_bytes: i
 
 def columns(predictor: Predictor) -> list[str]:
     return ["file", *predictor.codes, "decided", "verdict", "region", "error", "known", "check_score",
-            "prediction_set", "level"]
+            "prediction_set", "level", "skin_ita", "skin_tone"]
 
 
 def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool | None = None,
@@ -168,13 +169,16 @@ def cell(value):
 def row(predictor: Predictor, name: str, analysis: Analysis | None = None, error: str = "") -> dict:
     if analysis is None:
         return {"file": name, **{c: "" for c in predictor.codes}, "decided": "", "verdict": "", "region": "",
-                "error": error, "known": "", "check_score": "", "prediction_set": "", "level": ""}
+                "error": error, "known": "", "check_score": "", "prediction_set": "", "level": "",
+                "skin_ita": "", "skin_tone": ""}
     return {"file": name, **{c: round(p, 6) for c, p in analysis.probabilities.items()},
             "decided": analysis.decided if analysis.known else "", "verdict": analysis.verdict.headline,
             "region": " ".join(map(str, analysis.region)) if analysis.region else "", "error": "",
             "known": int(analysis.known),
             "check_score": "" if analysis.check_score is None else round(analysis.check_score, 4),
-            "prediction_set": " ".join(analysis.prediction_set), "level": analysis.verdict.level}
+            "prediction_set": " ".join(analysis.prediction_set), "level": analysis.verdict.level,
+            "skin_ita": "" if analysis.skin_ita is None else round(analysis.skin_ita, 1),
+            "skin_tone": analysis.skin_tone or ""}
 
 
 def write_csv(path: str | Path, predictor: Predictor, rows: Iterable[dict]) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
     Predictor.analyse(image, target=None, method=GRAD_CAM, tile=None) -> Analysis
       prepare  check the file → RGB (images.py); the model folder's preprocessing (colour.py);
-               the whole image or its tiles (tiles.py) → the model's input (transforms.model_input)
+               the whole image or its tiles (tiles.py) → the model's input (transforms.model_input);
+               for a task of skin, the skin tone estimated around the lesion (skintone.py)
       forward  one pass of the answering network (models/ensemble.py) → logits; the same pass
                records the primary model's features for the trust parts (trust/) and, when a
                Grad-CAM map will be drawn, keeps its last stage's activation (explain.GradCam)
@@ -32,6 +33,7 @@ from .images import ImageInput, InputError, decode
 from .models.ensemble import Ensemble, load_ensemble
 from .models.hub import download, looks_like_repo_id
 from .models.spec import ModelSpec
+from .skintone import estimate
 from .tasks import get_task
 from .tasks.verdicts import refused
 from .tiles import TILE_CHUNK, split, where, worst_tile
@@ -83,7 +85,7 @@ class Predictor:
         views, boxes = split(preprocess(rgb, self.spec.preprocessing), self.task.tile_large_images if tile is None
                              else tile)
         return Prepared(model_input(views, self.spec, self.device), rgb.shape[:2], boxes, rgb if keep_image else None,
-                        pixels)
+                        pixels, estimate(rgb) if self.task.skin else None)
 
     def analyse(self, image: ImageInput, *, target: str | None = None, method: str | None = GRAD_CAM,
                 tile: bool | None = None) -> Analysis:
@@ -146,7 +148,7 @@ class Predictor:
             if region is not None:
                 verdict = replace(verdict, detail=f"{verdict.detail} {where(region, len(prepared.boxes))}")
         return Analysis(prepared.image, probabilities, decided, verdict, in_set, region=region,
-                        tiles=len(prepared.boxes or ()), **vars(trust))
+                        tiles=len(prepared.boxes or ()), skin_ita=prepared.skin_ita, **vars(trust))
 
     def _heatmap(self, prepared: Prepared, method: str, index: int, watched: Watched | None) -> np.ndarray:
         """The map of `method` for class `index`: from the answer's own pass when it was watched."""

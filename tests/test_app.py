@@ -103,8 +103,9 @@ def test_analyse_endpoint_gives_verdict_probabilities_and_overlay(client, lesion
     assert DISCLAIMER in verdict and "data-level=" in verdict
     assert sorted(probabilities(label)) == sorted(CODES)
     assert Path(overlay).is_file()
-    if REAL_HAM.is_dir():  # a real lesion passes the input check and gets its 90% set
+    if REAL_HAM.is_dir():  # a real lesion passes the input check and gets its 90% set, and its skin tone
         assert "90% prediction set: " in verdict and "data-known='1'" in verdict
+        assert "Estimated skin tone: light (ITA 48°" in verdict and "skin-tone-warning" not in verdict
 
 
 def test_analyse_endpoint_refuses_an_image_of_the_other_task(client, lesion, steel):
@@ -231,6 +232,14 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         page.get_by_text("Data & ethics").click()
         expect(page.get_by_text("skewed to light skin types")).to_be_visible()
         page.screenshot(path=str(screenshot), full_page=True)
+        if REAL_HAM.is_dir():  # the same lesion on darker skin (made here): its skin tone, and a warning
+            darker = tmp_path / "darker.png"
+            Image.fromarray((np.asarray(Image.open(lesion).convert("RGB")) * (0.8, 0.65, 0.55)).astype(np.uint8)
+                            ).save(darker)
+            page.locator("#input-image input[type=file]").set_input_files(str(darker))
+            page.locator("#analyse").click()
+            expect(page.locator("#skin-tone")).to_contain_text("Estimated skin tone: brown", timeout=60_000)
+            expect(page.locator("#skin-tone-warning")).to_contain_text("accuracy on such skin is unknown")
 
         page.get_by_label("Steel surface", exact=True).check()  # the task switch: everything follows
         expect(page.get_by_text("no defect-free class")).to_be_visible()

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from skinlesion.decision import DecisionRule, fit_temperature
-from skinlesion.models.card import f, table
 from skinlesion.models.ensemble import Ensemble, average, load_ensemble
+from skinlesion.models.markdown import f, table
 from train.metrics import classification_report, expected_calibration_error, macro_auc, operating_point
 
 from .device import pick_device

@@ -90,6 +90,8 @@ def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
             c.matrix = gr.Image(first.confusion_matrix, label="Confusion matrix (test split)", interactive=False)
             c.reliability = gr.Image(first.reliability, label="Reliability diagram (test split)", interactive=False,
                                      elem_id="reliability")
+            c.subgroups = gr.Image(first.subgroups, label="Results by subgroup (test split)", interactive=False,
+                                   elem_id="subgroups", visible=bool(first.subgroups))
         task_switch(c, views)
         similar_api(c, handlers)
     # api_open=False: the REST routes that skip the queue (/gradio_api/run/…, /api/…) are closed
@@ -194,6 +196,7 @@ def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:
                    c.classes: v.classes, c.ethics: v.ethics, c.model_card: v.model_card,
                    c.matrix: gr.Image(v.confusion_matrix, render=False),
                    c.reliability: gr.Image(v.reliability, render=False),
+                   c.subgroups: gr.Image(v.subgroups, visible=bool(v.subgroups), render=False),
                    c.target: gr.Dropdown(choices=v.targets, value=TOP_CLASS, render=False),
                    c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None, c.compare: None,
                    c.batch_table: None, c.batch_csv: None, c.similar: None, c.similar_summary: ""}

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from .. import skintone
 from ..analysis import Analysis
 from ..models.card import CONFUSION_PNG, RELIABILITY_PNG, card_body, is_placeholder, read_metrics
+from ..models.card_subgroups import SUBGROUPS_PNG, measured_note
 from ..predictor import Predictor
 from ..tasks import TASKS, ClassInfo, Verdict
 from ..tasks.base import ASSETS
@@ -20,6 +23,7 @@ from ..trust.gallery import CASES_SHOWN, summary
 TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
 TILE_CHOICES = [(f"Auto (on for {', '.join(t.title.lower() for t in TASKS.values() if t.tile_large_images)})",
                  "auto"), ("On", "on"), ("Off", "off")]
+FEW_TRAINING_IMAGES = 100  # fewer training images of an image's skin tone: the page warns
 VERDICT_COLOURS = {"unknown": "#616161", "refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
                    "review": "#e65100", "named": "#1565c0"}
 PRIVACY = """
@@ -40,6 +44,7 @@ class TaskView:
     model_card: str           # the Model tab, rendered from the model folder's metrics.json
     confusion_matrix: str | None
     reliability: str | None         # the reliability diagram
+    subgroups: str | None           # results by subgroup (python -m train.subgroups)
     targets: list[tuple[str, str]]  # the "Explain class" choices
     examples: list[str]             # one image per class shipped in assets/examples, and from a local data copy
     example_labels: list[str]       # each example's true class
@@ -52,7 +57,8 @@ class TaskView:
     def of(cls, predictor: Predictor, examples: list[tuple[str, str]]) -> "TaskView":
         task = predictor.task
         metrics = read_metrics(predictor.folder) if predictor.folder else None
-        plots = {name: predictor.folder / name for name in (CONFUSION_PNG, RELIABILITY_PNG)} if predictor.folder else {}
+        plots = ({name: predictor.folder / name for name in (CONFUSION_PNG, RELIABILITY_PNG, SUBGROUPS_PNG)}
+                 if predictor.folder else {})
         shown = {name: str(path) if path.is_file() else None for name, path in plots.items()}
         return cls(
             intro=(f"Upload {task.subject}: the model gives the probability of each of its {len(task.classes)} "
@@ -60,11 +66,12 @@ class TaskView:
                    f"{answering_note(predictor)}**{task.disclaimer}**"),
             notice=placeholder_notice(metrics),
             classes=class_table_markdown(predictor),
-            ethics=task.ethics + PRIVACY,
+            ethics=task.ethics + measured_note(metrics) + PRIVACY,
             model_card=("\n".join(line for line in card_body(predictor.spec, metrics).splitlines()
                                   if not line.startswith("![")) if metrics  # the images are shown below it
                         else "No measured results (metrics.json) in the model folder."),
             confusion_matrix=shown.get(CONFUSION_PNG), reliability=shown.get(RELIABILITY_PNG),
+            subgroups=shown.get(SUBGROUPS_PNG),
             targets=[("Decided class", TOP_CLASS)] + [(display_name(c), c.code) for c in task.classes],
             examples=[path for path, _ in examples],
             example_labels=[f"{display_name(task.info(code))}, true class" for _, code in examples])
@@ -175,10 +182,35 @@ def page_outputs(analysis: Analysis, predictor: Predictor, opacity: float) -> tu
 
 
 def answer_html(analysis: Analysis, predictor: Predictor) -> str:
-    """The verdict with the prediction set and the map's method under it (the page and /analyse)."""
+    """The verdict with the prediction set, the map's method and the estimated skin tone under
+    it (the page and /analyse)."""
     return verdict_html(analysis.verdict, f"<div id='prediction-set' data-known='{int(analysis.known)}' "
                                           f"style='margin-top:6px;font-weight:600'>"
-                                          f"{prediction_set_text(analysis, predictor)}</div>{method_note(analysis)}")
+                                          f"{prediction_set_text(analysis, predictor)}</div>{method_note(analysis)}"
+                                          f"{skin_tone_html(analysis, predictor)}")
+
+
+@lru_cache(maxsize=None)
+def training_counts(folder: Path | None) -> dict[str, dict[str, int]]:
+    """Each group's count of training images (metrics.json, python -m train.subgroups), read once."""
+    metrics = read_metrics(folder) if folder else None
+    return ((metrics or {}).get("subgroups") or {}).get("training_counts", {})
+
+
+def skin_tone_html(analysis: Analysis, predictor: Predictor) -> str:
+    """The image's estimated skin tone, and a warning when the training images hold few of it
+    (fewer than FEW_TRAINING_IMAGES)."""
+    if analysis.skin_tone is None:
+        return ""
+    counts = training_counts(predictor.folder).get(skintone.ATTRIBUTE, {})
+    text = (f"<div id='skin-tone' data-group='{analysis.skin_tone}'>Estimated skin tone: {analysis.skin_tone} "
+            f"(ITA {analysis.skin_ita:.0f}°, from the skin around the lesion; a rough guide).</div>")
+    seen = counts.get(analysis.skin_tone)
+    if seen is not None and seen < FEW_TRAINING_IMAGES:
+        text += (f"<div id='skin-tone-warning' style='color:{VERDICT_COLOURS['uncertain']};font-weight:600'>"
+                 f"Only {seen} of the {sum(counts.values()):,} training images show {analysis.skin_tone} skin: "
+                 "the model's accuracy on such skin is unknown.</div>")
+    return text
 
 
 EXAMPLES = ASSETS / "examples"  # TASK/CODE.jpg: one test-split image per class (python -m train.gallery --examples)

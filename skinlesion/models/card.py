@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 from ..tasks import get_task
+from .card_subgroups import subgroup_tables
+from .markdown import f, table
 from .network import INIT_HUB, INIT_LITE0, INIT_RANDOM
 from .spec import ModelSpec
 
@@ -36,16 +38,6 @@ def read_metrics(folder: str | Path) -> dict[str, Any] | None:
 
 def is_placeholder(metrics: dict[str, Any]) -> bool:
     return metrics["splits"]["test"]["balanced_accuracy"] < PLACEHOLDER_BELOW
-
-
-def f(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def headline_table(metrics: dict) -> str:
@@ -203,7 +195,8 @@ def _confusion(metrics: dict) -> str:
 def render_tables(metrics: dict) -> str:
     return ("### Headline (the stored decision rule: calibrated probabilities, decided class)\n"
             + headline_table(metrics) + _rule_sentence(metrics) + _per_class(metrics)
-            + _operating_points(metrics) + trust_tables(metrics) + explanation_tables(metrics) + _confusion(metrics))
+            + _operating_points(metrics) + trust_tables(metrics) + explanation_tables(metrics) + _confusion(metrics)
+            + subgroup_tables(metrics))
 
 
 def card_metadata(spec: ModelSpec, metrics: dict) -> dict:

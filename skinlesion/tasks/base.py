@@ -67,6 +67,8 @@ class Task:
     disclaimer: str               # said with every verdict
     verdict: VerdictPolicy        # verdicts.py: the policy, in the task's words
     confirmations: Callable[[Path], dict[str, str]] = lambda root: {}  # image id → how its label was confirmed
+    groups: Callable[[Path], dict[str, dict[str, str]]] = lambda root: {}  # image id → {attribute: its group}
+    skin: bool = False            # images of skin: the estimated skin tone (skintone.py) is a subgroup too
     default: bool = False         # the task the page, the API and the CLI use when none is named
     tile_large_images: bool = False  # long images (strips) analysed in tiles unless asked otherwise
 

@@ -96,6 +96,23 @@ def ham_confirmations(root: str | Path) -> dict[str, str]:
                 for r in csv.DictReader(f)}
 
 
+AGE_BANDS = ((30, "under 30"), (45, "30–44"), (60, "45–59"), (75, "60–74"), (200, "75 and over"))
+
+
+def ham_groups(root: str | Path) -> dict[str, dict[str, str]]:
+    """Image id → its age band, sex and body site, from the metadata ("unknown" where blank)."""
+    def band(age: str) -> str:
+        try:
+            years = float(age)
+        except ValueError:
+            return "unknown"
+        return next(name for upper, name in AGE_BANDS if years < upper)
+
+    with (Path(root) / METADATA_FILE).open(newline="") as f:
+        return {r["image_id"]: {"age": band(r.get("age") or ""), "sex": r.get("sex") or "unknown",
+                                "site": r.get("localization") or "unknown"} for r in csv.DictReader(f)}
+
+
 def ham_lesion_mask(root: str | Path, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
     """The HAM10000 lesion segmentation (lesion = pixel > 127), resized to `shape` if needed."""
     path = Path(root) / "masks" / f"{image_id}_segmentation.png"
@@ -116,7 +133,8 @@ RESEARCH_DEMO = "This is a research demo, not a diagnosis: only a clinician can 
 TASK = Task(
     key="ham10000", title="Dermoscopy", subject="a dermoscopic image of a skin lesion", classes=CLASSES,
     default=True, refusal="This does not look like a dermoscopic image of a skin lesion",
-    load=load_ham10000, confirmations=ham_confirmations, annotation=ham_lesion_mask, annotation_name="lesion masks",
+    load=load_ham10000, confirmations=ham_confirmations, groups=ham_groups, skin=True,
+    annotation=ham_lesion_mask, annotation_name="lesion masks",
     data_folder="ham10000", dataset="HAM10000", license="cc-by-nc-sa-4.0",
     license_text="CC BY-NC-SA 4.0, inherited from the HAM10000 data (non-commercial, share-alike)",
     citation=CITATION,
@@ -124,8 +142,8 @@ TASK = Task(
                   "where it looks (Grad-CAM). **Not a medical device and not a diagnosis.**"),
     out_of_scope=("Clinical decisions, screening of patients, photographs that are not dermoscopic, skin "
                   "types and lesion kinds outside HAM10000, any use without a clinician."),
-    limitations="""- HAM10000 comes from two centres (Vienna and Queensland) and is skewed to light skin types;
-  performance on darker skin is unknown.
+    limitations="""- HAM10000 comes from two centres (Vienna and Queensland) and is skewed to light skin types:
+  too few images of darker skin to measure the model on it (the results by subgroup below).
 - Strong class imbalance (nv is 67 % of the images; df and vasc about 1 % each); the loss is
   class-weighted and model selection uses balanced accuracy.
 - The images used here are 200×150 downscales; fine structure visible at full resolution is lost.
@@ -137,10 +155,10 @@ to a dermatologist than necessary so that it misses fewer cancers.
 **Data.** Trained on HAM10000 (Tschandl P., Rosendahl C., Kittler H., *Sci. Data* 5, 180161,
 2018, doi:10.1038/sdata.2018.161; licence CC BY-NC-SA 4.0, which the weights inherit:
 non-commercial use only). Its 10,015 dermoscopic images come from two centres (Vienna and
-Queensland) and are **skewed to light skin types**: accuracy on darker skin is unknown and
-likely lower. Two thirds of the images are benign moles (nv), so rare classes (df, vasc,
-akiec) are seen far less often. The model only knows these 7 classes and dermoscopic images;
-a phone photo, another disease or healthy skin still gets one of the 7 labels.
+Queensland) and are **skewed to light skin types** (the figures below). Two thirds of the
+images are benign moles (nv), so rare classes (df, vasc, akiec) are seen far less often. The
+model only knows these 7 classes and dermoscopic images; a phone photo, another disease or
+healthy skin still gets one of the 7 labels.
 """, disclaimer=RESEARCH_DEMO,
     verdict=RecallFirst(refer="Refer to a dermatologist", uncertain="Uncertain — have it checked",
                         clear="No high-risk pattern found",

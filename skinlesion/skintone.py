@@ -1,0 +1,82 @@
+"""Estimated skin tone: the Individual Typology Angle (ITA°) of the skin around a lesion, and
+its group.
+
+ITA° = arctan((L* − 50) / b*) × 180 / π in CIELAB (Chardon et al., Int. J. Cosmet. Sci. 1991),
+grouped by the thresholds of Del Bino & Bernerd (Br. J. Dermatol. 2013), as Kinyanjui et al.
+(MICCAI 2020) applied them to ISIC dermoscopy: very light > 55° ≥ light > 41° ≥ intermediate
+> 28° ≥ tan > 10° ≥ brown > −30° ≥ dark.
+
+The colour conversion is written here (sRGB, IEC 61966-2-1, to CIE 1976 L*a*b* under D65):
+the PyPI package for ITA (derm-ita) pulls scikit-image and patchify for this one conversion.
+
+Which pixels are skin: with the lesion's mask (evaluation), every pixel outside it; without one
+(serving), the `ring` outside the central part of the image, where a dermoscopic picture
+centres its lesion (chosen on the HAM10000 test split against the mask-based value:
+`python -m train.subgroups --ita-agreement`). Dark pixels (L* < 25: hair, the dermatoscope's
+vignette) are left out; ITA is taken of the median L* and b* of what is left.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ATTRIBUTE = "skin tone"  # the subgroup's name in metrics.json and the card
+GROUPS = (("very light", 55.0), ("light", 41.0), ("intermediate", 28.0), ("tan", 10.0), ("brown", -30.0),
+          ("dark", -math.inf))  # (group, the lowest ITA° it takes, exclusive): Del Bino & Bernerd 2013
+WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+DARKEST = 25.0    # L*: darker pixels are hair or vignette, not skin
+CENTRE = 0.6      # the central share of each side that a serving estimate leaves out (the lesion)
+MIN_PIXELS = 50   # fewer skin pixels than this: no estimate
+SERVED_PIXELS = 40_000  # the serving estimate reads a strided copy of about this many pixels
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(…, 3) uint8 sRGB → (…, 3) float L*, a*, b* (D65)."""
+    c = rgb.astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ SRGB_TO_XYZ.T / WHITE_D65
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def ita(lightness: float, b: float) -> float:
+    """ITA° of one L*, b* pair (degrees, −90 … 90)."""
+    return math.degrees(math.atan2(lightness - 50.0, b)) if b > 0 else math.copysign(90.0, lightness - 50.0)
+
+
+def group(angle: float | None) -> str | None:
+    """The Del Bino group of an ITA°; None for no estimate."""
+    if angle is None:
+        return None
+    return next(name for name, lowest in GROUPS if angle > lowest)
+
+
+def ring(shape: tuple[int, int], centre: float = CENTRE) -> np.ndarray:
+    """A boolean mask of the pixels outside the central `centre` share of each side."""
+    h, w = shape
+    keep = np.ones((h, w), bool)
+    top, left = round(h * (1 - centre) / 2), round(w * (1 - centre) / 2)
+    keep[top:h - top, left:w - left] = False
+    return keep
+
+
+def skin_ita(rgb: np.ndarray, lesion: np.ndarray | None = None) -> float | None:
+    """ITA° of the skin of an (H, W, 3) uint8 image: outside `lesion` (a boolean mask) when
+    given, else in the `ring`; None when too few skin pixels are left."""
+    skin = ~lesion if lesion is not None else ring(rgb.shape[:2])
+    lab = srgb_to_lab(rgb[skin])
+    lab = lab[lab[:, 0] >= DARKEST]
+    if len(lab) < MIN_PIXELS:
+        return None
+    return ita(float(np.median(lab[:, 0])), float(np.median(lab[:, 2])))
+
+
+def estimate(rgb: np.ndarray) -> float | None:
+    """The serving estimate: `skin_ita` of the image's ring, read at about SERVED_PIXELS pixels
+    (a 4-megapixel upload costs what a HAM10000 image costs)."""
+    step = max(1, int(math.sqrt(rgb.shape[0] * rgb.shape[1] / SERVED_PIXELS)))
+    return skin_ita(rgb[::step, ::step])
