@@ -105,7 +105,7 @@ def test_analyse_endpoint_gives_verdict_probabilities_and_overlay(client, lesion
     assert Path(overlay).is_file()
     if REAL_HAM.is_dir():  # a real lesion passes the input check and gets its 90% set, and its skin tone
         assert "90% prediction set: " in verdict and "data-known='1'" in verdict
-        assert "Estimated skin tone: light (ITA 48°" in verdict and "skin-tone-warning" not in verdict
+        assert "Estimated skin tone: light (ITA 4" in verdict and "skin-tone-warning" not in verdict
 
 
 def test_analyse_endpoint_refuses_an_image_of_the_other_task(client, lesion, steel):
@@ -175,7 +175,8 @@ def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_pat
     with open(csv_path, newline="") as f:
         saved = list(csv.DictReader(f))
     assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error", "known", "check_score",
-                              "prediction_set", "level"]
+                              "prediction_set", "level", "skin_ita", "skin_tone"]
+    assert saved[0]["skin_tone"] == saved[0]["skin_ita"] == ""  # steel is not skin
     single = probabilities(client.predict(handle_file(steel), task="neu", api_name="/classify"))
     assert all(abs(float(saved[0][c]) - single[c]) < 1e-5 for c in NEU_CODES)
     assert saved[0]["known"] == "1" and set(saved[0]["prediction_set"].split()) <= set(NEU_CODES)

@@ -118,6 +118,7 @@ def test_command_line_marks_images_of_the_other_task_unknown(tmp_path, bundled_m
     assert refused["verdict"] == get_task("ham10000").refusal and refused["level"] == "unknown"
     assert refused["decided"] == "" and all(refused[c] for c in get_task("ham10000").codes)  # kept beside known 0
     assert known["decided"] and known["level"] in ("refer", "uncertain", "clear")
+    assert known["skin_tone"] == "light" and 41 < float(known["skin_ita"]) <= 55  # estimated around the lesion
     assert known["known"] == "1" and float(known["check_score"]) <= threshold
     assert known["prediction_set"] and set(known["prediction_set"].split(" ")) <= set(get_task("ham10000").codes)
     steel_run = run_predict(lesion, steel, "--task", "steel", "--out", tmp_path / "s.csv")
