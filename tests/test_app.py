@@ -290,6 +290,11 @@ def test_model_tab_and_placeholder_notice_render_from_metrics_json(server):
         expect(card).to_contain_text("90% prediction sets")
         page.locator("#reliability img").scroll_into_view_if_needed()  # loaded lazily, below the card
         expect(page.locator("#reliability img")).to_be_visible()
+        if "subgroups" in metrics:  # the results by subgroup: a table per attribute and the plot
+            expect(card).to_contain_text("By subgroup")
+            expect(card).to_contain_text("skin tone")
+            page.locator("#subgroups img").scroll_into_view_if_needed()
+            expect(page.locator("#subgroups img")).to_be_visible()
         # the headline row of the test split, with metrics.json's figures
         for value in (test["balanced_accuracy"], test["macro_auc"], metrics["temperature"]):
             expect(card).to_contain_text(f"{value:.3f}")
