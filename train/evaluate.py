@@ -9,7 +9,8 @@ training and validation splits; measured on test, shifted test and the developme
 train/outliers.py) and stores them in the model folder (config.json, reference.safetensors), so
 the app applies the same rule. Writes metrics.json, report.md, predictions.csv and the plots to --out
 (default: the model folder); metrics.json, the confusion matrix and the model card (README.md,
-rendered from metrics.json) go into the model folder. Without --split, the split is made
+rendered from metrics.json) go into the model folder; last, the folder as served is measured
+by subgroup (train/subgroups.py: metrics.json's `subgroups`, subgroups.png). Without --split, the split is made
 again from the data with the seed recorded at training time — the whole validation and test
 splits, also for a model trained on --max-samples.
 """
@@ -24,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skinlesion import Predictor
 from skinlesion.data import DataError
 from skinlesion.decision import DecisionRule, softmax
 from skinlesion.models.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, RELIABILITY_PNG, render_card
+from skinlesion.models.card_subgroups import SUBGROUPS_PNG
 from skinlesion.models.ensemble import Ensemble, load_ensemble
 from skinlesion.models.folder import copy_file, write_atomically, write_json, write_text
 from skinlesion.models.spec import ModelFolderError, ModelSpec, read_spec, update_config
@@ -40,6 +43,7 @@ from train.metrics import (
     unsure_report,
 )
 
+from . import subgroups
 from .device import autocast_dtype, pick_device
 from .explanations import explanation_report
 from .gallery import make_gallery
@@ -138,6 +142,10 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
                                             rule.decide(probs["test"]), options.data)
     update_config(model_dir, **rule.to_config(), input_check=check.to_config())
     write_predictions(out / PREDICTIONS_CSV, splits, probs, rule)
+    if options.data is not None:  # the folder as served, by age, sex, site and skin tone (train/subgroups.py)
+        split = {r.image_id: name for name, part in splits.items() for r in part.records}
+        predictor = Predictor.from_pretrained(model_dir, device=options.device)
+        metrics["subgroups"] = subgroups.report(predictor, Path(options.data), split, out / "subgroups")
     write_reports(metrics, read_spec(model_dir), model_dir, out)
     return metrics
 
@@ -156,6 +164,8 @@ def write_reports(metrics: dict, spec: ModelSpec, model_dir: Path, out: Path) ->
     if out.resolve() != model_dir.resolve():
         for name in (METRICS_FILE, CONFUSION_PNG, RELIABILITY_PNG):
             copy_file(out / name, model_dir / name)
+    if (out / "subgroups" / SUBGROUPS_PNG).is_file():
+        copy_file(out / "subgroups" / SUBGROUPS_PNG, model_dir / SUBGROUPS_PNG)
     write_text(model_dir / CARD_FILE, render_card(spec, metrics))
 
 

@@ -16,8 +16,9 @@ training split's count of each group goes beside them (the page warns of a rare 
 
 Writes `subgroups` into the folder's metrics.json, the plot subgroups.png and the card; and
 --out/predictions.csv, one row per image, from which every figure can be recomputed
-(`columns`, `figures`). With the masks, it also measures the serving-time skin-tone estimate
-(no mask) against the mask-based one.
+(`columns`, `figures`). `python -m train.evaluate` runs the same (`report`) as its last step.
+With the masks, it also measures the serving-time skin-tone estimate (no mask) against the
+mask-based one.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from skinlesion.batch import BATCH_SIZE
 from skinlesion.data import DataError, read_rgb, read_split, split_records
 from skinlesion.models.card import CARD_FILE, read_metrics, render_card
 from skinlesion.models.card_subgroups import SUBGROUPS_PNG
-from skinlesion.models.folder import write_atomically, write_json, write_text
+from skinlesion.models.folder import copy_file, write_atomically, write_json, write_text
 from skinlesion.models.spec import read_spec
 from skinlesion.skintone import ATTRIBUTE as SKIN_TONE
 from skinlesion.skintone import GROUPS, group, skin_ita
@@ -202,6 +203,25 @@ def write_predictions(path: Path, rows: list[dict]) -> None:
     write_atomically(path, write)
 
 
+def report(predictor: Predictor, data: Path, split: dict[str, str], out: Path) -> dict:
+    """metrics.json's `subgroups` for a folder's Predictor, its plot (subgroups.png) and
+    predictions.csv into `out`. `split`: image id → train / val / test."""
+    rows = prediction_rows(predictor, data, split)
+    attributes = [a for a in ("age", "sex", "site", SKIN_TONE) if rows and a in rows[0]]
+    thresholded = list(predictor.rule.thresholds)
+    write_predictions(out / "predictions.csv", rows)
+    found = {"attributes": attributes, "min_images": MIN_IMAGES, "min_positives": MIN_POSITIVES,
+             "min_class": MIN_CLASS, "bootstrap": BOOTSTRAP, "splits": subgroup_figures(rows, attributes, thresholded),
+             "training_counts": training_counts(predictor, data, split)}
+    if predictor.task.skin:
+        found["ita_agreement"] = ita_agreement([r for r in rows if r["split"] == "test"])
+    if attributes:
+        test = [r["label"] for r in rows if r["split"] == "test"]
+        shown = max(thresholded, key=test.count) if thresholded else None  # the one with most positives: mel
+        plot(found, attributes, shown, out / SUBGROUPS_PNG)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.subgroups", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,27 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         split = (read_split(args.split) if args.split else
                  split_records(predictor.task.load(args.data), predictor.spec.training.get("seed", 0)))
-        rows = prediction_rows(predictor, args.data, split)
+        metrics["subgroups"] = report(predictor, args.data, split, args.out)
     except DataError as error:
         log.error("%s", error)
         return 2
-    attributes = [a for a in ("age", "sex", "site", SKIN_TONE) if rows and a in rows[0]]
-    thresholded = list(predictor.rule.thresholds)
-    write_predictions(args.out / "predictions.csv", rows)
-    metrics["subgroups"] = {"attributes": attributes, "min_images": MIN_IMAGES, "min_positives": MIN_POSITIVES,
-                            "min_class": MIN_CLASS,
-                            "bootstrap": BOOTSTRAP, "splits": subgroup_figures(rows, attributes, thresholded),
-                            "training_counts": training_counts(predictor, args.data, split)}
-    if predictor.task.skin:
-        metrics["subgroups"]["ita_agreement"] = ita_agreement([r for r in rows if r["split"] == "test"])
-    if attributes:
-        test = [r["label"] for r in rows if r["split"] == "test"]
-        shown = max(thresholded, key=test.count) if thresholded else None  # the one with most positives: mel
-        plot(metrics["subgroups"], attributes, shown, args.model / SUBGROUPS_PNG)
+    if (args.out / SUBGROUPS_PNG).is_file():
+        copy_file(args.out / SUBGROUPS_PNG, args.model / SUBGROUPS_PNG)
     write_json(args.model / "metrics.json", metrics)
     write_text(args.model / CARD_FILE, render_card(read_spec(args.model), metrics))
-    log.info("wrote %s%s and %s", args.model / "metrics.json",
-             f", {args.model / SUBGROUPS_PNG}" if attributes else " (no groups: no plot)", args.out / "predictions.csv")
+    log.info("wrote %s, its card and plot, and %s", args.model / "metrics.json", args.out / "predictions.csv")
     return 0
 
 
