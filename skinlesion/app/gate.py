@@ -93,7 +93,7 @@ class Heartbeats:
         self.open: Counter[str] = Counter()
 
     def live(self) -> set[str]:
-        return {session for session, streams in self.open.items() if streams > 0}
+        return set(self.open)  # a session leaves the count with its last stream
 
     async def held(self, session: str, call):
         self.open[session] += 1

@@ -2,6 +2,7 @@
 one table per attribute on the test split, the skin-tone estimate's agreement, the plot."""
 from __future__ import annotations
 
+from ..skintone import ATTRIBUTE
 from .markdown import f, table
 
 SUBGROUPS_PNG = "subgroups.png"
@@ -56,12 +57,12 @@ def measured_note(metrics: dict | None) -> str:
     """The page's ethics note on who the model works for, in the measured numbers (Markdown;
     empty without subgroup figures)."""
     found = (metrics or {}).get("subgroups")
-    if not found or "skin tone" not in found["attributes"]:
+    if not found or ATTRIBUTE not in found["attributes"]:
         return ""
-    trained = found["training_counts"]["skin tone"]
+    trained = found["training_counts"][ATTRIBUTE]
     total = sum(trained.values())
     test = found["splits"]["test"]
-    tones = test["skin tone"]
+    tones = test[ATTRIBUTE]
     share = ", ".join(f"{trained.get(g, 0) / total:.1%} {g}" for g in tones if g != "unknown")
     unmeasured = [f"{v['n']} {g}" for g, v in tones.items() if v.get("too_few") and g != "unknown"]
     measured = {g: v for g, v in tones.items() if not v.get("too_few")}
