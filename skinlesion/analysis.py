@@ -23,9 +23,14 @@ class Analysis:
     decided: str                       # the decision rule's class
     verdict: Verdict                   # in the task's words
     prediction_set: list[str] = field(default_factory=list)  # 90% conformal set, in class order
-    known: bool = True                 # the input check passed (always True for a model without one)
-    check_score: float | None = None   # the input check's score (None: the model has no check) …
+    known: bool = True                 # not refused: an image of the task's kind (trust/modality.py; always
+                                       # True for a model without checks)
+    check_score: float | None = None   # the refusing check's score (None: the model has no check) …
     check_threshold: float | None = None  # … and its threshold: known = score ≤ threshold
+    familiar: bool = True              # like the training images (trust/check.py); an unfamiliar image is
+                                       # answered with caution (another device or clinic?)
+    familiarity_score: float | None = None  # the familiarity check's score and threshold
+    familiarity_threshold: float | None = None
     heatmap: np.ndarray | None = None  # H×W float32 in 0..1: `method`'s evidence for `target`; None: not asked
     target: str | None = None          # the class the heat-map explains
     method: str | None = None          # the method behind the heat-map (explain.METHODS)

@@ -2,9 +2,11 @@
 `python -m skinlesion predict`: `file`, the calibrated probability of every class, the
 `decided` class (empty for an image the input check refuses), the `verdict`, the `region` the
 answer comes from (`left top right bottom` of the worst tile when the image was tiled, else
-empty), `error` (empty when the file was read), `known` (1 when the image passed the input
-check, 0 when it looks like nothing the model was trained on: its probabilities then mean
-nothing), `check_score` (the check's score; known when at most the model's threshold),
+empty), `error` (empty when the file was read), `known` (1 when the image passed the modality
+check, 0 when it is not of the task's kind: its probabilities then mean nothing), `familiar`
+(1 when it is also like the training images, 0 when it is not — another device or clinic? — and
+its verdict leans to caution; empty for a refused image), `check_score` (the refusing check's
+score; known when at most the model's threshold),
 `prediction_set` (the 90% prediction set's class codes, joined by single spaces) and `level`
 (the verdict's level: refer, uncertain, clear, review, named, or unknown when the input check
 refused the image), `skin_ita` and `skin_tone` (the estimated skin tone's ITA° and group, for
@@ -121,7 +123,7 @@ def check_limits(items: Sequence[Item], max_files: int = MAX_FILES, max_bytes: i
 
 
 def columns(predictor: Predictor) -> list[str]:
-    return ["file", *predictor.codes, "decided", "verdict", "region", "error", "known", "check_score",
+    return ["file", *predictor.codes, "decided", "verdict", "region", "error", "known", "familiar", "check_score",
             "prediction_set", "level", "skin_ita", "skin_tone"]
 
 
@@ -169,12 +171,12 @@ def cell(value):
 def row(predictor: Predictor, name: str, analysis: Analysis | None = None, error: str = "") -> dict:
     if analysis is None:
         return {"file": name, **{c: "" for c in predictor.codes}, "decided": "", "verdict": "", "region": "",
-                "error": error, "known": "", "check_score": "", "prediction_set": "", "level": "",
+                "error": error, "known": "", "familiar": "", "check_score": "", "prediction_set": "", "level": "",
                 "skin_ita": "", "skin_tone": ""}
     return {"file": name, **{c: round(p, 6) for c, p in analysis.probabilities.items()},
             "decided": analysis.decided if analysis.known else "", "verdict": analysis.verdict.headline,
             "region": " ".join(map(str, analysis.region)) if analysis.region else "", "error": "",
-            "known": int(analysis.known),
+            "known": int(analysis.known), "familiar": int(analysis.familiar) if analysis.known else "",
             "check_score": "" if analysis.check_score is None else round(analysis.check_score, 4),
             "prediction_set": " ".join(analysis.prediction_set), "level": analysis.verdict.level,
             "skin_ita": "" if analysis.skin_ita is None else round(analysis.skin_ita, 1),

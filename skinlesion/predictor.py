@@ -8,7 +8,8 @@
                records the primary model's features for the trust parts (trust/) and, when a
                Grad-CAM map will be drawn, keeps its last stage's activation (explain.GradCam)
       answer   calibrated probabilities → the decided class, decided once → the 90% prediction
-               set → the trust parts (the input check, the similar cases) → the task's verdict
+               set → the trust parts (the modality and familiarity checks, the similar cases) →
+               the task's verdict (a refusal; for an unfamiliar image, a cautious one)
       explain  the heat-map of the decided (or asked) class: Grad-CAM backpropagates the
                answer's own pass; Integrated Gradients and Occlusion run their own passes; a long
                image's tile maps are stitched into one, and its answer is the worst tile's
@@ -35,13 +36,14 @@ from .models.hub import download, looks_like_repo_id
 from .models.spec import ModelSpec
 from .skintone import estimate
 from .tasks import get_task
-from .tasks.verdicts import refused
+from .tasks.verdicts import caution, refused
 from .tiles import TILE_CHUNK, split, where, worst_tile
 from .transforms import model_input
 from .trust import Trust
 from .trust.gallery import CASES_SHOWN, Case
 
 Features = dict[str, torch.Tensor] | None
+UNFAMILIAR_KEY = "unfamiliar"  # config.json: how the model measured on images unlike its training images
 
 
 class Predictor:
@@ -59,6 +61,8 @@ class Predictor:
         self.spec, self.task, self.codes, self.rule = spec, spec.task, list(spec.codes), spec.rule
         self.folder = Path(folder) if folder is not None else None  # the card and plots live there
         self.trust = Trust.load(self.folder, spec.config, self.codes, self.net)
+        # what an answer for an image unlike the training images says first, with the folder's figure
+        self.caution = caution(self.task, (spec.config.get(UNFAMILIAR_KEY) or {}).get("measured"))
         self.grad_cam = GradCam(self.primary)
 
     @property
@@ -144,7 +148,8 @@ class Predictor:
         if not trust.known:
             verdict = refused(self.task, trust.check_score, trust.check_threshold)
         else:
-            verdict = self.task.verdict(probabilities, decided, in_set, self.rule.thresholds, self.task)
+            verdict = self.task.verdict(probabilities, decided, in_set, self.rule.thresholds, self.task,
+                                        None if trust.familiar else self.caution)
             if region is not None:
                 verdict = replace(verdict, detail=f"{verdict.detail} {where(region, len(prepared.boxes))}")
         return Analysis(prepared.image, probabilities, decided, verdict, in_set, region=region,

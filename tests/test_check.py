@@ -42,6 +42,46 @@ def test_check_round_trips_through_the_model_folder(tmp_path):
     assert InputCheck.load(tmp_path, {}) is None  # an older model folder: no check
 
 
+def test_modality_check_refuses_what_it_was_shown_and_round_trips(tmp_path):
+    """Outlier exposure: the task's features (and shifted copies, here a wider spread) against
+    other images; the threshold keeps PASS_RATE of validation; the folder keeps it exactly."""
+    from skinlesion.trust.modality import PASS_RATE as MODALITY_PASS
+    from skinlesion.trust.modality import ModalityCheck
+    from train.splits import SplitData
+    from train.trust import Checks, save_reference
+    rng = np.random.default_rng(2)
+    inside, val = gaussian_features(rng, 1500), gaussian_features(rng, 600)
+    outside, unseen = gaussian_features(rng, 400, shift=2.0), gaussian_features(rng, 300, shift=2.5)
+    names = ("s1", "s2", POOLED)
+    modality = ModalityCheck.fit(inside, outside, val, names)
+    assert modality.stages == ("s1", "s2")
+    assert (modality.scores(val) <= modality.threshold).mean() == pytest.approx(MODALITY_PASS, abs=0.005)
+    assert (modality.scores(unseen) > modality.threshold).mean() >= 0.95
+    familiarity = InputCheck.fit(inside, inside[POOLED][:50], val, ("s1", "s2"), refuses=False)
+    train = SplitData([type("R", (), {"image_id": f"img{i}"})() for i in range(1500)], [], np.zeros(1500, np.int64))
+    save_reference(tmp_path, Checks(modality, familiarity), train, np.arange(50))
+    config = json.loads(json.dumps({"modality_check": modality.to_config(), "input_check": familiarity.to_config()}))
+    loaded = ModalityCheck.load(tmp_path, config)
+    assert np.allclose(loaded.scores(unseen), modality.scores(unseen), atol=1e-4)
+    assert ModalityCheck.load(tmp_path, {}) is None
+
+
+def test_with_a_modality_check_the_familiarity_check_only_cautions():
+    """A far image fails both: refused. An image the modality check passes but the familiarity
+    check does not is answered, marked unfamiliar. Without a modality check (an older folder),
+    failing the familiarity check refuses."""
+    from skinlesion.trust import Assessment
+    rng = np.random.default_rng(3)
+    reference, val = gaussian_features(rng, 1000), gaussian_features(rng, 400)
+    far = gaussian_features(rng, 1, shift=3.0)
+    cautious = InputCheck.fit(reference, reference[POOLED][:50], val, ("s1", "s2"), refuses=False)
+    found = cautious.assess(far, 0, Assessment())
+    assert found.known and not found.familiar and found.familiarity_score > found.familiarity_threshold
+    refusing = InputCheck.fit(reference, reference[POOLED][:50], val, ("s1", "s2"))
+    found = refusing.assess(far, 0, Assessment())
+    assert not found.known and not found.familiar and found.check_score == found.familiarity_score
+
+
 def test_tap_records_only_inside_recording_and_per_take():
     import timm
     model = timm.create_model("efficientnet_b0", num_classes=3).eval()

@@ -15,12 +15,12 @@ CODES = get_task("ham10000").codes
 HIGH = get_task("ham10000").high_risk_codes
 
 
-def verdict_of(rule: DecisionRule, task: str, probabilities: dict[str, float]):
+def verdict_of(rule: DecisionRule, task: str, probabilities: dict[str, float], caution: str | None = None):
     """The task's verdict for these probabilities, as the Predictor gives it (no heat-map)."""
     probs = np.array([probabilities[c] for c in rule.codes])
     decided = rule.codes[int(rule.decide(probs))]
     members = [c for c, inside in zip(rule.codes, rule.prediction_set(probs)) if inside]
-    return get_task(task).verdict(probabilities, decided, members, rule.thresholds, get_task(task))
+    return get_task(task).verdict(probabilities, decided, members, rule.thresholds, get_task(task), caution)
 
 
 def imbalanced(n=4000, seed=0):
@@ -101,6 +101,29 @@ def test_both_policies_call_an_answer_unsure_when_its_set_is_not_one_class(task)
     assert verdict_of(rule, task, one).level == ("named" if task == "neu" else "clear")
     flat = np.full((1, len(codes)), 1 / len(codes))  # no class at p ≥ 0.3: the set is the decided class
     assert rule.prediction_set(flat)[0].tolist() == (np.arange(len(codes)) == rule.decide(flat)[0]).tolist()
+
+
+@pytest.mark.parametrize("task", ["ham10000", "neu"])
+def test_an_unfamiliar_image_gets_a_cautious_verdict_that_says_why_first(task):
+    """Unfamiliar (another device or clinic?): a high-risk class anywhere in the set refers even
+    under its threshold; otherwise the answer is uncertain (steel: review), never clear or named;
+    the caution with the folder's figure comes first."""
+    from skinlesion.tasks.verdicts import caution
+    codes = get_task(task).codes
+    rule = DecisionRule(tuple(codes), quantiles={c: 0.7 for c in codes}, thresholds={c: 0.5 for c in
+                                                                                      get_task(task).high_risk_codes})
+    words = caution(get_task(task), "balanced accuracy 0.55 on 120 unfamiliar held-out images")
+    assert words.startswith(get_task(task).unfamiliar) and words.endswith("held-out images).")
+    benign = codes[-2] if task == "ham10000" else codes[0]
+    one = {c: 0.0 for c in codes} | {benign: 0.9, codes[-1]: 0.1}
+    assert verdict_of(rule, task, one).level in ("clear", "named")
+    cautious = verdict_of(rule, task, one, words)
+    assert cautious.level == ("review" if task == "neu" else "uncertain") and cautious.detail.startswith(words)
+    if task == "ham10000":  # melanoma at 35 %: under its threshold of 0.5, inside the set (≥ 0.3)
+        mel = {c: 0.0 for c in codes} | {"nv": 0.65, "mel": 0.35}
+        assert verdict_of(rule, task, mel).level == "uncertain"
+        referred = verdict_of(rule, task, mel, words)
+        assert referred.level == "refer" and "In the 90% prediction set: Melanoma" in referred.detail
 
 
 def test_perfect_validation_keeps_the_raw_probabilities():

@@ -64,6 +64,13 @@ def test_run_folder_has_everything(tiny_run):
     check = metrics["input_check"]
     assert check["threshold"] == config["input_check"]["threshold"] and 0.9 <= check["val_pass"] <= 1
     assert {"photographs", "photo crops", "synthetic"} <= set(check["families"])
+    modality = metrics["modality_check"]  # the refusing check: fitted with run-time families, each measured unseen
+    assert modality["threshold"] == config["modality_check"]["threshold"] and 0.9 <= modality["val_pass"] <= 1
+    assert all(f["unseen_by_the_fit"] and 0 <= f["refused"] <= 1 and f["answered"] + f["refused"] == 1
+               for f in modality["families"].values())
+    served = metrics["sources"]  # each set as the app answers it
+    assert set(served) == {"test", "strongly shifted test"} and served["test"]["n"] == metrics["splits"]["test"]["n"]
+    assert config["unfamiliar"]["on"] == "strongly shifted copies of test images"
 
 
 @pytest.mark.slow

@@ -1,13 +1,19 @@
 """Evaluate a model folder on the validation and test splits, calibrate it, write reports.
 
-    python -m train.evaluate --model DIR --data DIR [--split split.csv] [--out DIR]
+    python -m train.evaluate --model DIR --data DIR [--split split.csv] [--extra-data DIR] [--out DIR]
 
 Fits the decision rule on validation (skinlesion/decision.py: temperature, the class bias of
 the decided class, the recall-first thresholds of the malignant and pre-malignant classes, the
-conformal quantiles of the 90% prediction sets) and the input check (train/trust.py: on the
-training and validation splits; measured on test, shifted test and the development families of
-train/outliers.py) and stores them in the model folder (config.json, reference.safetensors), so
-the app applies the same rule. Writes metrics.json, report.md, predictions.csv and the plots to --out
+conformal quantiles of the 90% prediction sets) and the two input checks (train/trust.py: the
+modality check and the familiarity check, on the training and validation splits; measured on
+test, shifted test and the development families of train/outliers.py) and stores them in the
+model folder (config.json, reference.safetensors), so the app applies the same rule. Each set is
+then measured as the app answers it (train/external.served_figures: answered, refused,
+unfamiliar, balanced accuracy, referred, set coverage): the test split, strongly shifted copies
+of it and, with --extra-data (the sources a run trained on: their training rows join the
+training split, as in the run), each source's held-out images; what unfamiliar images cost
+goes into config.json (`unfamiliar`) for the caution an unfamiliar image's answer gives.
+Writes metrics.json, report.md, predictions.csv and the plots to --out
 (default: the model folder); metrics.json, the confusion matrix and the model card (README.md,
 rendered from metrics.json) go into the model folder; last, the folder as served is measured
 by subgroup (train/subgroups.py: metrics.json's `subgroups`, subgroups.png). Without --split, the split is made
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 
 from skinlesion import Predictor
-from skinlesion.data import DataError
+from skinlesion.data import DataError, read_split, split_records
 from skinlesion.decision import DecisionRule, softmax
 from skinlesion.models.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, RELIABILITY_PNG, render_card
 from skinlesion.models.card_subgroups import SUBGROUPS_PNG
@@ -46,10 +52,12 @@ from train.metrics import (
 from . import subgroups
 from .device import autocast_dtype, pick_device
 from .explanations import explanation_report
+from .external import by_source, served_figures
 from .gallery import make_gallery
 from .report import CURVE_PNG, plot_confusion_matrix, plot_history, plot_reliability, render_report
+from .sources import HELD_OUT, from_source, with_sources
 from .splits import SplitData, folder_arguments, prepare_splits
-from .trust import fit_check, forward_all, save_reference
+from .trust import Checks, Forward, fit_check, forward_all, save_reference
 
 log = logging.getLogger("train.evaluate")
 EVAL_SPLITS = ("val", "test")
@@ -110,11 +118,12 @@ def split_metrics(rule: DecisionRule, logits: np.ndarray, labels: np.ndarray) ->
 
 
 def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[str, SplitData], model_dir: Path,
-             out: Path, options: EvalOptions, extra: dict | None = None) -> dict:
+             out: Path, options: EvalOptions, extra: dict | None = None,
+             held_out: dict[str, SplitData] | None = None) -> dict:
     """Fit the decision rule on what `model` (a model, or an Ensemble: skinlesion/models/ensemble.py)
-    outputs and the input check on its primary model's features, measure validation and test,
-    store the rule and the check in the model folder and write the reports; returns the metrics
-    (metrics.json)."""
+    outputs and the input checks on its primary model's features, measure validation, test and
+    the `held_out` images of other sources (by source), store the rule and the checks in the
+    model folder and write the reports; returns the metrics (metrics.json)."""
     run = dict(device=options.device, amp_dtype=options.amp_dtype, channels_last=options.channels_last,
                batch_size=options.batch_size)
     net = model if isinstance(model, Ensemble) else Ensemble([model])
@@ -126,21 +135,26 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
     rule, bias_strength = DecisionRule.fit(logits["val"], splits["val"].labels, spec.codes,
                                               spec.task.high_risk_codes)
     others = options.data.resolve().parent if options.data is not None else None  # the other tasks' data
-    check, gallery, check_report = fit_check(net.primary, spec, splits, forwards, **run, data_root=others,
-                                             outliers=options.outliers, seed=spec.training.get("seed", 0))
+    own = np.array([not from_source(r) for r in splits["train"].records])  # the gallery's: the task's own data
+    checks, gallery, check_report, strong = fit_check(net, spec, splits, forwards, **run, data_root=others,
+                                                      outliers=options.outliers, seed=spec.training.get("seed", 0),
+                                                      own=own)
+    sources = served_sets(net, rule, checks, spec, forwards["test"], strong, splits["test"].labels, held_out or {},
+                          run)
     metrics = {"task": spec.task.key, "labels": list(spec.codes), **rule.to_config(), "bias_strength": bias_strength,
-               "training": spec.training, "answered_by": net.describe(spec.input_size), "input_check": check_report,
-               "splits": {s: split_metrics(rule, logits[s], splits[s].labels) for s in EVAL_SPLITS}}
+               "training": spec.training, "answered_by": net.describe(spec.input_size), **check_report,
+               "sources": sources, "splits": {s: split_metrics(rule, logits[s], splits[s].labels) for s in EVAL_SPLITS}}
     if options.explanations and options.data is not None:
         metrics["explanations"] = explanation_report(net.primary, spec, splits["test"].records, Path(options.data))
     metrics.update(extra or {})
 
     out.mkdir(parents=True, exist_ok=True)
-    save_reference(model_dir, check, splits["train"], gallery)
+    save_reference(model_dir, checks, splits["train"], gallery)
     probs = {s: rule.probabilities(logits[s]) for s in EVAL_SPLITS}
     metrics["similar_cases"] = make_gallery(model_dir, spec, splits, forwards["test"].features["pooled"],
                                             rule.decide(probs["test"]), options.data)
-    update_config(model_dir, **rule.to_config(), input_check=check.to_config())
+    update_config(model_dir, **rule.to_config(), input_check=checks.familiarity.to_config(),
+                  modality_check=checks.modality.to_config(), unfamiliar=unfamiliar_cost(sources))
     write_predictions(out / PREDICTIONS_CSV, splits, probs, rule)
     if options.data is not None:  # the folder as served, by age, sex, site and skin tone (train/subgroups.py)
         split = {r.image_id: name for name, part in splits.items() for r in part.records}
@@ -148,6 +162,36 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
         metrics["subgroups"] = subgroups.report(predictor, Path(options.data), split, out / "subgroups")
     write_reports(metrics, read_spec(model_dir), model_dir, out)
     return metrics
+
+
+def served_sets(net: Ensemble, rule: DecisionRule, checks: Checks, spec: ModelSpec, test: Forward,
+                strong: Forward, labels: np.ndarray, held_out: dict[str, SplitData], run: dict) -> dict[str, dict]:
+    """Each set as the app answers it (train/external.served_figures): the test split, its
+    strongly shifted copies, and each source's held-out images."""
+    found = {"test": served_figures(rule, checks, spec.task, test, labels),
+             "strongly shifted test": served_figures(rule, checks, spec.task, strong, labels)}
+    for name, part in held_out.items():
+        found[name] = served_figures(rule, checks, spec.task, forward_all(net, spec, part.images, **run), part.labels)
+    return found
+
+
+def unfamiliar_cost(sources: dict[str, dict]) -> dict:
+    """config.json's `unfamiliar`: the balanced accuracy of the answered images the familiarity
+    check found unfamiliar — on the other sources' held-out images when there are any, else on
+    strongly shifted copies of the test split — beside the familiar test images', in words
+    (`measured`, what an unfamiliar image's caution quotes) and in numbers."""
+    others = {k: v for k, v in sources.items() if k not in ("test", "strongly shifted test")}
+    where, found = ("held-out images of other sources", others) if others else (
+        "strongly shifted copies of test images", {"strongly shifted test": sources["strongly shifted test"]})
+    n = sum(v["n_unfamiliar"] for v in found.values())
+    weighted = [(v["balanced_accuracy_unfamiliar"], v["n_unfamiliar"]) for v in found.values()
+                if v["balanced_accuracy_unfamiliar"] is not None]
+    unfamiliar = sum(a * k for a, k in weighted) / max(1, sum(k for _, k in weighted)) if weighted else None
+    familiar = sources["test"]["balanced_accuracy_familiar"]
+    measured = (f"balanced accuracy {unfamiliar:.2f} on {n} unfamiliar {where}, {familiar:.2f} on familiar test "
+                f"images" if unfamiliar is not None and familiar is not None else None)
+    return {"measured": measured, "balanced_accuracy": unfamiliar, "n": n, "on": where,
+            "balanced_accuracy_familiar_test": familiar}
 
 
 def write_reports(metrics: dict, spec: ModelSpec, model_dir: Path, out: Path) -> None:
@@ -177,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--outliers", type=int, default=300,
                    help="images per development family the input check is measured on")
+    p.add_argument("--extra-data", type=Path,
+                   help="the other sources the model trained on (train/sources.py): their training rows join "
+                        "the training split, their held-out images are measured by source")
     p.add_argument("--no-explanations", action="store_true",
                    help="skip the explanation checks (localisation, faithfulness, sanity; minutes on a CPU)")
     args = p.parse_args(argv)
@@ -184,9 +231,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model, spec = load_ensemble(args.model)
-        splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
-                                spec.codes, split=args.split, workers=args.workers + 1,
-                                preprocessing=spec.preprocessing)
+        seed = spec.training.get("seed", 0)
+        records = spec.task.load(args.data)
+        split = read_split(args.split) if args.split else split_records(records, seed)
+        records, split, source = with_sources(records, args.extra_data, spec.task, split)
+        decoded = dict(image_size=spec.input_size, seed=seed, max_samples=None, codes=spec.codes, split=split,
+                       workers=args.workers + 1, preprocessing=spec.preprocessing)
+        splits = prepare_splits(records, **decoded)
+        held_out = by_source(prepare_splits(records, **decoded, names=(HELD_OUT,))[HELD_OUT], source)
     except (ModelFolderError, DataError) as error:
         log.error("%s", error)
         return 2
@@ -197,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     options = EvalOptions(device, autocast_dtype(device, None), batch_size=args.batch_size,
                           data=args.data, explanations=not args.no_explanations, outliers=args.outliers)
-    metrics = evaluate(model.to(device), spec, splits, args.model, args.out or args.model, options)
+    metrics = evaluate(model.to(device), spec, splits, args.model, args.out or args.model, options,
+                       held_out=held_out)
     test = metrics["splits"]["test"]
     log.info("test: balanced accuracy %.4f, accuracy %.4f, macro F1 %.4f; temperature %.3f",
              test["balanced_accuracy"], test["accuracy"], test["macro_f1"], metrics["temperature"])

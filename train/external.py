@@ -27,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.data import DataError, read_split
 from skinlesion.decision import DecisionRule
 from skinlesion.models.ensemble import load_ensemble
 from skinlesion.models.folder import write_json
 from skinlesion.models.spec import ModelFolderError
+from skinlesion.tasks.verdicts import UNKNOWN
 from train.metrics import classification_report, operating_point
 
 from .device import pick_device
@@ -57,6 +59,16 @@ def source_figures(rule: DecisionRule, logits: np.ndarray, labels: np.ndarray) -
             "classes": {c: int((labels == i).sum()) for i, c in enumerate(rule.codes) if (labels == i).any()}}
 
 
+def by_source(held: SplitData, source: dict[str, str]) -> dict[str, SplitData]:
+    """Held-out images split by their source (image id → source name), in source-name order."""
+    parts = {}
+    for name in sorted(set(source.values())):
+        rows = [i for i, r in enumerate(held.records) if source.get(r.image_id) == name]
+        if rows:
+            parts[name] = SplitData([held.records[i] for i in rows], [held.images[i] for i in rows], held.labels[rows])
+    return parts
+
+
 def measure(model_dir: Path, data: Path, extra_data: Path, split: Path | None, device: torch.device,
             batch_size: int = 64, workers: int = 2) -> dict:
     """The figures of `model_dir` on the task's validation and test splits and each source's held-out images."""
@@ -73,9 +85,7 @@ def measure(model_dir: Path, data: Path, extra_data: Path, split: Path | None, d
         chosen = own_split  # a split of the task's data alone: the sources' own rule says what is held out
     held = prepare_splits(records, spec.input_size, seed, None, spec.codes, split=chosen, workers=workers,
                           preprocessing=steps, names=(HELD_OUT,))[HELD_OUT]
-    for name in sorted(set(source.values())):
-        rows = [i for i, r in enumerate(held.records) if source[r.image_id] == name]
-        parts[name] = SplitData([held.records[i] for i in rows], [held.images[i] for i in rows], held.labels[rows])
+    parts.update(by_source(held, source))
     logits = {name: forward_all(net, spec, part.images, device, batch_size=batch_size).logits
               for name, part in parts.items()}
     stored = "temperature" in spec.config
@@ -84,6 +94,40 @@ def measure(model_dir: Path, data: Path, extra_data: Path, split: Path | None, d
     return {"model": str(model_dir), "preprocessing": steps, "rule": "stored" if stored else "fitted on val here",
             "thresholds": rule.thresholds,
             "sources": {name: source_figures(rule, logits[name], parts[name].labels) for name in parts}}
+
+
+def served_figures(rule: DecisionRule, checks, task, forward, labels: np.ndarray) -> dict:
+    """A set of images as the app answers it (train/trust.Checks: the modality and familiarity
+    checks; `forward`: train/trust.forward_all's logits and features): the shares answered,
+    refused and answered-but-unfamiliar; over the answered images, the decided class's balanced
+    accuracy over the classes present (all, familiar and unfamiliar apart), each high-risk
+    class's share referred (of its images: answered, and the verdict refers) and the 90% sets'
+    coverage."""
+    codes = rule.codes
+    probs = rule.probabilities(forward.logits)
+    decided, members = rule.decide(probs), rule.prediction_set(probs)
+    known = checks.modality.scores(forward.features) <= checks.modality.threshold
+    familiar = checks.familiarity.scores(forward.features) <= checks.familiarity.threshold
+    levels = np.array([task.verdict(dict(zip(codes, map(float, p))), codes[k], [c for c, m in zip(codes, row) if m],
+                                    rule.thresholds, task, None if f else "unfamiliar").level if kn else UNKNOWN
+                       for p, k, row, kn, f in zip(probs, decided, members, known, familiar)])
+
+    def balanced(mask: np.ndarray) -> float | None:
+        if not mask.any():
+            return None
+        with warnings.catch_warnings():  # the classes present only
+            warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+            return float(balanced_accuracy_score(labels[mask], decided[mask]))
+
+    unfamiliar = known & ~familiar
+    return {"n": int(len(labels)), "answered": float(known.mean()), "refused": float(1 - known.mean()),
+            "unfamiliar": float(unfamiliar.mean()), "n_unfamiliar": int(unfamiliar.sum()),
+            "balanced_accuracy": balanced(known), "balanced_accuracy_familiar": balanced(known & familiar),
+            "balanced_accuracy_unfamiliar": balanced(unfamiliar),
+            "referred": {c: float((known & (levels == "refer"))[labels == i].mean())
+                         for i, c in enumerate(codes) if c in task.high_risk_codes and (labels == i).any()},
+            "set_coverage": float(members[known, labels[known]].mean()) if known.any() else None,
+            "classes": {c: int((labels == i).sum()) for i, c in enumerate(codes) if (labels == i).any()}}
 
 
 def table(results: dict) -> str:

@@ -150,6 +150,55 @@ def families(task: Task, data_root: Path | None, seed: int = 0, n: int = 300) ->
     return {name: images for name, images in found.items() if images}
 
 
+STRONG_SHIFT = 2.0  # the acquisition-shift augmentation's setting for the modality check's copies
+
+
+def acquisition_shifted(images: list[np.ndarray], size: int, seed: int = 0) -> list[np.ndarray]:
+    """Each image under strong acquisition shifts at once, at the model's input size: the
+    training augmentation at --aug-shift STRONG_SHIFT (skinlesion/transforms.py: zoom until the
+    lesion fills the frame, downscale or sharpen, a tone curve, a circular vignette, JPEG, wider
+    colour changes and casts), then hair or a ruler drawn on a third of them each. What changes
+    from one dermatoscope and clinic to the next: the modality check learns to let it through."""
+    import albumentations as A
+
+    from skinlesion.transforms import Augmentation, train_transform
+    steps = train_transform(size, Augmentation(shift=STRONG_SHIFT)).transforms[:-1]  # not ToTensorV2
+    pipeline, rng = A.Compose(steps, seed=seed), np.random.default_rng(seed)
+    out = []
+    for image in images:
+        shifted_image = pipeline(image=image)["image"]
+        draw = (_hair, _ruler, None)[int(rng.integers(3))]
+        out.append(draw(shifted_image, rng) if draw else shifted_image)
+    return out
+
+
+def _hair(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Dark hairs: a few thin random-walk curves across the image."""
+    picture = Image.fromarray(image)
+    draw, (w, h) = ImageDraw.Draw(picture), picture.size
+    for _ in range(int(rng.integers(2, 12))):
+        point, angle = rng.uniform(0, 1, 2) * (w, h), rng.uniform(0, 2 * np.pi)
+        points = [tuple(point)]
+        for _ in range(int(rng.integers(5, 20))):
+            angle += rng.normal(0, 0.25)
+            point = point + 0.06 * max(w, h) * np.array([np.cos(angle), np.sin(angle)])
+            points.append(tuple(point))
+        draw.line(points, fill=tuple(int(v) for v in rng.integers(0, 60, 3)), width=int(rng.integers(1, 3)))
+    return np.asarray(picture)
+
+
+def _ruler(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A millimetre scale along one edge: a light band with dark ticks."""
+    picture = image.copy()
+    h, w = picture.shape[:2]
+    band = max(4, int(min(h, w) * rng.uniform(0.05, 0.12)))
+    picture[:band] = rng.integers(170, 256)
+    step = max(2, int(w * rng.uniform(0.02, 0.05)))
+    for i, x in enumerate(range(0, w, step)):
+        picture[: band * (2 if i % 5 == 0 else 1) // 2, x:x + 1] = 0
+    return np.rot90(picture, int(rng.integers(4))).copy() if h == w else picture
+
+
 def shifted(images: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """Each image under one acquisition shift, in turn: a colour cast, a rescale, another aspect
     ratio (a crop), JPEG recompression, a rotation with black corners, a dark circular vignette.

@@ -23,6 +23,7 @@ from skinlesion.data import DataError, Record, offenders
 from skinlesion.tasks import Task
 
 LABELS_FILE = "labels.csv"
+GROUP_SEPARATOR = ":"          # a source's records are grouped as "source:dup_group" (read_source)
 HELD_OUT = "held_out"          # the split name of held-out external images (split.csv)
 TRAINING_ROWS = ("train",)     # a source's own `split` values that may train
 
@@ -52,7 +53,8 @@ def read_source(folder: Path, task: Task) -> tuple[list[Record], dict[str, str]]
             unknown and offenders(unknown, f"row(s) with a label outside task {task.key!r}"),
             absent and offenders(absent, "row(s) without a file in images/")))))
     name = folder.name
-    records = [Record(Path(r["image"]).stem, f"{name}:{r.get('dup_group') or Path(r['image']).stem}", r["label"],
+    records = [Record(Path(r["image"]).stem, f"{name}{GROUP_SEPARATOR}{r.get('dup_group') or Path(r['image']).stem}",
+                      r["label"],
                       folder / "images" / r["image"]) for r in rows]
     trains = {rec.image_id: r.get("split") in TRAINING_ROWS for rec, r in zip(records, rows)}
     held_groups = {rec.group for rec in records if not trains[rec.image_id]}
@@ -77,3 +79,19 @@ def external_records(root: Path, task: Task, known_ids: set[str] = frozenset()
     if repeated:
         raise DataError(f"{root}: " + offenders(repeated, "image id(s) used twice (here or in the task's data)"))
     return records, split, source
+
+
+def with_sources(records: list[Record], root: Path | None, task: Task, split: dict[str, str]
+                 ) -> tuple[list[Record], dict[str, str], dict[str, str]]:
+    """The task's `records` and their `split`, with the sources under `root` (None: none) added:
+    their rows keep a split the given one names (a run's split.csv), else the sources' own rule.
+    Returns (records, split, image id → source name of the added rows)."""
+    if root is None:
+        return records, split, {}
+    extra, own, source = external_records(root, task, {r.image_id for r in records})
+    return records + extra, {**own, **split}, source
+
+
+def from_source(record: Record) -> bool:
+    """Whether `record` is one of a source's (read_source), not of the task's own data."""
+    return GROUP_SEPARATOR in str(record.group)

@@ -1,12 +1,19 @@
-"""The input check fitted and measured, and the reference gallery chosen (skinlesion/trust/check.py).
+"""The two input checks fitted and measured, and the reference gallery chosen
+(skinlesion/trust/modality.py, skinlesion/trust/check.py).
 
     features = forward_all(net, spec, images, options)            # logits + FeatureTap features
-    check, report = fit_check(spec, features, splits, options)    # called by train/evaluate.py
+    checks, gallery, report = fit_check(...)                      # called by train/evaluate.py
 
-The check is fitted on the task's own images only — the training split and one shifted copy of
-each (train/outliers.shifted), the gallery, the validation split — and then measured: the test
-split and a shifted copy of it must pass, the development families (train/outliers.py) must
-not. The report goes into metrics.json under "input_check".
+The familiarity check is fitted on the task's own images only — the training split and one
+shifted copy of each (train/outliers.shifted), the gallery, the validation split — and measured:
+the test split and a shifted copy of it must pass, the development families (train/outliers.py)
+must not. The report goes into metrics.json under "input_check".
+
+The modality check is fitted with outlier exposure: the training split, its shifted copies and
+copies under strong acquisition shifts (train/outliers.acquisition_shifted) against the
+development families. So each family's refusal rate is reported from a fit that left that family
+out (leave one family out): a figure on images of a kind the fit never saw. Its report goes into
+metrics.json under "modality_check".
 """
 from __future__ import annotations
 
@@ -25,12 +32,15 @@ from skinlesion.models.folder import write_atomically
 from skinlesion.models.spec import ModelSpec
 from skinlesion.transforms import model_input
 from skinlesion.trust.check import PASS_RATE, REFERENCE_FILE, InputCheck
-from skinlesion.trust.features import stage_names
+from skinlesion.trust.features import POOLED, stage_names
+from skinlesion.trust.modality import ModalityCheck
 
-from .outliers import families, shifted
+from .outliers import acquisition_shifted, families, shifted
 from .splits import SplitData
 
 GALLERY_PER_CLASS = 250   # training images per class in the reference gallery (all of a rarer class)
+MODALITY_ROWS = 12000     # at most this many images of the task fit the modality check (a random subset):
+                          # more change its weights little and cost minutes of fitting
 
 
 @dataclass
@@ -63,11 +73,21 @@ def forward_all(model: torch.nn.Module | Ensemble, spec: ModelSpec, images: Sequ
                    {name: torch.cat(value) for name, value in parts.items()})
 
 
-def gallery_indices(labels: np.ndarray, per_class: int = GALLERY_PER_CLASS, seed: int = 0) -> np.ndarray:
-    """A class-balanced subset of the training split: up to `per_class` images of each class."""
+def gallery_indices(labels: np.ndarray, per_class: int = GALLERY_PER_CLASS, seed: int = 0,
+                    allowed: np.ndarray | None = None) -> np.ndarray:
+    """A class-balanced subset of the training split: up to `per_class` images of each class,
+    among the `allowed` rows (default: all; train/evaluate.py allows the task's own data only)."""
     rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class]
-                                   for k in np.unique(labels)]))
+    allowed = np.ones(len(labels), bool) if allowed is None else allowed
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero((labels == k) & allowed))[:per_class]
+                                   for k in np.unique(labels[allowed])]))
+
+
+@dataclass
+class Checks:
+    """What fit_check fits: the modality check (refuses), the familiarity check (cautions)."""
+    modality: ModalityCheck
+    familiarity: InputCheck
 
 
 def _rows(features: dict[str, torch.Tensor], index: np.ndarray) -> dict[str, torch.Tensor]:
@@ -81,41 +101,88 @@ def _auroc(inside: np.ndarray, outside: np.ndarray) -> float | None:
     return float(roc_auc_score(np.r_[np.zeros(len(inside)), np.ones(len(outside))], np.r_[inside, outside]))
 
 
-def fit_check(model: torch.nn.Module, spec: ModelSpec, splits: dict[str, SplitData], forwards: dict[str, Forward],
-              device: torch.device, amp_dtype: torch.dtype | None, channels_last: bool, batch_size: int,
-              data_root: Path | None, outliers: int, seed: int = 0) -> tuple[InputCheck, np.ndarray, dict]:
-    """Fit the check on the training split (and its shifted copy), the gallery and validation;
-    measure it on test, shifted test and the development families made from `data_root` (the
+def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[str, SplitData],
+              forwards: dict[str, Forward], device: torch.device, amp_dtype: torch.dtype | None,
+              channels_last: bool, batch_size: int, data_root: Path | None, outliers: int, seed: int = 0,
+              own: np.ndarray | None = None) -> tuple[Checks, np.ndarray, dict, Forward]:
+    """Fit both checks on the training split (and its shifted copies), the gallery and validation;
+    measure them on test, shifted test and the development families made from `data_root` (the
     folder holding the tasks' data folders; None: the families without another task's images).
-    Returns the check, the gallery's training-split indices and the report."""
+    `own`: the training rows of the task's own data (the gallery's choice; default: all).
+    Returns the checks, the gallery's training-split indices, the report ({"input_check": the
+    familiarity check's, "modality_check": the modality check's}) and the pass over the
+    strongly shifted copies of the test split (what an unfamiliar image costs, where no other
+    source is at hand)."""
     run = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, batch_size=batch_size)
     # The splits' images went through the model's preprocessing when decoded (train/splits.py); the
     # shifted copies and the families are new images, so they go through it here, as serving would.
     steps = spec.preprocessing
 
-    def prepared(images: list[np.ndarray]) -> list[np.ndarray]:
-        return [preprocess(image, steps) for image in images]
+    def passed(images: list[np.ndarray]) -> Forward:
+        return forward_all(model, spec, [preprocess(image, steps) for image in images], **run)
 
-    train_shifted = forward_all(model, spec, prepared(shifted(splits["train"].images, np.random.default_rng(seed))),
-                                **run)
-    reference = {name: torch.cat([forwards["train"].features[name], train_shifted.features[name]])
-                 for name in train_shifted.features}
-    gallery = gallery_indices(splits["train"].labels, seed=seed)
-    stages = tuple(stage_names(model))
-    check = InputCheck.fit(reference, forwards["train"].features["pooled"][torch.as_tensor(gallery)],
-                           forwards["val"].features, stages)
-    scores = {s: check.scores(forwards[s].features) for s in ("val", "test")}
-    scores["shifted test"] = check.scores(forward_all(
-        model, spec, prepared(shifted(splits["test"].images, np.random.default_rng(seed + 1))), **run).features)
-    made = {name: forward_all(model, spec, prepared(images), **run).features
-            for name, images in families(spec.task, data_root, seed, outliers).items()}
-    refused = {name: check.scores(features) for name, features in made.items()}
-    report = {"threshold": check.threshold, "method": check.to_config()["method"],
-              **{f"{s.replace(' ', '_')}_pass": float((v <= check.threshold).mean()) for s, v in scores.items()},
-              "families": {name: {"n": len(v), "refused": float((v > check.threshold).mean()),
-                                  "auroc": _auroc(scores["test"], v)} for name, v in refused.items()},
-              "single_scores": single_scores(check, forwards, made)}
-    return check, gallery, report
+    def features(images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return passed(images).features
+
+    rng = np.random.default_rng(seed)
+    train_shifted = features(shifted(splits["train"].images, rng))
+    reference = _joined([forwards["train"].features, train_shifted])
+    gallery = gallery_indices(splits["train"].labels, seed=seed, allowed=own)
+    stages = tuple(stage_names(model.primary if isinstance(model, Ensemble) else model))
+    check = InputCheck.fit(reference, forwards["train"].features[POOLED][torch.as_tensor(gallery)],
+                           forwards["val"].features, stages, refuses=False)
+    test_shifted = features(shifted(splits["test"].images, np.random.default_rng(seed + 1)))
+    made = {name: features(images) for name, images in families(spec.task, data_root, seed, outliers).items()}
+
+    strong = {s: passed(acquisition_shifted(splits[s].images, spec.input_size, seed + i))
+              for i, s in enumerate(("train", "val", "test"), 2)}
+    heavy = {s: f.features for s, f in strong.items()}
+    inside = _joined([reference, heavy["train"]])
+    chosen = np.sort(rng.permutation(len(inside[POOLED]))[:MODALITY_ROWS])
+    inside = _rows(inside, chosen)
+    validation = _joined([forwards["val"].features, heavy["val"]])
+    names = (*stages, POOLED)
+
+    def modality_without(left_out: str | None) -> ModalityCheck:
+        outside = _joined([f for name, f in made.items() if name != left_out])
+        return ModalityCheck.fit(inside, outside, validation, names)
+
+    modality = modality_without(None)
+    unseen = {name: modality_without(name) for name in made} if len(made) > 1 else {}
+    measured = {"val": forwards["val"].features, "test": forwards["test"].features, "shifted test": test_shifted,
+                "strongly shifted test": heavy["test"]}
+
+    def passes(c, f) -> float:
+        return float((c.scores(f) <= c.threshold).mean())
+
+    familiarity = {"threshold": check.threshold, "method": check.to_config()["method"],
+                   **{f"{s.replace(' ', '_')}_pass": passes(check, f) for s, f in measured.items()},
+                   "families": {name: {"n": len(f[POOLED]), "refused": 1 - passes(check, f),
+                                       "auroc": _auroc(check.scores(measured["test"]), check.scores(f))}
+                                for name, f in made.items()},
+                   "single_scores": single_scores(check, forwards, made)}
+    checks = Checks(modality, check)
+    modality_report = {"threshold": modality.threshold, "method": modality.to_config()["method"],
+                       **{f"{s.replace(' ', '_')}_pass": passes(modality, f) for s, f in measured.items()},
+                       "sets": {s: rates(checks, f) for s, f in measured.items()},
+                       "families": {name: {**rates(checks, f, unseen.get(name)),
+                                           "refused_by_the_shipped_fit": 1 - passes(modality, f),
+                                           "unseen_by_the_fit": name in unseen}
+                                    for name, f in made.items()}}
+    return checks, gallery, {"input_check": familiarity, "modality_check": modality_report}, strong["test"]
+
+
+def _joined(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+def rates(checks: Checks, features: dict[str, torch.Tensor], modality: ModalityCheck | None = None) -> dict:
+    """Of a set of images: the share answered (not refused), refused, and answered but unfamiliar.
+    `modality`: the modality check to apply (default: the shipped one; a family's left-out fit)."""
+    known = (modality or checks.modality).scores(features) <= (modality or checks.modality).threshold
+    familiar = checks.familiarity.scores(features) <= checks.familiarity.threshold
+    return {"n": int(len(known)), "answered": float(known.mean()), "refused": float(1 - known.mean()),
+            "unfamiliar": float((known & ~familiar).mean())}
 
 
 def single_scores(check: InputCheck, forwards: dict[str, Forward], made: dict[str, dict]) -> dict[str, dict]:
@@ -131,9 +198,10 @@ def single_scores(check: InputCheck, forwards: dict[str, Forward], made: dict[st
     return result
 
 
-def save_reference(folder: Path, check: InputCheck, train: SplitData, gallery: np.ndarray) -> None:
-    """The check's matrices and the gallery's features, labels and image ids (in the header's
+def save_reference(folder: Path, checks: Checks | InputCheck, train: SplitData, gallery: np.ndarray) -> None:
+    """The checks' matrices and the gallery's features, labels and image ids (in the header's
     metadata), in one safetensors file."""
-    tensors = {**check.tensors(), "gallery.labels": torch.as_tensor(train.labels[gallery], dtype=torch.int64)}
+    found = checks.familiarity.tensors() | checks.modality.tensors() if isinstance(checks, Checks) else checks.tensors()
+    tensors = {**found, "gallery.labels": torch.as_tensor(train.labels[gallery], dtype=torch.int64)}
     ids = json.dumps([train.records[i].image_id for i in gallery])
     write_atomically(folder / REFERENCE_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"gallery_ids": ids}))

@@ -175,8 +175,9 @@ class Handlers:
         write_csv(path, predictor, answered)
         table = [[r["file"], "", "", "", r["error"]] if r["error"] else
                  [r["file"], NOT_ANALYSED, "", r["verdict"], ""] if not r["known"] else
-                 [r["file"], display_name(predictor.task.info(r["decided"])), f"{r[r['decided']]:.1%}",
-                  r["verdict"], ""] for r in answered]
+                 [r["file"], display_name(predictor.task.info(r["decided"]))
+                  + ("" if r["familiar"] else " (unfamiliar image)"), f"{r[r['decided']]:.1%}", r["verdict"], ""]
+                 for r in answered]
         return table, str(path)
 
     @staticmethod

@@ -20,7 +20,7 @@ from ..tasks import TASKS
 from .gate import QUEUE_SIZE
 from .handlers import BATCH_HEADERS, Handlers
 from .server import Page, UploadFiles, UploadImage
-from .views import NOT_ANALYSED, OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, TaskView, display_name
+from .views import NOT_ANALYSED, OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, UNFAMILIAR, TaskView, display_name
 
 TITLE = "skinlesion — explainable image classifier"
 CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls only contend
@@ -35,9 +35,11 @@ STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after
 class DecidedLabel(gr.Label):
     """gr.Label whose heading is the decided class of the model's decision rule, which need not
     be the most probable one (the rule favours rare classes in close calls); the bars are the
-    calibrated probabilities. Handlers return (decided code, probabilities), or (None, the
-    refusal) for an image the input check refuses (views.label_value). Through the API the
-    value is {"label": decided code, "confidences": [{"label": code, "confidence": p}, …]}, or
+    calibrated probabilities. Handlers return (decided code, probabilities), (decided code,
+    probabilities, prediction set) for an image unlike the training images, or (None, the
+    refusal) for an image the modality check refuses (views.label_value). Through the API the
+    value is {"label": decided code, "confidences": [{"label": code, "confidence": p}, …]},
+    {"label": "unfamiliar image, one of mel or nv", "confidences": …}, or
     {"label": "not analysed: <the refusal>"} without confidences."""
     is_template = True  # the page draws it with Label's own front-end component
 
@@ -49,11 +51,11 @@ class DecidedLabel(gr.Label):
     def postprocess(self, value):
         if not isinstance(value, tuple):
             return super().postprocess(value)
-        decided, probabilities = value
+        decided, probabilities, *among = value
         if decided is None:
             return super().postprocess(f"{NOT_ANALYSED}: {probabilities}")
         data = super().postprocess(probabilities)
-        data.label = decided
+        data.label = f"{UNFAMILIAR} {' or '.join(among[0])}" if among else decided
         return data
 
 
@@ -64,8 +66,9 @@ class NamedLabel(DecidedLabel):
 
     def postprocess(self, value):
         if isinstance(value, tuple) and value[0] is not None:
-            decided, probabilities = value
-            value = (self.NAMES[decided], {self.NAMES[c]: p for c, p in probabilities.items()})
+            decided, probabilities, *among = value
+            value = (self.NAMES[decided], {self.NAMES[c]: p for c, p in probabilities.items()},
+                     *([tuple(self.NAMES[c] for c in among[0])] if among else []))
         return super().postprocess(value)
 
 

@@ -145,27 +145,31 @@ def verdict_html(verdict: Verdict, extra: str = "") -> str:
 def prediction_set_text(analysis: Analysis, predictor: Predictor) -> str:
     """"90% prediction set: Melanoma, Melanocytic nevus", or why there is none to show."""
     if not analysis.known:
-        return "No prediction set: the probabilities mean nothing for an image the model does not know."
+        return "No prediction set: the probabilities mean nothing for an image that is not of this kind."
     return "90% prediction set: " + ", ".join(predictor.task.info(c).name for c in analysis.prediction_set)
 
 
 def method_note(analysis: Analysis) -> str:
-    """Which map the overlay shows, for an answer the model knows that has one."""
+    """Which map the overlay shows, for an answer (not a refusal) that has one."""
     if not analysis.known or analysis.method is None:
         return ""
     return f"<div id='method-note'>The {analysis.method} overlay shows where the model found it.</div>"
 
 
-NOT_ANALYSED = "not analysed"  # the label of an image the input check refuses, before its reason
+NOT_ANALYSED = "not analysed"  # the label of an image the modality check refuses, before its reason
+UNFAMILIAR = "unfamiliar image, one of"  # the label of an image unlike the training images, before its set
 
 
-def label_value(analysis: Analysis) -> tuple[str | None, dict[str, float] | str]:
+def label_value(analysis: Analysis) -> tuple:
     """What the label shows: the decided class over every class's probability; for an image
-    the input check refuses, no class and no bars, only the refusal (the label's large type is
-    what a person reads)."""
-    if analysis.known:
-        return analysis.decided, analysis.probabilities
-    return None, analysis.verdict.headline
+    unlike the training images, its prediction set instead of one class (never more confident
+    than the set), as (decided, probabilities, set); for an image the modality check refuses, no
+    class and no bars, only the refusal (the label's large type is what a person reads)."""
+    if not analysis.known:
+        return None, analysis.verdict.headline
+    if not analysis.familiar:
+        return analysis.decided, analysis.probabilities, tuple(analysis.prediction_set)
+    return analysis.decided, analysis.probabilities
 
 
 def analyse_outputs(analysis: Analysis, predictor: Predictor, opacity: float) -> tuple:

@@ -40,9 +40,10 @@ class Verdict:
 
 class VerdictPolicy(Protocol):
     """An answer → what a person is told (verdicts.py). `thresholds`: the decision rule's
-    recall-first thresholds of the high-risk classes."""
+    recall-first thresholds of the high-risk classes; `caution`: what an answer for an image unlike
+    the training images says first (verdicts.caution), None for a familiar one."""
     def __call__(self, probabilities: Mapping[str, float], decided: str, prediction_set: Sequence[str],
-                 thresholds: Mapping[str, float], task: "Task") -> Verdict: ...
+                 thresholds: Mapping[str, float], task: "Task", caution: str | None = None) -> Verdict: ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Task:
     key: str                      # the name in config.json, on the command line and in the API
     title: str                    # the page's task selector
     subject: str                  # what an input is: "a dermoscopic image"
-    refusal: str                  # the headline of an image the input check refuses
+    refusal: str                  # the headline of an image the modality check refuses
     classes: tuple[ClassInfo, ...]  # in the model's output order
     load: Callable[[Path], list[Record]]  # a data folder → checked records
     annotation: Callable[[Path, str, tuple[int, int]], np.ndarray | None]  # where the finding is
@@ -69,6 +70,7 @@ class Task:
     confirmations: Callable[[Path], dict[str, str]] = lambda root: {}  # image id → how its label was confirmed
     groups: Callable[[Path], dict[str, dict[str, str]]] = lambda root: {}  # image id → {attribute: its group}
     skin: bool = False            # images of skin: the estimated skin tone (skintone.py) is a subgroup too
+    unfamiliar: str = "An image unlike the training images"  # its caution's first words (verdicts.caution)
     default: bool = False         # the task the page, the API and the CLI use when none is named
     tile_large_images: bool = False  # long images (strips) analysed in tiles unless asked otherwise
 

@@ -72,6 +72,7 @@ CITATION = ("Song K., Yan Y. A noise robust method based on completed local bina
 TASK = Task(
     key="neu", title="Steel surface", subject="a grey-scale image of a hot-rolled steel strip", classes=CLASSES,
     refusal="This does not look like a steel surface image",
+    unfamiliar="An image unlike the training images (another line, camera or lighting?)",
     tile_large_images=True,
     load=load_neu, annotation=neu_box_mask, annotation_name="defect boxes",
     data_folder="neu_det", dataset="NEU surface defect database",

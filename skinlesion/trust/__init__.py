@@ -4,11 +4,15 @@
     with trust.recording():                           # around the answer's own forward pass
         logits = net(x)
         features = trust.features()                   # what the pass recorded (features.py)
-    assessment = trust.assess(features, row)          # known?, the check's score, similar cases
+    assessment = trust.assess(features, row)          # known? familiar? the scores, similar cases
 
 The parts, one file each, all reading the features of the answer's own pass (no second pass):
-- check.py: the input check — is this the kind of image the model was trained on?
-- gallery.py: the nearest confirmed training cases (shown only for an image the check knows).
+- modality.py: the modality check — is this an image of the task's kind at all (dermoscopy, a
+  steel surface)? An image that fails it is refused (`known` False).
+- check.py: the familiarity check — is it like the training images? One that is not is still
+  answered, marked unfamiliar (`familiar` False), and its verdict leans to caution. In a folder
+  without a modality check (an older model), failing it refuses, as before.
+- gallery.py: the nearest confirmed training cases (shown only for an image that is not refused).
 conformal.py is the arithmetic of the 90% prediction sets; their numbers are part of the
 decision rule (decision.py) that every answer applies. features.py records the features.
 
@@ -28,6 +32,7 @@ import torch
 from .check import InputCheck
 from .features import FeatureTap
 from .gallery import Case, Gallery, Neighbour
+from .modality import ModalityCheck
 
 Features = Mapping[str, torch.Tensor]  # FeatureTap.take(): name → rows × d
 
@@ -35,9 +40,12 @@ Features = Mapping[str, torch.Tensor]  # FeatureTap.take(): name → rows × d
 @dataclass(frozen=True)
 class Assessment:
     """The trust parts' findings about one image (the same names as Analysis' fields)."""
-    known: bool = True                     # the input check passed (True without a check)
-    check_score: float | None = None       # the check's score and threshold: known = score ≤ threshold
+    known: bool = True                     # not refused: the modality check passed (True without a check)
+    check_score: float | None = None       # the refusing check's score and threshold: known = score ≤ threshold
     check_threshold: float | None = None
+    familiar: bool = True                  # like the training images: the familiarity check passed
+    familiarity_score: float | None = None  # its score and threshold: familiar = score ≤ threshold
+    familiarity_threshold: float | None = None
     similar: list[Neighbour] = field(default_factory=list)  # nearest gallery cases, most similar first
 
 
@@ -52,6 +60,7 @@ class Trust:
 
     def __init__(self, parts: Sequence[Part] = (), tap: FeatureTap | None = None):
         self.parts, self._tap = list(parts), tap
+        self.modality = next((p for p in parts if isinstance(p, ModalityCheck)), None)
         self.check = next((p for p in parts if isinstance(p, InputCheck)), None)
         self.gallery = next((p for p in parts if isinstance(p, Gallery)), None)
 
@@ -61,9 +70,10 @@ class Trust:
         FeatureTap on `net` (models/ensemble.Ensemble.tap: the primary model's plain view)."""
         if folder is None:
             return cls()
-        check = InputCheck.load(folder, config)
+        modality = ModalityCheck.load(folder, config)
+        check = InputCheck.load(folder, config, refuses=modality is None)
         gallery = Gallery.load(folder, codes, check.gallery if check else None)
-        parts = [p for p in (check, gallery) if p is not None]
+        parts = [p for p in (modality, check, gallery) if p is not None]  # in this order: gallery reads `known`
         stages = list(dict.fromkeys(s for p in parts for s in p.stages))
         return cls(parts, net.tap(stages) if parts else None)
 

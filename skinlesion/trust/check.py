@@ -1,4 +1,8 @@
-"""The input check: is this an image of the kind the model was trained on?
+"""The familiarity check: is this image like the ones the model was trained on?
+
+With a modality check in the model folder (modality.py), an image this check does not know is
+still answered, marked unfamiliar (another device or clinic?) and its verdict leans to caution;
+without one (an older folder), failing this check refuses the image, as it did before.
 
 Scores, all from the features of the answer's own forward pass (features.py):
 - per timm stage, the Mahalanobis distance of the image's per-channel feature statistics (mean
@@ -53,6 +57,7 @@ class InputCheck:
     spread: Mapping[str, float]              # … and 95th percentile minus the median
     threshold: float
     k: int = K_NEAREST
+    refuses: bool = True                     # no modality check beside it: failing this check refuses
 
     def raw_scores(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each score of each row of `features` (FeatureTap.take()), unscaled."""
@@ -73,8 +78,11 @@ class InputCheck:
 
     def assess(self, features: Mapping[str, torch.Tensor], row: int, so_far):
         """Row `row`'s score against the threshold (trust/__init__.py: a part's entry)."""
-        score = float(self.scores(features)[row])
-        return replace(so_far, known=score <= self.threshold, check_score=score, check_threshold=self.threshold)
+        score = float(self.scores({n: f[row:row + 1] for n, f in features.items()})[0])
+        found = replace(so_far, familiar=score <= self.threshold, familiarity_score=score,
+                        familiarity_threshold=self.threshold)
+        return replace(found, known=found.familiar, check_score=score, check_threshold=self.threshold) \
+            if self.refuses else found
 
     def to_config(self, **measured) -> dict:
         return {"method": METHOD, "stages": list(self.stages), "k": self.k, "threshold": self.threshold,
@@ -88,8 +96,9 @@ class InputCheck:
                 "gallery.features": self.gallery.half().contiguous()}
 
     @classmethod
-    def load(cls, folder: str | Path, config: Mapping) -> "InputCheck | None":
-        """The check of a model folder; None when its config.json has none (an older model)."""
+    def load(cls, folder: str | Path, config: Mapping, refuses: bool = True) -> "InputCheck | None":
+        """The check of a model folder; None when its config.json has none (an older model).
+        `refuses`: failing it refuses the image (no modality check beside it)."""
         settings = config.get("input_check")
         if not settings:
             return None
@@ -97,11 +106,11 @@ class InputCheck:
         stages = tuple(settings["stages"])
         return cls(stages, {s: tensors[f"{s}.mean"] for s in stages}, {s: tensors[f"{s}.precision"] for s in stages},
                    tensors["gallery.features"].float(), settings["centre"], settings["spread"],
-                   float(settings["threshold"]), int(settings.get("k", K_NEAREST)))
+                   float(settings["threshold"]), int(settings.get("k", K_NEAREST)), refuses)
 
     @classmethod
     def fit(cls, reference: Mapping[str, torch.Tensor], gallery_pooled: torch.Tensor,
-            validation: Mapping[str, torch.Tensor], stages: tuple[str, ...]) -> "InputCheck":
+            validation: Mapping[str, torch.Tensor], stages: tuple[str, ...], refuses: bool = True) -> "InputCheck":
         """Fit on the reference images' features (training images and their shifted copies),
         the gallery's pooled features and the validation images' features."""
         from sklearn.covariance import LedoitWolf  # here: serving never fits (scikit-learn costs ~100 MB)
@@ -117,4 +126,4 @@ class InputCheck:
         spread = {name: max(float(np.quantile(s, 0.95)) - centre[name], 1e-6) for name, s in raw.items()}
         scaled = cls(stages, means, precisions, gallery, centre, spread, 0.0)
         threshold = float(np.quantile(scaled.scores(validation), PASS_RATE, method="higher"))
-        return cls(stages, means, precisions, gallery, centre, spread, threshold)
+        return cls(stages, means, precisions, gallery, centre, spread, threshold, refuses=refuses)
