@@ -193,3 +193,41 @@ def test_hub_repo_id_loads_from_the_cache_offline(model_folder, tmp_path, photo)
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0
     assert "could not get the model 'someone/not-cached' from the Hugging Face Hub or its local cache" in missing.stderr
+
+
+def test_an_unfamiliar_image_is_answered_with_caution_everywhere(tmp_path):
+    """The familiarity check beside a modality check only cautions: the analysis is answered and
+    marked unfamiliar, the verdict starts with the caution and the folder's figure and is never
+    clear, the label names the set, and the CSV has familiar 0 with the class decided. (Every
+    image is made unfamiliar here by a familiarity threshold no image passes.)"""
+    from dataclasses import replace
+
+    from skinlesion.app.views import UNFAMILIAR, label_value
+    from skinlesion.batch import batch_rows, expand, write_csv
+    from skinlesion.tasks.verdicts import caution
+    from skinlesion.trust import Trust
+    predictor = Predictor.from_pretrained(task="ham10000")
+    check = predictor.trust.check
+    strict = replace(check, threshold=-1e9, refuses=False)
+    predictor.trust = Trust([strict if p is check else p for p in predictor.trust.parts], predictor.trust._tap)
+    predictor.caution = caution(predictor.task, "balanced accuracy 0.50 on 9 unfamiliar test images")
+    example = sorted((ROOT / "assets/examples/ham10000").glob("*"))[0]
+    analysis = predictor.analyse(example, method=None)
+    assert analysis.known and not analysis.familiar and analysis.familiarity_score > analysis.familiarity_threshold
+    assert analysis.verdict.level in ("refer", "uncertain")
+    assert analysis.verdict.detail.startswith("An image unlike the training images (another dermatoscope or clinic?)")
+    assert "(balanced accuracy 0.50 on 9 unfamiliar test images)." in analysis.verdict.detail
+    decided, probabilities, among = label_value(analysis)
+    assert decided == analysis.decided and among == tuple(analysis.prediction_set) and len(probabilities) == 7
+    assert UNFAMILIAR.startswith("unfamiliar image")
+    rows = list(batch_rows(predictor, expand([str(example)])))
+    write_csv(tmp_path / "out.csv", predictor, rows)
+    row = next(csv_rows(tmp_path / "out.csv"))
+    assert (row["known"], row["familiar"], row["decided"]) == ("1", "0", analysis.decided)
+    assert row["level"] == analysis.verdict.level
+
+
+def csv_rows(path):
+    import csv
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)

@@ -143,7 +143,8 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
                           run)
     metrics = {"task": spec.task.key, "labels": list(spec.codes), **rule.to_config(), "bias_strength": bias_strength,
                "training": spec.training, "answered_by": net.describe(spec.input_size), **check_report,
-               "sources": sources, "splits": {s: split_metrics(rule, logits[s], splits[s].labels) for s in EVAL_SPLITS}}
+               "sources": sources, "unfamiliar": unfamiliar_cost(sources),
+               "splits": {s: split_metrics(rule, logits[s], splits[s].labels) for s in EVAL_SPLITS}}
     if options.explanations and options.data is not None:
         metrics["explanations"] = explanation_report(net.primary, spec, splits["test"].records, Path(options.data))
     metrics.update(extra or {})
@@ -154,7 +155,7 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
     metrics["similar_cases"] = make_gallery(model_dir, spec, splits, forwards["test"].features["pooled"],
                                             rule.decide(probs["test"]), options.data)
     update_config(model_dir, **rule.to_config(), input_check=checks.familiarity.to_config(),
-                  modality_check=checks.modality.to_config(), unfamiliar=unfamiliar_cost(sources))
+                  modality_check=checks.modality.to_config(), unfamiliar=metrics["unfamiliar"])
     write_predictions(out / PREDICTIONS_CSV, splits, probs, rule)
     if options.data is not None:  # the folder as served, by age, sex, site and skin tone (train/subgroups.py)
         split = {r.image_id: name for name, part in splits.items() for r in part.records}

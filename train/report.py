@@ -3,7 +3,7 @@
 Every table comes from metrics.json through skinlesion/models/card.py. After evaluating a bundled
 model (or changing the renderer), re-render the bundled models' cards and the tables of
 docs/results.md, docs/explanations.md and docs/trust.md (the blocks between
-`<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations or trust, and
+`<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations, trust or checks, and
 levers: the table `python -m train.ablation` wrote to results/ablation/levers-TASK.json) with:
 
     python -m train.report
@@ -30,13 +30,14 @@ from skinlesion.models.card import (
     table,
     trust_tables,
 )
+from skinlesion.models.card_checks import served_table
 from skinlesion.models.folder import write_atomically, write_text
 from skinlesion.models.spec import read_spec
 from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
 DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md", "trust.md")]
-RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations|trust|levers): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
+RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations|trust|checks|levers): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
 LEVERS = Path(__file__).resolve().parents[1] / "results" / "ablation"  # levers-TASK.json: train/ablation.py
 
 
@@ -61,9 +62,10 @@ def render_report(metrics: dict) -> str:
 def with_results(text: str) -> str:
     """`text` with each block replaced from that task's bundled model's metrics.json: `results`
     by the headline table, `explanations` by the explanation tables, `trust` by the trust
-    tables; `levers` from the ablation's rows."""
+    tables, `checks` by the table of sets answered, refused and unfamiliar; `levers` from the
+    ablation's rows."""
     render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n"),
-              "trust": lambda m: trust_tables(m).lstrip("\n")}
+              "trust": lambda m: trust_tables(m).lstrip("\n"), "checks": served_table}
 
     def block(match: re.Match) -> str:
         if match[2] == "levers":

@@ -189,6 +189,7 @@ def answer_html(analysis: Analysis, predictor: Predictor) -> str:
     """The verdict with the prediction set, the map's method and the estimated skin tone under
     it (the page and /analyse)."""
     return verdict_html(analysis.verdict, f"<div id='prediction-set' data-known='{int(analysis.known)}' "
+                                          f"data-familiar='{int(analysis.familiar)}' "
                                           f"style='margin-top:6px;font-weight:600'>"
                                           f"{prediction_set_text(analysis, predictor)}</div>{method_note(analysis)}"
                                           f"{skin_tone_html(analysis, predictor)}")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..tasks import get_task
+from .card_checks import checks_tables
 from .card_subgroups import subgroup_tables
 from .markdown import f, table
 from .network import INIT_HUB, INIT_LITE0, INIT_RANDOM
@@ -81,11 +82,13 @@ def _operating_points(metrics: dict) -> str:
 
 
 def trust_tables(metrics: dict) -> str:
-    """The input check, the 90% prediction sets, the unsure answer and the reliability diagram."""
-    parts = []
+    """The input checks, the 90% prediction sets, the unsure answer and the reliability diagram."""
+    parts = [checks_tables(metrics)]
     check = metrics.get("input_check")
     if check:
-        parts += [f"\n### Input check (is this {get_task(metrics['task']).subject}?)\n"
+        title = ("Familiarity check (like the training images?)" if metrics.get("modality_check")
+                 else f"Input check (is this {get_task(metrics['task']).subject}?)")
+        parts += [f"\n### {title}\n"
                   f"Score: the {check['method']}; threshold {check['threshold']:.3f}, set so that "
                   f"{check['val_pass']:.1%} of validation images pass. Test images passing: "
                   f"**{check['test_pass']:.1%}**; test images under an acquisition shift (colour cast, rescale, "
