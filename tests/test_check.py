@@ -67,9 +67,11 @@ def test_modality_check_refuses_what_it_was_shown_and_round_trips(tmp_path):
 
 
 def test_with_a_modality_check_the_familiarity_check_only_cautions():
-    """A far image fails both: refused. An image the modality check passes but the familiarity
-    check does not is answered, marked unfamiliar. Without a modality check (an older folder),
-    failing the familiarity check refuses."""
+    """An image the modality check passes but the familiarity check does not is answered,
+    marked unfamiliar — unless its score is past the check's `far` backstop. Without a modality
+    check (an older folder), failing the familiarity check refuses."""
+    from dataclasses import replace
+
     from skinlesion.trust import Assessment
     rng = np.random.default_rng(3)
     reference, val = gaussian_features(rng, 1000), gaussian_features(rng, 400)
@@ -77,6 +79,10 @@ def test_with_a_modality_check_the_familiarity_check_only_cautions():
     cautious = InputCheck.fit(reference, reference[POOLED][:50], val, ("s1", "s2"), refuses=False)
     found = cautious.assess(far, 0, Assessment())
     assert found.known and not found.familiar and found.familiarity_score > found.familiarity_threshold
+    backstop = replace(cautious, far=found.familiarity_score - 1e-3)  # past `far`: refused even so
+    refused = backstop.assess(far, 0, Assessment())
+    assert not refused.known
+    assert (refused.check_score, refused.check_threshold) == (found.familiarity_score, backstop.far)
     refusing = InputCheck.fit(reference, reference[POOLED][:50], val, ("s1", "s2"))
     found = refusing.assess(far, 0, Assessment())
     assert not found.known and not found.familiar and found.check_score == found.familiarity_score

@@ -106,8 +106,7 @@ def served_figures(rule: DecisionRule, checks, task, forward, labels: np.ndarray
     codes = rule.codes
     probs = rule.probabilities(forward.logits)
     decided, members = rule.decide(probs), rule.prediction_set(probs)
-    known = checks.modality.scores(forward.features) <= checks.modality.threshold
-    familiar = checks.familiarity.scores(forward.features) <= checks.familiarity.threshold
+    known, familiar = checks.answered(forward.features), checks.familiar(forward.features)
     levels = np.array([task.verdict(dict(zip(codes, map(float, p))), codes[k], [c for c, m in zip(codes, row) if m],
                                     rule.thresholds, task, None if f else "unfamiliar").level if kn else UNKNOWN
                        for p, k, row, kn, f in zip(probs, decided, members, known, familiar)])

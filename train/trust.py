@@ -18,7 +18,7 @@ metrics.json under "modality_check".
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +31,7 @@ from skinlesion.models.ensemble import Ensemble
 from skinlesion.models.folder import write_atomically
 from skinlesion.models.spec import ModelSpec
 from skinlesion.transforms import model_input
-from skinlesion.trust.check import PASS_RATE, REFERENCE_FILE, InputCheck
+from skinlesion.trust.check import FAR_PASS_RATE, PASS_RATE, REFERENCE_FILE, InputCheck
 from skinlesion.trust.features import POOLED, stage_names
 from skinlesion.trust.modality import ModalityCheck
 
@@ -85,9 +85,19 @@ def gallery_indices(labels: np.ndarray, per_class: int = GALLERY_PER_CLASS, seed
 
 @dataclass
 class Checks:
-    """What fit_check fits: the modality check (refuses), the familiarity check (cautions)."""
+    """What fit_check fits: the modality check (refuses), the familiarity check (cautions; past
+    its `far` score it refuses too), applied to many images at once as the Predictor applies them."""
     modality: ModalityCheck
     familiarity: InputCheck
+
+    def answered(self, features: dict[str, torch.Tensor], modality: ModalityCheck | None = None) -> np.ndarray:
+        """Not refused, row by row; `modality`: another fit of the modality check (a family left out)."""
+        modality = modality or self.modality
+        far = self.familiarity.far if self.familiarity.far is not None else np.inf
+        return (modality.scores(features) <= modality.threshold) & (self.familiarity.scores(features) <= far)
+
+    def familiar(self, features: dict[str, torch.Tensor]) -> np.ndarray:
+        return self.familiarity.scores(features) <= self.familiarity.threshold
 
 
 def _rows(features: dict[str, torch.Tensor], index: np.ndarray) -> dict[str, torch.Tensor]:
@@ -148,6 +158,8 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
         return ModalityCheck.fit(inside, outside, validation, names)
 
     modality = modality_without(None)
+    far = float(np.quantile(check.scores(validation), FAR_PASS_RATE, method="higher"))
+    checks = Checks(modality, replace(check, far=far))
     unseen = {name: modality_without(name) for name in made} if len(made) > 1 else {}
     measured = {"val": forwards["val"].features, "test": forwards["test"].features, "shifted test": test_shifted,
                 "strongly shifted test": heavy["test"]}
@@ -155,18 +167,17 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
     def passes(c, f) -> float:
         return float((c.scores(f) <= c.threshold).mean())
 
-    familiarity = {"threshold": check.threshold, "method": check.to_config()["method"],
+    familiarity = {"threshold": check.threshold, "far": far, "method": check.to_config()["method"],
                    **{f"{s.replace(' ', '_')}_pass": passes(check, f) for s, f in measured.items()},
                    "families": {name: {"n": len(f[POOLED]), "refused": 1 - passes(check, f),
                                        "auroc": _auroc(check.scores(measured["test"]), check.scores(f))}
                                 for name, f in made.items()},
                    "single_scores": single_scores(check, forwards, made)}
-    checks = Checks(modality, check)
     modality_report = {"threshold": modality.threshold, "method": modality.to_config()["method"],
-                       **{f"{s.replace(' ', '_')}_pass": passes(modality, f) for s, f in measured.items()},
+                       **{f"{s.replace(' ', '_')}_pass": float(checks.answered(f).mean()) for s, f in measured.items()},
                        "sets": {s: rates(checks, f) for s, f in measured.items()},
                        "families": {name: {**rates(checks, f, unseen.get(name)),
-                                           "refused_by_the_shipped_fit": 1 - passes(modality, f),
+                                           "refused_by_the_shipped_fit": float(1 - checks.answered(f).mean()),
                                            "unseen_by_the_fit": name in unseen}
                                     for name, f in made.items()}}
     return checks, gallery, {"input_check": familiarity, "modality_check": modality_report}, strong["test"]
@@ -179,8 +190,7 @@ def _joined(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
 def rates(checks: Checks, features: dict[str, torch.Tensor], modality: ModalityCheck | None = None) -> dict:
     """Of a set of images: the share answered (not refused), refused, and answered but unfamiliar.
     `modality`: the modality check to apply (default: the shipped one; a family's left-out fit)."""
-    known = (modality or checks.modality).scores(features) <= (modality or checks.modality).threshold
-    familiar = checks.familiarity.scores(features) <= checks.familiarity.threshold
+    known, familiar = checks.answered(features, modality), checks.familiar(features)
     return {"n": int(len(known)), "answered": float(known.mean()), "refused": float(1 - known.mean()),
             "unfamiliar": float((known & ~familiar).mean())}
 

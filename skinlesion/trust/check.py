@@ -2,7 +2,10 @@
 
 With a modality check in the model folder (modality.py), an image this check does not know is
 still answered, marked unfamiliar (another device or clinic?) and its verdict leans to caution;
-without one (an older folder), failing this check refuses the image, as it did before.
+only a score past `far` — further than any but FAR_PASS_RATE of the validation images and their
+strongly shifted copies reach — still refuses: the modality check's backstop for kinds of image
+its negatives did not cover. Without a modality check (an older folder), failing this check
+refuses the image, as it did before.
 
 Scores, all from the features of the answer's own forward pass (features.py):
 - per timm stage, the Mahalanobis distance of the image's per-channel feature statistics (mean
@@ -37,6 +40,7 @@ from .features import POOLED
 
 REFERENCE_FILE = "reference.safetensors"   # the check's matrices and the gallery's features
 PASS_RATE = 0.975       # of validation images; the goal is ≥ 97% of test, so a little margin
+FAR_PASS_RATE = 0.995   # of validation images and their strongly shifted copies: under `far`
 K_NEAREST = 10          # Sun et al. found k from 10 to 50 alike; 10 suits a gallery of ~1,500
 NEAREST = "nearest"     # the name of the k-NN score
 METHOD = ("max of validation-scaled scores: Mahalanobis distance of per-channel statistics of every "
@@ -58,6 +62,7 @@ class InputCheck:
     threshold: float
     k: int = K_NEAREST
     refuses: bool = True                     # no modality check beside it: failing this check refuses
+    far: float | None = None                 # beside one: a score over this still refuses (None: never)
 
     def raw_scores(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each score of each row of `features` (FeatureTap.take()), unscaled."""
@@ -81,13 +86,16 @@ class InputCheck:
         score = float(self.scores({n: f[row:row + 1] for n, f in features.items()})[0])
         found = replace(so_far, familiar=score <= self.threshold, familiarity_score=score,
                         familiarity_threshold=self.threshold)
-        return replace(found, known=found.familiar, check_score=score, check_threshold=self.threshold) \
-            if self.refuses else found
+        if self.refuses:
+            return replace(found, known=found.familiar, check_score=score, check_threshold=self.threshold)
+        if self.far is not None and score > self.far and found.known:
+            return replace(found, known=False, check_score=score, check_threshold=self.far)
+        return found
 
     def to_config(self, **measured) -> dict:
         return {"method": METHOD, "stages": list(self.stages), "k": self.k, "threshold": self.threshold,
-                "centre": dict(self.centre), "spread": dict(self.spread), "pass_rate_target": PASS_RATE,
-                "file": REFERENCE_FILE, **measured}
+                "far": self.far, "centre": dict(self.centre), "spread": dict(self.spread),
+                "pass_rate_target": PASS_RATE, "file": REFERENCE_FILE, **measured}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What REFERENCE_FILE holds for the check."""
@@ -106,7 +114,8 @@ class InputCheck:
         stages = tuple(settings["stages"])
         return cls(stages, {s: tensors[f"{s}.mean"] for s in stages}, {s: tensors[f"{s}.precision"] for s in stages},
                    tensors["gallery.features"].float(), settings["centre"], settings["spread"],
-                   float(settings["threshold"]), int(settings.get("k", K_NEAREST)), refuses)
+                   float(settings["threshold"]), int(settings.get("k", K_NEAREST)), refuses,
+                   None if settings.get("far") is None else float(settings["far"]))
 
     @classmethod
     def fit(cls, reference: Mapping[str, torch.Tensor], gallery_pooled: torch.Tensor,
