@@ -9,8 +9,8 @@ modality check and the familiarity check, on the training and validation splits;
 test, shifted test and the development families of train/outliers.py) and stores them in the
 model folder (config.json, reference.safetensors), so the app applies the same rule. Each set is
 then measured as the app answers it (train/external.served_figures: answered, refused,
-unfamiliar, balanced accuracy, referred, set coverage): the test split, strongly shifted copies
-of it and, with --extra-data (the sources a run trained on: their training rows join the
+unfamiliar, balanced accuracy, referred, set coverage): the test split, (strongly) shifted
+copies of it and, with --extra-data (the sources a run trained on: their training rows join the
 training split, as in the run), each source's held-out images; what unfamiliar images cost
 goes into config.json (`unfamiliar`) for the caution an unfamiliar image's answer gives.
 Writes metrics.json, report.md, predictions.csv and the plots to --out
@@ -136,10 +136,10 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
                                               spec.task.high_risk_codes)
     others = options.data.resolve().parent if options.data is not None else None  # the other tasks' data
     own = np.array([not from_source(r) for r in splits["train"].records])  # the gallery's: the task's own data
-    checks, gallery, check_report, strong = fit_check(net, spec, splits, forwards, **run, data_root=others,
+    checks, gallery, check_report, shifted = fit_check(net, spec, splits, forwards, **run, data_root=others,
                                                       outliers=options.outliers, seed=spec.training.get("seed", 0),
                                                       own=own)
-    sources = served_sets(net, rule, checks, spec, forwards["test"], strong, splits["test"].labels, held_out or {},
+    sources = served_sets(net, rule, checks, spec, forwards["test"], shifted, splits["test"].labels, held_out or {},
                           run)
     metrics = {"task": spec.task.key, "labels": list(spec.codes), **rule.to_config(), "bias_strength": bias_strength,
                "training": spec.training, "answered_by": net.describe(spec.input_size), **check_report,
@@ -166,11 +166,12 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
 
 
 def served_sets(net: Ensemble, rule: DecisionRule, checks: Checks, spec: ModelSpec, test: Forward,
-                strong: Forward, labels: np.ndarray, held_out: dict[str, SplitData], run: dict) -> dict[str, dict]:
+                shifted: tuple[str, Forward], labels: np.ndarray, held_out: dict[str, SplitData],
+                run: dict) -> dict[str, dict]:
     """Each set as the app answers it (train/external.served_figures): the test split, its
-    strongly shifted copies, and each source's held-out images."""
+    (strongly) shifted copies, and each source's held-out images."""
     found = {"test": served_figures(rule, checks, spec.task, test, labels),
-             "strongly shifted test": served_figures(rule, checks, spec.task, strong, labels)}
+             shifted[0]: served_figures(rule, checks, spec.task, shifted[1], labels)}
     for name, part in held_out.items():
         found[name] = served_figures(rule, checks, spec.task, forward_all(net, spec, part.images, **run), part.labels)
     return found
@@ -179,11 +180,12 @@ def served_sets(net: Ensemble, rule: DecisionRule, checks: Checks, spec: ModelSp
 def unfamiliar_cost(sources: dict[str, dict]) -> dict:
     """config.json's `unfamiliar`: the balanced accuracy of the answered images the familiarity
     check found unfamiliar — on the other sources' held-out images when there are any, else on
-    strongly shifted copies of the test split — beside the familiar test images', in words
+    (strongly) shifted copies of the test split — beside the familiar test images', in words
     (`measured`, what an unfamiliar image's caution quotes) and in numbers."""
-    others = {k: v for k, v in sources.items() if k not in ("test", "strongly shifted test")}
+    copies = {k: v for k, v in sources.items() if k.endswith("shifted test")}
+    others = {k: v for k, v in sources.items() if k != "test" and k not in copies}
     where, found = ("held-out images of other sources", others) if others else (
-        "strongly shifted copies of test images", {"strongly shifted test": sources["strongly shifted test"]})
+        f"{next(iter(copies)).replace('test', 'copies of test images')}", copies)
     n = sum(v["n_unfamiliar"] for v in found.values())
     weighted = [(v["balanced_accuracy_unfamiliar"], v["n_unfamiliar"]) for v in found.values()
                 if v["balanced_accuracy_unfamiliar"] is not None]

@@ -150,19 +150,16 @@ def families(task: Task, data_root: Path | None, seed: int = 0, n: int = 300) ->
     return {name: images for name, images in found.items() if images}
 
 
-STRONG_SHIFT = 2.0  # the acquisition-shift augmentation's setting for the modality check's copies
-
-
-def acquisition_shifted(images: list[np.ndarray], size: int, seed: int = 0) -> list[np.ndarray]:
+def acquisition_shifted(images: list[np.ndarray], size: int, strength: float, seed: int = 0) -> list[np.ndarray]:
     """Each image under strong acquisition shifts at once, at the model's input size: the
-    training augmentation at --aug-shift STRONG_SHIFT (skinlesion/transforms.py: zoom until the
+    training augmentation at --aug-shift `strength` (skinlesion/transforms.py: zoom until the
     lesion fills the frame, downscale or sharpen, a tone curve, a circular vignette, JPEG, wider
     colour changes and casts), then hair or a ruler drawn on a third of them each. What changes
     from one dermatoscope and clinic to the next: the modality check learns to let it through."""
     import albumentations as A
 
     from skinlesion.transforms import Augmentation, train_transform
-    steps = train_transform(size, Augmentation(shift=STRONG_SHIFT)).transforms[:-1]  # not ToTensorV2
+    steps = train_transform(size, Augmentation(shift=strength)).transforms[:-1]  # not ToTensorV2
     pipeline, rng = A.Compose(steps, seed=seed), np.random.default_rng(seed)
     out = []
     for image in images:

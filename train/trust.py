@@ -114,15 +114,15 @@ def _auroc(inside: np.ndarray, outside: np.ndarray) -> float | None:
 def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[str, SplitData],
               forwards: dict[str, Forward], device: torch.device, amp_dtype: torch.dtype | None,
               channels_last: bool, batch_size: int, data_root: Path | None, outliers: int, seed: int = 0,
-              own: np.ndarray | None = None) -> tuple[Checks, np.ndarray, dict, Forward]:
+              own: np.ndarray | None = None) -> tuple[Checks, np.ndarray, dict, tuple[str, Forward]]:
     """Fit both checks on the training split (and its shifted copies), the gallery and validation;
     measure them on test, shifted test and the development families made from `data_root` (the
     folder holding the tasks' data folders; None: the families without another task's images).
     `own`: the training rows of the task's own data (the gallery's choice; default: all).
     Returns the checks, the gallery's training-split indices, the report ({"input_check": the
-    familiarity check's, "modality_check": the modality check's}) and the pass over the
-    strongly shifted copies of the test split (what an unfamiliar image costs, where no other
-    source is at hand)."""
+    familiarity check's, "modality_check": the modality check's}) and the pass over the most
+    shifted copies of the test split, with their name (what an unfamiliar image costs, where no
+    other source is at hand)."""
     run = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, batch_size=batch_size)
     # The splits' images went through the model's preprocessing when decoded (train/splits.py); the
     # shifted copies and the families are new images, so they go through it here, as serving would.
@@ -141,16 +141,19 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
     stages = tuple(stage_names(model.primary if isinstance(model, Ensemble) else model))
     check = InputCheck.fit(reference, forwards["train"].features[POOLED][torch.as_tensor(gallery)],
                            forwards["val"].features, stages, refuses=False)
-    test_shifted = features(shifted(splits["test"].images, np.random.default_rng(seed + 1)))
+    test_shifted = passed(shifted(splits["test"].images, np.random.default_rng(seed + 1)))
     made = {name: features(images) for name, images in families(spec.task, data_root, seed, outliers).items()}
 
-    strong = {s: passed(acquisition_shifted(splits[s].images, spec.input_size, seed + i))
-              for i, s in enumerate(("train", "val", "test"), 2)}
+    # The modality check lets through what changes between devices: for a task that names such
+    # shifts (Task.acquisition_shift), strongly shifted copies of training and validation images
+    strength = spec.task.acquisition_shift
+    strong = {s: passed(acquisition_shifted(splits[s].images, spec.input_size, strength, seed + i))
+              for i, s in enumerate(("train", "val", "test"), 2)} if strength > 0 else {}
     heavy = {s: f.features for s, f in strong.items()}
-    inside = _joined([reference, heavy["train"]])
+    inside = _joined([reference, *([heavy["train"]] if heavy else [])])
     chosen = np.sort(rng.permutation(len(inside[POOLED]))[:MODALITY_ROWS])
     inside = _rows(inside, chosen)
-    validation = _joined([forwards["val"].features, heavy["val"]])
+    validation = _joined([forwards["val"].features, *([heavy["val"]] if heavy else [])])
     names = (*stages, POOLED)
 
     def modality_without(left_out: str | None) -> ModalityCheck:
@@ -161,8 +164,8 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
     far = float(np.quantile(check.scores(validation), FAR_PASS_RATE, method="higher"))
     checks = Checks(modality, replace(check, far=far))
     unseen = {name: modality_without(name) for name in made} if len(made) > 1 else {}
-    measured = {"val": forwards["val"].features, "test": forwards["test"].features, "shifted test": test_shifted,
-                "strongly shifted test": heavy["test"]}
+    measured = {"val": forwards["val"].features, "test": forwards["test"].features,
+                "shifted test": test_shifted.features, **({"strongly shifted test": heavy["test"]} if heavy else {})}
 
     def passes(c, f) -> float:
         return float((c.scores(f) <= c.threshold).mean())
@@ -180,7 +183,8 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
                                            "refused_by_the_shipped_fit": float(1 - checks.answered(f).mean()),
                                            "unseen_by_the_fit": name in unseen}
                                     for name, f in made.items()}}
-    return checks, gallery, {"input_check": familiarity, "modality_check": modality_report}, strong["test"]
+    shift = ("strongly shifted test", strong["test"]) if strong else ("shifted test", test_shifted)
+    return checks, gallery, {"input_check": familiarity, "modality_check": modality_report}, shift
 
 
 def _joined(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

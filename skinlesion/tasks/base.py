@@ -71,6 +71,8 @@ class Task:
     groups: Callable[[Path], dict[str, dict[str, str]]] = lambda root: {}  # image id → {attribute: its group}
     skin: bool = False            # images of skin: the estimated skin tone (skintone.py) is a subgroup too
     unfamiliar: str = "An image unlike the training images"  # its caution's first words (verdicts.caution)
+    acquisition_shift: float = 0.0  # how strongly the images may change between devices and still be of the task:
+                                    # the modality check's shifted copies (train/outliers.acquisition_shifted); 0: none
     default: bool = False         # the task the page, the API and the CLI use when none is named
     tile_large_images: bool = False  # long images (strips) analysed in tiles unless asked otherwise
 

@@ -133,7 +133,7 @@ RESEARCH_DEMO = "This is a research demo, not a diagnosis: only a clinician can 
 TASK = Task(
     key="ham10000", title="Dermoscopy", subject="a dermoscopic image of a skin lesion", classes=CLASSES,
     default=True, refusal="This does not look like a dermoscopic image of a skin lesion",
-    unfamiliar="An image unlike the training images (another dermatoscope or clinic?)",
+    unfamiliar="An image unlike the training images (another dermatoscope or clinic?)", acquisition_shift=2.0,
     load=load_ham10000, confirmations=ham_confirmations, groups=ham_groups, skin=True,
     annotation=ham_lesion_mask, annotation_name="lesion masks",
     data_folder="ham10000", dataset="HAM10000", license="cc-by-nc-sa-4.0",
