@@ -34,19 +34,21 @@ def checks_tables(metrics: dict) -> str:
     modality = metrics.get("modality_check")
     if modality:
         unseen = all(r.get("unseen_by_the_fit") for r in modality["families"].values())
+        strong = "strongly_shifted_test_pass" in modality
         parts += [f"\n### Input checks: refused, answered, answered with caution\n"
                   f"**Modality check** (is this {task.subject} at all? If not, refused): a "
-                  f"{modality['method']}; threshold {modality['threshold']:.3f}, set so that "
-                  f"{modality['val_pass']:.1%} of validation images pass. Test images passing: "
+                  f"{modality['method']}; threshold {modality['threshold']:.3f}, set so that 99% of the validation "
+                  f"images{' and their strongly shifted copies' if strong else ''} pass (validation images alone: "
+                  f"{modality['val_pass']:.1%}). Test images passing: "
                   f"**{modality['test_pass']:.1%}**; under a mild acquisition shift "
                   f"{modality['shifted_test_pass']:.1%}"
                   + (f"; under strong ones (zoom, resolution, sharpness, tone, vignette, JPEG, colour, hair, "
-                     f"rulers) {modality['strongly_shifted_test_pass']:.1%}. " if "strongly_shifted_test_pass"
-                     in modality else ". ")
+                     f"rulers) {modality['strongly_shifted_test_pass']:.1%}. " if strong else ". ")
                   + ("Each family of other images below is refused by a fit that left that family out: "
                      "a figure on a kind of image the check never saw. " if unseen else "")
-                  + "**Familiarity check** (is it like the training images? If not, answered with caution: "
-                  "a high-risk class anywhere in the 90% set refers, otherwise the answer is uncertain).\n\n"]
+                  + "**Familiarity check** (is it like the training images? If not, answered with a caution "
+                  "that quotes the figure under the table, and a verdict that leans to caution: never the "
+                  "confident one; an image far past it is refused).\n\n"]
     parts.append(served_table(metrics))
     cost = metrics.get("unfamiliar")
     if cost and cost.get("measured"):
