@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -42,12 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     items = expand(args.paths)
+    seen = Counter()
+
+    def counted(rows):
+        for row in rows:
+            seen["refused"] += row["known"] == 0
+            seen["unfamiliar"] += row["familiar"] == 0
+            yield row
+
     with tqdm(total=len(items), unit="image", file=sys.stderr) as bar:
         answered = batch_rows(predictor, items, args.batch_size, args.tile,
                               progress=lambda done, _: bar.update(done - bar.n))
-        ok, failed = write_csv(args.out, predictor, answered)
+        ok, failed = write_csv(args.out, predictor, counted(answered))
     print(f"{ok} of {len(items)} files classified with the {predictor.task.title.lower()} model, {failed} "
-          f"could not be read; wrote {args.out}", file=sys.stderr)
+          f"could not be read; of those classified, {seen['refused']} refused as not {predictor.task.subject}, "
+          f"{seen['unfamiliar']} answered with caution (unlike the training images); wrote {args.out}",
+          file=sys.stderr)
     return 0 if ok else 1
 
 
