@@ -12,7 +12,7 @@ from skinlesion.models.network import create_model, save_model_folder
 from skinlesion.tasks import get_task
 from train.flags import parse_args
 from train.loop import InitError, start_from
-from train.sources import HELD_OUT, external_records
+from train.sources import HELD_OUT, external_records, from_source, with_sources
 
 HAM = get_task("ham10000")
 
@@ -122,3 +122,18 @@ def test_a_run_with_sources_colour_constancy_and_init(tmp_path):
     figures = json.loads((tmp_path / "external.json").read_text())["sources"]
     assert set(figures) == {"val", "test", "isic", "ph2"} and figures["ph2"]["n"] == 6
     assert set(figures["ph2"]["classes"]) == {"nv", "mel"} and "mel" in figures["isic"]["operating_point"]
+
+
+def test_evaluation_adds_the_sources_to_the_tasks_split_as_the_run_did(tmp_path):
+    """train.evaluate --extra-data: a split file's rows win (a run's split.csv), the sources' own
+    rule fills in the rest; the sources' records are told apart from the task's own."""
+    from skinlesion.data import Record
+    make_source(tmp_path, "isic", [("a.jpg", "nv", "train", "a"), ("b.jpg", "mel", "val", "b")])
+    own = [Record("ham1", "HAM_1", "nv", tmp_path / "x.jpg")]
+    records, split, source = with_sources(own, tmp_path, HAM, {"ham1": "test"})
+    assert [r.image_id for r in records] == ["ham1", "a", "b"] and source == {"a": "isic", "b": "isic"}
+    assert split == {"ham1": "test", "a": "train", "b": HELD_OUT}
+    assert [from_source(r) for r in records] == [False, True, True]
+    _, split, _ = with_sources(own, tmp_path, HAM, {"ham1": "test", "a": HELD_OUT})  # a run that held a out
+    assert split["a"] == HELD_OUT
+    assert with_sources(own, None, HAM, {"ham1": "val"}) == (own, {"ham1": "val"}, {})
