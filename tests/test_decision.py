@@ -142,9 +142,12 @@ def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_ru
     from skinlesion.data import Record
     from skinlesion.models.network import load_model_folder
     from skinlesion.transforms import eval_transform
+    from skinlesion.trust.check import InputCheck
+    from skinlesion.trust.modality import ModalityCheck
     from train.device import pick_device
     from train.loaders import make_loader, predict_logits
     from train.splits import prepare_splits
+    from train.trust import Checks, forward_all
 
     folder = tiny_run / "model"
     model, spec = load_model_folder(folder)
@@ -156,12 +159,18 @@ def test_evaluation_and_serving_give_the_same_verdict_for_the_same_image(tiny_ru
                             pick_device("cpu"))
     probs = spec.rule.probabilities(logits)
     predictor = Predictor.from_pretrained(folder)
-    for path, row, decided in zip(paths, probs, spec.rule.decide(probs)):
+    # evaluation's figures apply the checks to many images at once (train.trust.Checks): as serving does
+    checks = Checks(ModalityCheck.load(folder, spec.config), InputCheck.load(folder, spec.config, refuses=False))
+    features = forward_all(model, spec, data.images, pick_device("cpu")).features
+    answered, familiar = checks.answered(features), checks.familiar(features)
+    for i, (path, row, decided) in enumerate(zip(paths, probs, spec.rule.decide(probs))):
         served = predictor.analyse(path, method=None)
         assert np.allclose([served.probabilities[c] for c in spec.codes], row, atol=1e-5)
         assert served.decided == spec.codes[int(decided)]
-        if served.known:  # else the input check's refusal, whatever the rule says (tests/test_check.py)
-            assert served.verdict == verdict_of(spec.rule, "ham10000", dict(zip(spec.codes, row)))
+        assert (served.known, served.familiar or not served.known) == (answered[i], familiar[i] or not answered[i])
+        if served.known:  # else the modality check's refusal, whatever the rule says (tests/test_check.py)
+            caution = None if served.familiar else predictor.caution
+            assert served.verdict == verdict_of(spec.rule, "ham10000", dict(zip(spec.codes, row)), caution)
         else:
             assert served.verdict.level == "unknown"
 
