@@ -158,8 +158,10 @@ to a dermatologist than necessary so that it misses fewer cancers.
 non-commercial use only). Its 10,015 dermoscopic images come from two centres (Vienna and
 Queensland) and are **skewed to light skin types** (the figures below). Two thirds of the
 images are benign moles (nv), so rare classes (df, vasc, akiec) are seen far less often. The
-model only knows these 7 classes and dermoscopic images; a phone photo, another disease or
-healthy skin still gets one of the 7 labels.
+model only knows these 7 classes and dermoscopic images: an image that does not look like
+dermoscopy is refused, one from another dermatoscope or clinic is answered with a caution and
+the accuracy measured on such images, and another disease or healthy skin still gets one of the
+7 labels.
 """, disclaimer=RESEARCH_DEMO,
     verdict=RecallFirst(refer="Refer to a dermatologist", uncertain="Uncertain — have it checked",
                         clear="No high-risk pattern found",
