@@ -238,6 +238,35 @@ def _answering(metrics: dict) -> str:
             "each member's `config.json` records its own training.\n")
 
 
+def _recipe(spec: ModelSpec) -> str:
+    """What the training added to the plain recipe: the folder's own preprocessing, the
+    acquisition-shift augmentation, other sources, and the folders it continued from."""
+    t, steps = spec.training, spec.preprocessing or {}
+    parts = []
+    if steps.get("colour_constancy"):
+        parts.append(f"colour constancy ({steps['colour_constancy'].replace('_', ' ')}, p = {steps.get('p')}) on "
+                     "every image before resizing, in training, evaluation and serving alike (`preprocessing` in "
+                     "`config.json`)")
+    if t.get("aug_shift"):
+        parts.append(f"acquisition-shift augmentation at {t['aug_shift']} (zoom, downscale or sharpen, tone curve, "
+                     "circular vignette, JPEG, wider colour changes)")
+    if t.get("extra_data"):
+        parts.append(f"more sources from `{t['extra_data']}`: their own training rows trained, the rest is held out "
+                     "and measured by source below (the input checks' table)")
+    for step in t.get("lineage") or []:
+        parts.append(f"continued from the folder `{step['folder']}` (sha256 {step['sha256'][:12]}…, {step['epochs']} "
+                     f"epochs, best {step['best_epoch']}) with a fresh schedule")
+    return "".join(f"\n- {p}" for p in parts)
+
+
+def _sources_note(spec: ModelSpec) -> str:
+    extra = spec.training.get("extra_data")
+    return (f"\nOther training sources (`{extra}`): ISIC 2017's training part (ISIC archive images, per-image "
+            "CC-0 / CC-BY / CC-BY-NC licences, used as CC BY-NC; Codella N. et al., \"Skin lesion analysis toward "
+            "melanoma detection\", ISBI 2018, arXiv:1710.05006); PH2 was held out whole (Mendonça T. et al., "
+            "IEEE EMBC 2013)." if extra else "")
+
+
 def card_body(spec: ModelSpec, metrics: dict) -> str:
     """The card's Markdown (also the page's Model tab): what the model is, its use and limits,
     how it was trained, and the measured results."""
@@ -271,13 +300,13 @@ Epochs {t.get('epochs', '?')} (best {t.get('best_epoch', '?')}, {t.get('weights'
 batch {t.get('batch_size', '?')}, AdamW peak lr {t.get('lr', '?')} with warm-up and cosine decay,
 class weights {t.get('class_weights', '?')}, label smoothing {t.get('label_smoothing', '?')},
 weight EMA decay {t.get('ema_decay', '?')}, augmentation strength {t.get('aug_strength', '?')},
-seed {t.get('seed', '?')}; on {t.get('device', '?')} in {t.get('precision', '?')}.
+seed {t.get('seed', '?')}; on {t.get('device', '?')} in {t.get('precision', '?')}.{_recipe(spec)}
 
 ## Evaluation
 """ + render_tables(metrics) + f"""
 ## Licence and citation
 Weights: {task.license_text}.
-Data: {task.citation}.
+Data: {task.citation}.{_sources_note(spec)}
 """
 
 
