@@ -120,6 +120,24 @@ def test_analyse_endpoint_refuses_an_image_of_the_other_task(client, lesion, ste
         assert client.predict(handle_file(image), task=task, api_name="/classify") == label
 
 
+PH2_IMAGE = SHARED_DATA / "dermoscopy_external" / "ph2" / "images" / "IMD003.jpg"  # another dermatoscope
+
+
+@pytest.mark.skipif(not PH2_IMAGE.is_file(), reason="PH2 not found")
+def test_another_dermatoscopes_image_is_answered_with_caution(client):
+    """A PH2 image (a device the model never saw): answered, not refused; marked unfamiliar; the
+    verdict starts with the caution and the folder's figure and is not clear; the label names
+    the 90% set instead of one class; /classify says the same."""
+    from gradio_client import handle_file
+    verdict, label, _ = client.predict(handle_file(PH2_IMAGE), "top", 0.45, api_name="/analyse")
+    assert "data-known='1'" in verdict and "data-familiar='0'" in verdict
+    assert "An image unlike the training images (another dermatoscope or clinic?): on such images the model's " \
+           "accuracy was measured lower (balanced accuracy " in verdict
+    assert "data-level='clear'" not in verdict and "90% prediction set: " in verdict
+    assert label["label"].startswith("unfamiliar image, one of ") and len(label["confidences"]) == 7
+    assert client.predict(handle_file(PH2_IMAGE), api_name="/classify") == label
+
+
 @pytest.mark.parametrize("content, message", [
     (b"definitely not an image", "this file is not an image that can be read"),
     ("truncated", "damaged or incomplete"),
@@ -174,13 +192,14 @@ def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_pat
     assert "not an image" in rows[2][4] and "not an image" in rows[3][4]
     with open(csv_path, newline="") as f:
         saved = list(csv.DictReader(f))
-    assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error", "known", "check_score",
-                              "prediction_set", "level", "skin_ita", "skin_tone"]
+    assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error", "known", "familiar",
+                              "check_score", "prediction_set", "level", "skin_ita", "skin_tone"]
     assert saved[0]["skin_tone"] == saved[0]["skin_ita"] == ""  # steel is not skin
     single = probabilities(client.predict(handle_file(steel), task="neu", api_name="/classify"))
     assert all(abs(float(saved[0][c]) - single[c]) < 1e-5 for c in NEU_CODES)
     assert saved[0]["known"] == "1" and set(saved[0]["prediction_set"].split()) <= set(NEU_CODES)
     assert saved[4]["known"] == "0" and rows[4][3] == get_task("neu").refusal  # a lesion is not steel
+    assert saved[0]["familiar"] == "1" and saved[4]["familiar"] == ""  # a refused image is neither
     assert rows[4][1:3] == ["not analysed", ""] and saved[4]["decided"] == "" and saved[4]["level"] == "unknown"
     assert saved[2]["known"] == saved[2]["check_score"] == saved[2]["prediction_set"] == ""  # unreadable
 
