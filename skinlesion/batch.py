@@ -1,6 +1,6 @@
 """Many images at once, with one CSV layout for the page's Batch tab, the /batch endpoint and
 `python -m skinlesion predict`: `file`, the calibrated probability of every class, the
-`decided` class (empty for an image the input check refuses), the `verdict`, the `region` the
+`decided` class (empty for an image the modality check refuses), the `verdict`, the `region` the
 answer comes from (`left top right bottom` of the worst tile when the image was tiled, else
 empty), `error` (empty when the file was read), `known` (1 when the image passed the modality
 check, 0 when it is not of the task's kind: its probabilities then mean nothing), `familiar`
@@ -8,8 +8,8 @@ check, 0 when it is not of the task's kind: its probabilities then mean nothing)
 its verdict leans to caution; empty for a refused image), `check_score` (the refusing check's
 score; known when at most the model's threshold),
 `prediction_set` (the 90% prediction set's class codes, joined by single spaces) and `level`
-(the verdict's level: refer, uncertain, clear, review, named, or unknown when the input check
-refused the image), `skin_ita` and `skin_tone` (the estimated skin tone's ITA° and group, for
+(the verdict's level: refer, uncertain, clear, review, named, or unknown when the modality
+check refused the image), `skin_ita` and `skin_tone` (the estimated skin tone's ITA° and group, for
 a task of skin: skintone.py), one row per input file in input order.
 
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
