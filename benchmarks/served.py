@@ -65,6 +65,23 @@ def running_app(temp: Path, log: Path | None = None, root: Path = ROOT,
             out.close()
 
 
+@contextlib.contextmanager
+def running_apps(base: Path, n: int, **env: str) -> Iterator[list[tuple[str, subprocess.Popen]]]:
+    """`n` replicas of running_app (as behind a proxy), started side by side, each with its own
+    temp folder and log in `base` (replica<i>/, replica<i>.log); yields [(url, process), ...]."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base.mkdir(parents=True, exist_ok=True)
+    managers = [running_app(base / f"replica{i}", base / f"replica{i}.log", **env) for i in range(n)]
+    with contextlib.ExitStack() as stack:
+        with ThreadPoolExecutor(n) as pool:
+            started = [pool.submit(manager.__enter__) for manager in managers]
+        for manager, future in zip(managers, started):
+            if future.exception() is None:  # a start that failed has stopped its app already
+                stack.push(manager.__exit__)
+        yield [future.result() for future in started]  # the first failed start raises, the others stop
+
+
 def memory_mb(pid: int, field: str = "VmRSS") -> float:
     """A process's resident memory now (VmRSS) or at its peak so far (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -74,11 +91,14 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def call(url: str, api: str, data: list, headers: dict | None = None, timeout: float = 300) -> tuple[str, object]:
-    """POST /gradio_api/call/<api>, then read its event stream: ("complete" | "error", data)."""
+    """POST /gradio_api/call/<api>, then read its event stream: ("complete" | "error", data).
+    `headers` go with both requests (behind a sticky proxy, X-Forwarded-For picks the replica,
+    and only the replica that queued the event has its stream)."""
     request = urllib.request.Request(f"{url}gradio_api/call/{api}", json.dumps({"data": data}).encode(),
                                      {"Content-Type": "application/json", **(headers or {})})
     event = json.load(urllib.request.urlopen(request, timeout=60))["event_id"]
-    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event}", timeout=timeout) as response:
+    stream = urllib.request.Request(f"{url}gradio_api/call/{api}/{event}", headers=headers or {})
+    with urllib.request.urlopen(stream, timeout=timeout) as response:
         text = response.read().decode()
     kind = re.findall(r"^event: (\w+)", text, re.M)[-1]
     return kind, json.loads(re.findall(r"^data: (.*)$", text, re.M)[-1])

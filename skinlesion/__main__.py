@@ -1,22 +1,31 @@
-"""python -m skinlesion predict PATH... --out results.csv [--task TASK] [--model DIR]
+"""python -m skinlesion predict PATH... --out results.csv [--task TASK] [--model DIR] [--log-db URL]
+python -m skinlesion monitor --db URL [--since 7d] [--task TASK] [--model DIR]
+python -m skinlesion purge --db URL --days N
 
 Classifies many images — files, folders, globs, zip archives — with the task's bundled model
 (or --model), in batches, writing one CSV row per file as it goes (skinlesion/batch.py says
 the layout). Long images are classified by tiles with --tile (skinlesion/tiles.py). An
 unreadable file gets its error in the `error` column and the run goes on; the
-exit code is 1 only when no file could be read.
+exit code is 1 only when no file could be read. With --log-db, each file is also a row of
+the decision log (skinlesion/ops/log.py).
+
+`monitor` reports the drift of the decision log's recent decisions against the model's
+reference (skinlesion/ops/drift.py) and exits with 3 on an alarm (for cron or CI); `purge`
+deletes the log's rows older than N days.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .batch import BATCH_SIZE, batch_rows, expand, write_csv
 from .models.spec import ModelFolderError
+from .ops import Operations, drift, log
 from .predictor import Predictor
 from .tasks import ALIASES, DEFAULT_TASK, TASKS, get_task
 
@@ -35,13 +44,44 @@ def main(argv: list[str] | None = None) -> int:
                          help="classify long images (strips) by overlapping tiles; the answer is the worst tile's "
                               "(default: on for tasks that tile large images, such as steel)")
     predict.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    predict.add_argument("--log-db", metavar="URL", help="also log one row per file to this database (SQLAlchemy URL)")
+    monitor = commands.add_parser("monitor", help="the decision log's drift report; exit code 3 on an alarm")
+    monitor.add_argument("--db", required=True, metavar="URL", help="the decision log's database (SQLAlchemy URL)")
+    monitor.add_argument("--since", default="7d", help="the span to read: 30m, 24h, 7d … (default: %(default)s)")
+    monitor.add_argument("--task", default=DEFAULT_TASK, choices=[*TASKS, *ALIASES])
+    monitor.add_argument("--model", help="the model folder whose reference to compare with (default: the bundled)")
+    purge = commands.add_parser("purge", help="delete the decision log's rows older than --days")
+    purge.add_argument("--db", required=True, metavar="URL")
+    purge.add_argument("--days", type=float, required=True)
     args = p.parse_args(argv)
-
+    if args.command == "purge":
+        print(f"deleted {log.purge(args.db, args.days)} rows older than {args.days:g} days", file=sys.stderr)
+        return 0
     try:
         predictor = Predictor.from_pretrained(args.model, task=get_task(args.task).key)
     except (ModelFolderError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.command == "monitor":
+        return monitor_report(predictor, args.db, args.since)
+    return predict_files(predictor, args)
+
+
+def monitor_report(predictor: Predictor, url: str, since: str) -> int:
+    """Print the drift report of the log's decisions of the last `since`; 3 on an alarm."""
+    try:
+        start = datetime.now(timezone.utc) - drift.parse_since(since)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = drift.report(log.read(url, start, predictor.task.key), drift.Reference.load(predictor.folder))
+    print(report.text())
+    return 3 if report.alarm else 0
+
+
+def predict_files(predictor: Predictor, args) -> int:
+    """`predict`: the files' rows into the CSV, each reported to the log when one is given."""
+    ops = Operations({predictor.task.key: predictor}, args.log_db) if args.log_db else None
     items = expand(args.paths)
     seen = Counter()
 
@@ -53,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tqdm(total=len(items), unit="image", file=sys.stderr) as bar:
         answered = batch_rows(predictor, items, args.batch_size, args.tile,
-                              progress=lambda done, _: bar.update(done - bar.n))
+                              progress=lambda done, _: bar.update(done - bar.n),
+                              observe=ops.reporter(predictor, "cli") if ops else None)
         ok, failed = write_csv(args.out, predictor, counted(answered))
+    if ops:
+        ops.close()
     print(f"{ok} of {len(items)} files classified with the {predictor.task.title.lower()} model, {failed} "
           f"could not be read; of those classified, {seen['refused']} refused as not {predictor.task.subject}, "
           f"{seen['unfamiliar']} answered with caution (unlike the training images); wrote {args.out}",

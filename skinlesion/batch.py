@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ MAX_PIXELS = 1_000_000_000
 MACOS_METADATA = "__MACOSX/"    # resource forks macOS adds to a zip: not the person's files
 HIDDEN = "not analysed: a hidden file (a name starting with '.') or a name leading out of the archive"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+Observer = Callable[["Item", Analysis | None, str, float], None]  # batch_rows' observe
 
 
 class BatchError(ValueError):
@@ -128,31 +132,42 @@ def columns(predictor: Predictor) -> list[str]:
 
 
 def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool | None = None,
-            progress: Callable[[int, int], None] | None = None, max_pixels: int | None = None) -> Iterator[dict]:
+               progress: Callable[[int, int], None] | None = None, max_pixels: int | None = None,
+               observe: Observer | None = None) -> Iterator[dict]:
     """One row per item, in order (see the module docstring), yielded as soon as its batch is
     done; `progress(done, total)` after each batch. `tile`: None for the task's default. Once
-    `max_pixels` decoded pixels are spent, the remaining items are not decoded: their rows say why."""
-    pending: list[tuple[Item, Prepared | dict]] = []  # model inputs wait for a batch; rows are done
+    `max_pixels` decoded pixels are spent, the remaining items are not decoded: their rows say why.
+    `observe(item, analysis or None, error, milliseconds)` hears of each item (operations: ops/);
+    an analysed image's time is its decoding and its share of the batch's pass."""
+    pending: list[tuple[Item, Prepared | dict, float]] = []  # model inputs wait for a batch; rows are done
     decoded = done = 0
 
     def flush() -> Iterator[dict]:
-        answers = iter(predictor.analyse_many([p for _, p in pending if isinstance(p, Prepared)]))
-        for item, p in pending:
-            yield row(predictor, item.name, next(answers)) if isinstance(p, Prepared) else p
+        start = time.perf_counter()
+        answers = predictor.analyse_many([p for _, p, _ in pending if isinstance(p, Prepared)])
+        share = (time.perf_counter() - start) / max(len(answers), 1)
+        answers = iter(answers)
+        for item, p, seconds in pending:
+            analysis = next(answers) if isinstance(p, Prepared) else None
+            if observe:
+                observe(item, analysis, "" if analysis else p["error"], 1000 * (seconds + (share if analysis else 0)))
+            yield row(predictor, item.name, analysis) if analysis else p
         pending.clear()
 
     for number, item in enumerate(items, 1):
+        start = time.perf_counter()
         if max_pixels is not None and decoded >= max_pixels:
             pending.append((item, row(predictor, item.name, error=(
                 f"not analysed: this batch reached its limit of {max_pixels / 1e6:,.0f} million decoded "
-                f"pixels before file {number}; send the rest in another batch"))))
+                f"pixels before file {number}; send the rest in another batch")), 0.0))
         else:
             try:
-                pending.append((item, predictor.prepare(item.source(), tile)))
-                decoded += pending[-1][1].pixels
+                prepared = predictor.prepare(item.source(), tile)
+                decoded += prepared.pixels
+                pending.append((item, prepared, time.perf_counter() - start))
             except InputError as error:
-                pending.append((item, row(predictor, item.name, error=str(error))))
-        if sum(isinstance(p, Prepared) for _, p in pending) >= batch_size:
+                pending.append((item, row(predictor, item.name, error=str(error)), time.perf_counter() - start))
+        if sum(isinstance(p, Prepared) for _, p, _ in pending) >= batch_size:
             done += len(pending)
             yield from flush()
             if progress:

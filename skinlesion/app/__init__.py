@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..ops import Operations
 from ..predictor import Predictor
 from ..tasks import DEFAULT_TASK, TASKS
 from .handlers import Handlers
@@ -46,11 +47,12 @@ def create_app() -> App:
     private_temp_dir()
     predictors = load_predictors()
     data_root = os.environ.get(DATA_ENV, str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None) or None
-    handlers = Handlers(predictors)
+    ops = Operations.from_env(predictors)  # metrics; the decision log when SKINLESION_LOG_DB is set
+    handlers = Handlers(predictors, ops)
     views = {key: TaskView.of(p, example_images(p, data_root)) for key, p in predictors.items()}
     shown = [path for v in views.values() for path in [v.confusion_matrix, v.reliability, v.subgroups, *v.examples]
              if path]
-    return App(build_demo(handlers, views), [str(Path(path).resolve()) for path in shown])
+    return App(build_demo(handlers, views), [str(Path(path).resolve()) for path in shown], ops)
 
 
 __all__ = ["create_app", "App"]

@@ -8,6 +8,10 @@ at most `ECHO` characters of what the client sent.
 """
 from __future__ import annotations
 
+import functools
+import time
+from datetime import datetime, timezone
+
 import gradio as gr
 import numpy as np
 from PIL import Image
@@ -16,6 +20,8 @@ from ..analysis import Analysis
 from ..batch import MAX_PIXELS, BatchError, batch_rows, check_limits, write_csv
 from ..explain import GRAD_CAM, METHODS
 from ..images import InputError
+from ..ops import Operations, drift, plots
+from ..ops.drift import parse_since
 from ..predictor import Predictor
 from .uploads import UploadRefused, batch_csv_path, held, upload_source, uploaded_files
 from .views import (
@@ -32,6 +38,10 @@ from .views import (
 )
 
 BATCH_HEADERS = ["file", "decided class", "probability", "verdict", "error"]
+MONITOR_SPANS = ("1h", "24h", "7d", "30d")  # the Monitor tab's windows (drift.parse_since)
+MONITOR_PLOTS = {"class_mix": "Decided classes against the reference", "scores": "Input-check scores",
+                 "rates": "Refused and unfamiliar over time", "accuracy": "Estimated accuracy over time",
+                 "latency": "Latency"}  # drift.figures' names → the tab's plot titles
 TILING = {"auto": None, "on": True, "off": False}  # views.TILE_CHOICES → Predictor's `tile` (None: the task's default)
 ECHO = 40  # characters of a client's value an error message repeats
 
@@ -62,10 +72,21 @@ class Handlers:
     """The events of the page and the API, over the loaded models (task key → Predictor, the
     default task first). The models are the only state shared between requests."""
 
-    def __init__(self, predictors: dict[str, Predictor]):
+    def __init__(self, predictors: dict[str, Predictor], ops: Operations | None = None):
         self.predictors = predictors
         self.first = next(iter(predictors))
         self.flags = {task: sanity_flags(p) for task, p in predictors.items()}  # read once, not per request
+        self.ops = ops or Operations(predictors)  # metrics, the decision log, the Monitor tab's window
+        self.references = {task: drift.Reference.load(p.folder) for task, p in predictors.items() if p.folder}
+
+    def observed(self, endpoint: str, handler):
+        """`handler` reporting each request to operations (its time and status, and its endpoint
+        for the images `_analysis` reports); a gr.Error is a bad input."""
+        @functools.wraps(handler)
+        def run(*args, **kwargs):
+            with self.ops.request(endpoint, bad_input=(gr.Error,)):
+                return handler(*args, **kwargs)
+        return run
 
     def checked(self, task: object, target: object = None, opacity: object = OVERLAY_OPACITY,
                 tile: object = "auto", method: object = GRAD_CAM) -> tuple[Predictor, str | None, float, bool | None]:
@@ -87,17 +108,29 @@ class Handlers:
         tiling = tile if isinstance(tile, bool) else TILING.get(tile or "auto")
         return predictor, target, checked_opacity(opacity), tiling
 
-    @staticmethod
-    def _analysis(predictor: Predictor, image, target: str | None, tile: bool | None,
-                  method: str | None) -> Analysis:
-        """`Predictor.analyse` of an upload (or an already checked array), errors as gr.Error."""
+    def _analysis(self, predictor: Predictor, image, target: str | None, tile: bool | None,
+                  method: str | None, report: bool = True) -> Analysis:
+        """`Predictor.analyse` of an upload (or an already checked array), errors as gr.Error;
+        reported to operations once per image (`report`)."""
         source = image_source(image) if not isinstance(image, np.ndarray) else image
         if source is None:
             raise gr.Error("Upload an image first.")
+        start, task = time.perf_counter(), predictor.task.key
         try:
-            return predictor.analyse(source, target=target, method=method, tile=tile)
+            analysis = predictor.analyse(source, target=target, method=method, tile=tile)
         except InputError as error:
-            raise gr.Error(f"Cannot analyse this image: {error}") from None
+            message = f"Cannot analyse this image: {error}"
+            if report:
+                self.ops.image(task, (time.perf_counter() - start) * 1000, error=message, source=source)
+            raise gr.Error(message) from None
+        except Exception:
+            if report:
+                self.ops.image(task, (time.perf_counter() - start) * 1000, failed=True, error="failed",
+                               source=source)
+            raise
+        if report:
+            self.ops.image(task, (time.perf_counter() - start) * 1000, analysis, source=source)
+        return analysis
 
     def classify(self, image: dict | None, task: str | None = None,
                  tile: str = "auto") -> tuple[str | None, dict[str, float] | str] | None:
@@ -124,7 +157,8 @@ class Handlers:
         what its sanity check found (the model card's figures)."""
         predictor, target, opacity, _ = self.checked(task, target, opacity)
         first = self._analysis(predictor, image, target, False, METHODS[0])  # decodes the upload, once
-        analyses = [first] + [self._analysis(predictor, first.image, target, False, m) for m in METHODS[1:]]
+        analyses = [first] + [self._analysis(predictor, first.image, target, False, m, report=False)
+                              for m in METHODS[1:]]
         flags = self.flags[predictor.task.key]
         return [(overlay(a.image, a.heatmap, opacity), a.method + flags.get(a.method, "")) for a in analyses]
 
@@ -170,7 +204,8 @@ class Handlers:
                 raise gr.Error(str(error)) from None
             progress((0, len(items)), desc="Analysing", unit="files")
             answered = list(batch_rows(predictor, items, tile=tile, max_pixels=MAX_PIXELS,
-                                progress=lambda done, total: progress((done, total), unit="files")))
+                                       progress=lambda done, total: progress((done, total), unit="files"),
+                                       observe=self.ops.reporter(predictor)))
         path = batch_csv_path()
         write_csv(path, predictor, answered)
         table = [[r["file"], "", "", "", r["error"]] if r["error"] else
@@ -179,6 +214,20 @@ class Handlers:
                   + ("" if r["familiar"] else " (unfamiliar image)"), f"{r[r['decided']]:.1%}", r["verdict"], ""]
                  for r in answered]
         return table, str(path)
+
+    def monitor(self, task: str | None, since: str = "7d"):
+        """The Monitor tab: a line on the task's recent decisions and their drift (ops/drift.py),
+        and its plots (MONITOR_PLOTS)."""
+        predictor, *_ = self.checked(task)
+        if since not in MONITOR_SPANS:
+            raise gr.Error(f"Unknown span {echo(since)}; choose one of {', '.join(MONITOR_SPANS)}.")
+        try:
+            decisions = self.ops.recent(predictor.task.key, datetime.now(timezone.utc) - parse_since(since))
+        except Exception:
+            raise gr.Error("The decision log cannot be read now; the answers go on.") from None
+        report = drift.report(decisions, self.references.get(predictor.task.key))
+        figures = plots.figures(report)
+        return (report.summary(), *[figures.get(name) for name in MONITOR_PLOTS])
 
     @staticmethod
     def reblend(state, opacity: float):

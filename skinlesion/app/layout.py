@@ -10,6 +10,7 @@ contract: new ones go at the end).
 """
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import gradio as gr
@@ -18,12 +19,14 @@ from ..batch import MAX_BYTES, MAX_FILES
 from ..explain import GRAD_CAM, METHODS
 from ..tasks import TASKS
 from .gate import QUEUE_SIZE
-from .handlers import BATCH_HEADERS, Handlers
+from .handlers import BATCH_HEADERS, MONITOR_PLOTS, MONITOR_SPANS, Handlers
 from .server import Page, UploadFiles, UploadImage
 from .views import NOT_ANALYSED, OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, UNFAMILIAR, TaskView, display_name
 
 TITLE = "skinlesion — explainable image classifier"
-CONCURRENCY = 1    # one model call at a time: on a 2-core CPU, parallel calls only contend
+# Model calls at a time in each queue: one on a 2-core CPU, where parallel calls only contend
+# (docs/operations.md measures it); SKINLESION_CONCURRENCY sets it for a larger machine.
+CONCURRENCY = int(os.environ.get("SKINLESION_CONCURRENCY", 1))
 # Two queues, one model call at a time in each: answers (/classify, /similar: one forward pass)
 # never wait behind maps, comparisons and batches (seconds each).
 ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
@@ -95,10 +98,15 @@ def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
                                      elem_id="reliability")
             c.subgroups = gr.Image(first.subgroups, label="Results by subgroup (test split)", interactive=False,
                                    elem_id="subgroups", visible=bool(first.subgroups))
+        with gr.Tab("Monitor", elem_id="monitor-tab") as c.monitor_tab:
+            monitor_tab(c, handlers)
         task_switch(c, views)
         similar_api(c, handlers)
     # api_open=False: the REST routes that skip the queue (/gradio_api/run/…, /api/…) are closed
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY, api_open=False)
+    for event in demo.fns.values():  # every model event reports to operations under its endpoint's name
+        if event.concurrency_id in (ANSWER["concurrency_id"], EXPLAIN["concurrency_id"]):
+            event.fn = handlers.observed(event.api_name, event.fn)
     return demo
 
 
@@ -181,6 +189,22 @@ def batch_tab(c: SimpleNamespace, handlers: Handlers) -> None:
     c.batch_csv = gr.File(label="Results as CSV", interactive=False, elem_id="batch-csv")
     c.batch_button.click(handlers.batch, inputs=[c.batch_files, c.task, c.tile], outputs=[c.batch_table, c.batch_csv],
                          api_name="batch", **EXPLAIN)
+
+
+def monitor_tab(c: SimpleNamespace, handlers: Handlers) -> None:
+    """Drift a person can see: the recent decisions of the task against the model's reference
+    (ops/drift.py), as plots, drawn when the tab is opened or refreshed."""
+    c.monitor_summary = gr.Markdown(elem_id="monitor-summary")
+    c.monitor_since = gr.Radio(list(MONITOR_SPANS), value="7d", label="Decisions of the last", elem_id="monitor-since")
+    c.monitor_button = gr.Button("Refresh", elem_id="monitor-refresh")
+    c.monitor_plots, names = [], list(MONITOR_PLOTS)
+    for pair in (names[i:i + 2] for i in range(0, len(names), 2)):  # two plots a row
+        with gr.Row():
+            c.monitor_plots += [gr.Plot(label=MONITOR_PLOTS[name], elem_id=f"monitor-{name}", format="png")
+                                for name in pair]
+    for event in (c.monitor_button.click, c.monitor_tab.select, c.monitor_since.change):
+        event(handlers.monitor, inputs=[c.task, c.monitor_since], outputs=[c.monitor_summary, *c.monitor_plots],
+              api_visibility="private", concurrency_id="monitor", concurrency_limit=1)
 
 
 def similar_api(c: SimpleNamespace, handlers: Handlers) -> None:

@@ -32,6 +32,8 @@ from pathlib import Path
 import gradio as gr
 from starlette.middleware import Middleware
 
+from ..ops import Operations
+from ..ops.metrics import Endpoints
 from .gate import Admission, BodyLimit, Gate, Heartbeats
 from .uploads import HELD, UPLOAD_LIMIT, UploadRefused, uploaded_file
 
@@ -198,11 +200,17 @@ def sweeping(heartbeats: Heartbeats):
 class App:
     demo: gr.Blocks
     allowed_paths: list[str]  # exactly the files the page shows: the Model tab's plots, example images
+    ops: Operations           # /metrics, /healthz, the decision log
     heartbeats: Heartbeats = field(default_factory=Heartbeats)  # the pages open now
 
     def launch(self) -> None:
-        self.demo.launch(show_error=True, max_file_size=UPLOAD_LIMIT, footer_links=["api"],
-                         allowed_paths=self.allowed_paths,
-                         app_kwargs={"middleware": [Middleware(Gate, heartbeats=self.heartbeats),
-                                                    Middleware(BodyLimit)],
-                                     "lifespan": sweeping(self.heartbeats)})
+        try:
+            self.demo.launch(show_error=True, max_file_size=UPLOAD_LIMIT, footer_links=["api"],
+                             allowed_paths=self.allowed_paths,
+                             app_kwargs={"middleware": [Middleware(Endpoints, metrics=self.ops.metrics,
+                                                                   models=self.ops.models),
+                                                        Middleware(Gate, heartbeats=self.heartbeats),
+                                                        Middleware(BodyLimit)],
+                                         "lifespan": sweeping(self.heartbeats)})
+        finally:
+            self.ops.close()  # the log's queued rows written

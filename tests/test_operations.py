@@ -1,0 +1,337 @@
+"""Operations as whoever runs the app meets them: /metrics read by Prometheus' own parser and
+scraped by a real Prometheus server, /healthz, the decision log in SQLite and in a real
+PostgreSQL server (killed mid-run), the command line's log and monitor, the Monitor tab."""
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REAL_HAM, ROOT, SHARED_DATA, running_app
+from PIL import Image
+
+from skinlesion.batch import batch_rows, expand
+from skinlesion.ops import Operations, log
+from skinlesion.ops.record import ANSWERED, BAD_INPUT, REFUSED, UNFAMILIAR, Decision
+from skinlesion.predictor import Predictor
+
+STEEL = SHARED_DATA / "neu_det" / "images" / "scratches_1.jpg"
+LESIONS = ["ISIC_0024306.jpg", "ISIC_0024307.jpg", "ISIC_0024308.jpg"]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_pretrained(task="ham10000")
+
+
+def lesion_files(tmp_path: Path, n: int = 3) -> list[Path]:
+    """Real lesion images when the data is here, else made-up ones."""
+    if (REAL_HAM / "images").is_dir():
+        return [REAL_HAM / "images" / name for name in LESIONS[:n]]
+    rng, files = np.random.default_rng(0), []
+    for i in range(n):
+        image = np.full((150, 200, 3), (190, 140, 120), np.uint8)
+        image[50:100, 70:130] = (90, 50, 40)
+        files.append(tmp_path / f"lesion{i}.jpg")
+        Image.fromarray(np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)).save(files[-1])
+    return files
+
+
+def steel_file(tmp_path: Path) -> Path:
+    if STEEL.is_file():
+        return STEEL
+    path = tmp_path / "steel.jpg"
+    Image.fromarray(np.clip(np.random.default_rng(1).normal(120, 20, (200, 200)), 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def samples(registry_text: str) -> dict[tuple, float]:
+    """/metrics' samples: (name, sorted labels) → value, by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(registry_text) for s in family.samples}
+
+
+def images_counted(values: dict, endpoint: str, outcome: str, task: str = "ham10000") -> float:
+    return values.get(("skinlesion_images_total", (("endpoint", endpoint), ("outcome", outcome), ("task", task))), 0)
+
+
+# --- fast: the parts in one process -------------------------------------------------------------
+
+def test_a_batch_reports_each_file_once_and_the_log_keeps_no_image(predictor, tmp_path):
+    """batch_rows' observer through Operations into an SQLite log: one row per file in order,
+    the hash of each file's bytes, the answer's probabilities, a bad file's reason; no bytes
+    of any image in the database file."""
+    files = lesion_files(tmp_path, 2)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    ops = Operations({"ham10000": predictor}, url)
+    rows = list(batch_rows(predictor, expand([*map(str, files), str(bad)]), observe=ops.reporter(predictor, "cli")))
+    ops.close()
+    logged = log.read(url)
+    assert [d.endpoint for d in logged] == ["cli"] * 3
+    assert [d.sha256 for d in logged] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in [*files, bad]]
+    assert [d.outcome for d in logged][:2] == [ANSWERED if r["familiar"] else UNFAMILIAR for r in rows[:2]]
+    assert logged[2].outcome == BAD_INPUT and logged[2].error == rows[2]["error"] and not logged[2].probabilities
+    assert logged[0].probabilities == pytest.approx({c: rows[0][c] for c in predictor.codes}, abs=1e-6)
+    assert logged[0].model == ops.models["ham10000"] == hashlib.sha256(
+        (predictor.folder / "model.safetensors").read_bytes()).hexdigest()
+    stored = (tmp_path / "log.db").read_bytes()
+    assert not any(p.read_bytes()[200:264] in stored for p in files)  # no image bytes anywhere
+    window = list(ops.window)
+    assert len(window) == 3 and all(d.sha256 is None for d in window)  # the window keeps no hash
+
+
+def test_metrics_count_each_decision_by_outcome(predictor, tmp_path):
+    ops = Operations({"ham10000": predictor})
+    [lesion] = lesion_files(tmp_path, 1)
+    with ops.request("classify"):
+        ops.image("ham10000", 12.0, predictor.analyse(lesion, method=None), source=lesion)
+    ops.image("ham10000", 1.0, error="Cannot analyse this image: not an image", endpoint="classify")
+    from prometheus_client import generate_latest
+    values = samples(generate_latest(ops.metrics.registry).decode())
+    assert values[("skinlesion_requests_total", (("endpoint", "classify"), ("status", "ok")))] == 1
+    assert images_counted(values, "classify", BAD_INPUT) == 1
+    assert images_counted(values, "classify", ANSWERED) + images_counted(values, "classify", UNFAMILIAR) == 1
+    assert values[("skinlesion_model_info", (("architecture", "efficientnet_lite0"), ("sha256", ops.models["ham10000"]),
+                                             ("task", "ham10000")))] == 1
+    assert values[("skinlesion_prediction_set_size_count", (("task", "ham10000"),))] == 1
+
+
+def test_a_dead_database_never_blocks_an_answer_and_full_queues_drop_counted(tmp_path):
+    """A log whose server does not answer: put() returns at once, the failure is counted and
+    the rows wait; past the queue's capacity rows are dropped and counted."""
+    heard = []
+    writer = log.DecisionLog("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1", capacity=3,
+                             on_status=lambda status, n: heard.append(status))
+    decision = Decision("ham10000", "0" * 64, "classify", ANSWERED, 1.0)
+    start = time.perf_counter()
+    results = [writer.put(decision) for _ in range(6)]
+    assert time.perf_counter() - start < 0.5
+    assert results.count(False) >= 2 and "dropped" in heard
+    deadline = time.monotonic() + 10
+    while "failed" not in heard and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "failed" in heard and "written" not in heard
+    writer.stopping.set()
+
+
+def test_purge_deletes_only_old_rows(tmp_path):
+    from datetime import datetime, timedelta, timezone
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    writer = log.DecisionLog(url)
+    now = datetime.now(timezone.utc)
+    for age in (0, 2, 10):
+        writer.put(Decision("ham10000", "0" * 64, "cli", REFUSED, 1.0, time=now - timedelta(days=age)))
+    writer.close()
+    assert log.purge(url, 5) == 1
+    assert sorted(round((now - d.time).total_seconds() / 86400) for d in log.read(url)) == [0, 2]
+
+
+# --- slow: the real app, real database and Prometheus servers ------------------------------------
+
+def send(url: str, lesions: list[Path], steel: Path, bad: Path, tmp_path: Path) -> dict[tuple[str, str], int]:
+    """Answers, a refusal, a bad file and a batch (a zip of two lesions and the bad file) through
+    gradio_client; what was sent: (endpoint, outcome) → images (outcome by the answers)."""
+    from gradio_client import Client, handle_file
+    client = Client(url, verbose=False)
+    sent: dict[tuple[str, str], int] = {}
+
+    def count(endpoint, label):
+        text = label["label"]
+        outcome = REFUSED if text.startswith("not analysed") else UNFAMILIAR if text.startswith("unfamiliar") \
+            else ANSWERED
+        sent[endpoint, outcome] = sent.get((endpoint, outcome), 0) + 1
+
+    count("classify", client.predict(handle_file(lesions[0]), "ham10000", "auto", api_name="/classify"))
+    count("analyse", client.predict(handle_file(lesions[1]), "top", 0.5, "ham10000", "auto", "Grad-CAM",
+                                    api_name="/analyse")[1])
+    count("classify", client.predict(handle_file(steel), "ham10000", "auto", api_name="/classify"))
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(handle_file(bad), "ham10000", "auto", api_name="/classify")
+    sent["classify", BAD_INPUT] = 1
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in (*lesions[:2], bad):
+            z.write(p, p.name)
+    table, _ = client.predict([handle_file(archive)], "ham10000", "auto", api_name="/batch")
+    for row in table["data"]:
+        outcome = BAD_INPUT if row[4] else REFUSED if row[1].startswith("not analysed") else \
+            UNFAMILIAR if "unfamiliar" in row[1] else ANSWERED
+        sent["batch", outcome] = sent.get(("batch", outcome), 0) + 1
+    return sent
+
+
+def read_metrics(url: str) -> dict:
+    with urllib.request.urlopen(url + "metrics", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return samples(response.read().decode())
+
+
+def check_counters(url: str, sent: dict) -> None:
+    values = read_metrics(url)
+    for (endpoint, outcome), n in sent.items():
+        assert images_counted(values, endpoint, outcome) == n, (endpoint, outcome, n)
+    counted = sum(v for (name, _), v in values.items() if name == "skinlesion_images_total")
+    assert counted == sum(sent.values())
+    requests = {dict(labels)["endpoint"]: v for (name, labels), v in values.items()
+                if name == "skinlesion_requests_total" and dict(labels)["status"] == "bad_input"}
+    assert requests == {"classify": sent["classify", BAD_INPUT]}  # the bad file: its request too
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"definitely not an image")
+    return lesion_files(tmp_path), steel_file(tmp_path), bad
+
+
+@pytest.mark.slow
+def test_metrics_move_by_exactly_what_was_sent_and_the_sqlite_log_has_one_row_per_image(tmp_path, inputs):
+    lesions, steel, bad = inputs
+    db = tmp_path / "decisions.db"
+    with running_app(tmp_path / "tmp", tmp_path / "server.log", SKINLESION_LOG_DB=f"sqlite:///{db}") as (url, _):
+        with urllib.request.urlopen(url + "healthz", timeout=10) as response:
+            import json
+            health = json.load(response)
+        assert health["status"] == "ok" and set(health["models"]) == {"ham10000", "neu"}
+        before = read_metrics(url)
+        assert not any(name == "skinlesion_images_total" for name, _ in before)
+        sent = send(url, lesions, steel, bad, tmp_path)
+        check_counters(url, sent)
+        deadline = time.monotonic() + 20
+        while len(log.read(f"sqlite:///{db}")) < sum(sent.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    rows = log.read(f"sqlite:///{db}")
+    assert len(rows) == sum(sent.values())
+    assert {(d.endpoint, d.outcome) for d in rows} == set(sent)
+    assert {d.sha256 for d in rows if d.endpoint == "classify" and d.outcome != BAD_INPUT} == {
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in (lesions[0], steel)}
+    stored = db.read_bytes()
+    assert not any(p.read_bytes()[200:264] in stored for p in (*lesions, steel))
+
+
+@pytest.mark.slow
+def test_postgresql_log_survives_the_database_dying_mid_run(tmp_path, inputs):
+    """A real PostgreSQL server, stopped while answers are sent and started again: every answer
+    comes back, the failure shows in /metrics, and the rows written once it is back."""
+    from services import postgres_server
+    lesions, steel, bad = inputs
+    with postgres_server(tmp_path / "pg") as pg, \
+            running_app(tmp_path / "tmp", tmp_path / "server.log", SKINLESION_LOG_DB=pg.url) as (url, _):
+        sent = send(url, lesions, steel, bad, tmp_path)
+        wait_for_rows(pg.url, sum(sent.values()))
+        pg.stop()
+        again = send(url, lesions, steel, bad, tmp_path)  # every answer still comes
+        check_counters(url, {k: sent.get(k, 0) + again.get(k, 0) for k in {*sent, *again}})
+        deadline = time.monotonic() + 30
+        while not any(name == "skinlesion_log_rows_total" and dict(labels) == {"status": "failed"}
+                      for name, labels in read_metrics(url)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert any(name == "skinlesion_log_rows_total" and dict(labels) == {"status": "failed"}
+                   for name, labels in read_metrics(url))
+        pg.start()
+        rows = wait_for_rows(pg.url, sum(sent.values()) + sum(again.values()), timeout=90)
+    assert len(rows) == sum(sent.values()) + sum(again.values())
+    assert not any(p.read_bytes()[200:264] in repr(rows).encode() for p in lesions)
+
+
+def wait_for_rows(url: str, n: int, timeout: float = 30) -> list[Decision]:
+    deadline, rows = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        try:
+            rows = log.read(url)
+        except Exception:
+            rows = []
+        if len(rows) >= n:
+            return rows
+        time.sleep(0.5)
+    return rows
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_the_app_with_the_documented_config(tmp_path, inputs):
+    from services import prometheus_server
+    lesions, steel, bad = inputs
+    with running_app(tmp_path / "tmp", tmp_path / "server.log") as (url, _):
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        with prometheus_server(tmp_path / "prom", [f"127.0.0.1:{port}"], ROOT / "deploy" / "prometheus.yml") as prom:
+            sent = send(url, lesions, steel, bad, tmp_path)
+            prom.wait_for_scrape(60)
+            deadline, total = time.monotonic() + 30, 0
+            while time.monotonic() < deadline:
+                result = prom.query("sum(skinlesion_images_total)")
+                total = float(result[0]["value"][1]) if result else 0
+                if total == sum(sent.values()):
+                    break
+                time.sleep(1)
+    assert total == sum(sent.values())
+
+
+@pytest.mark.slow
+def test_the_command_line_logs_and_monitor_reports(tmp_path, inputs, predictor):
+    """predict --log-db writes one row per file; monitor prints the report, exit 0 without an
+    alarm; purge deletes nothing recent."""
+    import subprocess
+    import sys
+    lesions, _, bad = inputs
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    run = [sys.executable, "-m", "skinlesion"]
+    subprocess.run([*run, "predict", *map(str, lesions), str(bad), "--out", str(tmp_path / "out.csv"),
+                    "--log-db", url], check=True, cwd=ROOT, capture_output=True)
+    assert [d.endpoint for d in log.read(url)] == ["cli"] * 4
+    shown = subprocess.run([*run, "monitor", "--db", url, "--since", "1h"], cwd=ROOT, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "4" in shown.stdout
+    purged = subprocess.run([*run, "purge", "--db", url, "--days", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert purged.returncode == 0 and "deleted 0 rows" in purged.stderr
+
+
+
+# --- drift on real images, through the reporting path --------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL_HAM / "HAM10000_metadata.csv").is_file(), reason="real HAM10000 not found")
+def test_drift_stays_off_for_test_images_and_alarms_for_photographs_another_source_and_a_class_shift(predictor):
+    """benchmarks/drift.py's streams: test images raise no alarm; a class shift alarms on the
+    class mix, photographs on the refused rate, PH2 on the unfamiliar rate; the estimated
+    accuracy of the test images is within 0.03 of their measured one."""
+    from benchmarks.drift import judged, streams
+    from skinlesion.ops.drift import ALARM
+    found = streams(predictor, SHARED_DATA)
+    expected = {"class shift": "class_mix", "photographs": "refused_rate", "another source": "unfamiliar_rate"}
+    for name, (images, labels) in found.items():
+        report, measured = judged(predictor, images, labels)
+        if name == "test images":
+            assert not report.alarm and abs(report.accuracy - measured) <= 0.03, report.text()
+        else:
+            assert {s.key: s.level for s in report.statistics}[expected[name]] == ALARM, report.text()
+    assert len(found) == 4 or not (SHARED_DATA / "dermoscopy_external").is_dir()
+
+
+@pytest.mark.slow
+def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
+    from playwright.sync_api import expect, sync_playwright
+    from test_app import CHROMIUM, CHROMIUM_FLAGS
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    lesions, steel, bad = inputs
+    with running_app(tmp_path / "tmp", tmp_path / "server.log") as (url, _):
+        sent = send(url, lesions, steel, bad, tmp_path)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Monitor").click()
+            summary = page.locator("#monitor-summary")
+            expect(summary).to_contain_text(f"{sum(sent.values())} images", timeout=60_000)
+            expect(summary).to_contain_text("not enough data")
+            for name in ("class_mix", "scores", "rates", "accuracy", "latency"):
+                expect(page.locator(f"#monitor-{name} img")).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
+            browser.close()
