@@ -1,10 +1,11 @@
 # The README's quick start: two commands on a fresh Debian machine with Python 3.11+.
 #   make run        set up, then serve the app on the bundled models (http://127.0.0.1:7860)
-#   make test       set up (and Debian's Chromium, PostgreSQL, Prometheus and nginx for the page,
-#                   operations and proxy tests), then lint and run every test (CI)
+#   make test       set up (and Ray from requirements-ray.txt for the --ray batch test, and Debian's
+#                   Chromium, PostgreSQL, Prometheus and nginx for the page, operations and proxy
+#                   tests), then lint and run every test (CI)
 #   make test-fast  lint and the fast tier: pytest -m "not slow" (no servers, browser, training, torchrun)
 # Both are idempotent: the virtual environment is made once and reinstalled only when
-# requirements.txt changes; Chromium, PostgreSQL, Prometheus and nginx are installed only when missing.
+# requirements.txt changes; Ray, Chromium, PostgreSQL, Prometheus and nginx are installed only when missing.
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,13 +13,13 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test test-fast lint setup chromium postgresql prometheus nginx
+.PHONY: run test test-fast lint setup ray chromium postgresql prometheus nginx
 TEST_ENV := GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
 
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/python app.py
 
-test: setup chromium postgresql prometheus nginx lint
+test: setup ray chromium postgresql prometheus nginx lint
 	$(TEST_ENV) $(VENV)/bin/python -m pytest
 
 test-fast: setup lint
@@ -33,6 +34,11 @@ $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV) || { $(APT) update -qq && $(APT) install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	PIP_DISABLE_PIP_VERSION_CHECK=1 $(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
+
+# Ray is optional (python -m skinlesion predict --ray): its own requirements file, not the app's.
+ray: setup
+	@$(VENV)/bin/python -c "import ray.data" 2>/dev/null || \
+		PIP_DISABLE_PIP_VERSION_CHECK=1 $(VENV)/bin/pip install -q -r requirements-ray.txt
 
 chromium:
 	@command -v chromium >/dev/null || { $(APT) update -qq && $(APT) install -y -qq chromium >/dev/null; }

@@ -1,4 +1,5 @@
-"""python -m skinlesion predict PATH... --out results.csv [--task TASK] [--model DIR] [--log-db URL]
+"""python -m skinlesion predict PATH... --out results.csv [--task TASK] [--model DIR] [--engine onnx] [--log-db URL]
+                             [--ray [ADDRESS] [--workers N]]
 python -m skinlesion monitor --db URL [--since 7d] [--task TASK] [--model DIR]
 python -m skinlesion purge --db URL --days N
 
@@ -7,7 +8,8 @@ Classifies many images — files, folders, globs, zip archives — with the task
 the layout). Long images are classified by tiles with --tile (skinlesion/tiles.py). An
 unreadable file gets its error in the `error` column and the run goes on; the
 exit code is 1 only when no file could be read. With --log-db, each file is also a row of
-the decision log (skinlesion/ops/log.py).
+the decision log (skinlesion/ops/log.py). With --ray, the batches are spread over Ray actors on
+this machine or a cluster, for the same CSV (skinlesion/ray_batch.py).
 
 `monitor` reports the drift of the decision log's recent decisions against the model's
 reference (skinlesion/ops/drift.py) and exits with 3 on an alarm (for cron or CI); `purge`
@@ -24,6 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .batch import BATCH_SIZE, batch_rows, expand, write_csv
+from .models.onnx import ENGINES
 from .models.spec import ModelFolderError
 from .ops import Operations, drift, log
 from .predictor import Predictor
@@ -44,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
                          help="classify long images (strips) by overlapping tiles; the answer is the worst tile's "
                               "(default: on for tasks that tile large images, such as steel)")
     predict.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    predict.add_argument("--engine", choices=ENGINES, default="auto",
+                         help="auto: ONNX Runtime when the model folder ships an export, else PyTorch (default)")
     predict.add_argument("--log-db", metavar="URL", help="also log one row per file to this database (SQLAlchemy URL)")
+    predict.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                         help="spread the batches over Ray actors: on a local Ray instance, or the cluster at ADDRESS "
+                              "(HOST:6379); needs pip install -r requirements-ray.txt (skinlesion/ray_batch.py)")
+    predict.add_argument("--workers", type=int, default=2, help="with --ray: how many actors (default: %(default)s)")
     monitor = commands.add_parser("monitor", help="the decision log's drift report; exit code 3 on an alarm")
     monitor.add_argument("--db", required=True, metavar="URL", help="the decision log's database (SQLAlchemy URL)")
     monitor.add_argument("--since", default="7d", help="the span to read: 30m, 24h, 7d … (default: %(default)s)")
@@ -57,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "purge":
         print(f"deleted {log.purge(args.db, args.days)} rows older than {args.days:g} days", file=sys.stderr)
         return 0
+    if getattr(args, "ray", None):
+        from .ray_batch import ray_problem
+        if problem := ray_problem(args.log_db, args.ray):
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
-        predictor = Predictor.from_pretrained(args.model, task=get_task(args.task).key)
+        predictor = Predictor.from_pretrained(args.model, task=get_task(args.task).key,
+                                              engine=getattr(args, "engine", "auto"))
     except (ModelFolderError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -92,9 +107,15 @@ def predict_files(predictor: Predictor, args) -> int:
             yield row
 
     with tqdm(total=len(items), unit="image", file=sys.stderr) as bar:
-        answered = batch_rows(predictor, items, args.batch_size, args.tile,
-                              progress=lambda done, _: bar.update(done - bar.n),
-                              observe=ops.reporter(predictor, "cli") if ops else None)
+        if args.ray:  # the same rows from Ray actors (skinlesion/ray_batch.py)
+            from .ray_batch import ray_rows
+            answered = ray_rows(args.model, predictor.task.key, args.paths, None if args.ray == "local" else args.ray,
+                                args.batch_size, args.tile, args.workers,
+                                progress=lambda done, _: bar.update(done - bar.n), engine=getattr(args, "engine", None))
+        else:
+            answered = batch_rows(predictor, items, args.batch_size, args.tile,
+                                  progress=lambda done, _: bar.update(done - bar.n),
+                                  observe=ops.reporter(predictor, "cli") if ops else None)
         ok, failed = write_csv(args.out, predictor, counted(answered))
     if ops:
         ops.close()

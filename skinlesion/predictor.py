@@ -15,8 +15,10 @@
                image's tile maps are stitched into one, and its answer is the worst tile's
 
 `analyse_many` answers many prepared images in batched passes, without heat-maps (the batch
-path and the command line). The heat-map, the input check and the similar cases are the
-primary model's (the folder's own) also when an ensemble answers. Presentation is the app's.
+path and the command line). The passes without a heat-map run on ONNX Runtime when the folder
+ships an ONNX export (`engine`: models/onnx.py); the heat-map's pass is always PyTorch's. The
+heat-map, the input check and the similar cases are the primary model's (the folder's own) also
+when an ensemble answers. Presentation is the app's.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from .explain import GRAD_CAM, METHODS, GradCam, Watched, attribution_map, heatm
 from .images import ImageInput, InputError, decode
 from .models.ensemble import Ensemble, load_ensemble
 from .models.hub import download, looks_like_repo_id
+from .models.onnx import runtime_for
 from .models.spec import ModelSpec
 from .skintone import estimate
 from .tasks import get_task
@@ -51,7 +54,7 @@ class Predictor:
     views), the folder's spec (task, classes, input, decision rule) and its trust parts."""
 
     def __init__(self, net: torch.nn.Module | Ensemble, spec: ModelSpec, folder: str | Path | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", engine: str = "auto"):
         self.device = torch.device(device)
         net = net if isinstance(net, Ensemble) else Ensemble([net])
         # channels_last: about twice the CPU throughput of the default layout for B0
@@ -64,6 +67,10 @@ class Predictor:
         # what an answer for an image unlike the training images says first, with the folder's figure
         self.caution = caution(self.task, (spec.config.get(UNFAMILIAR_KEY) or {}).get("measured"))
         self.grad_cam = GradCam(self.primary)
+        # ONNX Runtime for the passes without a heat-map, when the folder ships it (auto) or asked (onnx)
+        self.runtime = runtime_for(self.folder, spec.config, engine) if self.device.type == "cpu" or \
+            engine == "onnx" else None
+        self.engine = "onnx" if self.runtime is not None else "torch"
 
     @property
     def primary(self) -> torch.nn.Module:
@@ -72,14 +79,15 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, device: str = "cpu",
-                        task: str | None = None) -> "Predictor":
+                        task: str | None = None, engine: str = "auto") -> "Predictor":
         """`source`: a model folder, a Hub repo id ("user/name", cached copies work offline), or
-        None for the bundled model of `task` (the default task when None)."""
+        None for the bundled model of `task` (the default task when None). `engine`: "auto" (ONNX
+        Runtime when the folder ships an export, else PyTorch), "torch" or "onnx"."""
         folder = Path(source) if source is not None else get_task(task).model_folder
         if source is not None and not folder.exists() and looks_like_repo_id(str(source)):
             folder = download(str(source))
         net, spec = load_ensemble(folder)
-        return cls(net, spec, folder=folder, device=device)
+        return cls(net, spec, folder=folder, device=device, engine=engine)
 
     def prepare(self, image: ImageInput, tile: bool | None = None, keep_image: bool = False) -> Prepared:
         """Check and decode `image`, and make the model's input: its tiles when tiling is on
@@ -104,7 +112,8 @@ class Predictor:
         drawn = None if method is None else GRAD_CAM if prepared.boxes else method  # tiles: Grad-CAM
         reuse = drawn == GRAD_CAM and len(prepared.x) <= TILE_CHUNK  # the answer's pass feeds the map
         with self.grad_cam.watch() if reuse else torch.inference_mode() as watched:
-            answer = replace(self._answer(prepared, *self._forward(prepared.x)), image=prepared.image)
+            answer = replace(self._answer(prepared, *self._forward(prepared.x, torch_pass=reuse)),
+                             image=prepared.image)
         if drawn is None:
             return answer
         index = self.codes.index(target or answer.decided)
@@ -127,9 +136,14 @@ class Predictor:
                 answers.append(self._answer(p, *self._forward(p.x)))
         return answers
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
+    def _forward(self, x: torch.Tensor, torch_pass: bool = False) -> tuple[torch.Tensor, Features]:
         """The answering network's logits of a stack of views or tiles (in passes of TILE_CHUNK),
-        and the primary model's features of the same passes."""
+        and the primary model's features of the same passes; on ONNX Runtime when the folder
+        ships it, unless `torch_pass` (a Grad-CAM map will backpropagate this pass)."""
+        if self.runtime is not None and not torch_pass:
+            parts = [self.runtime(chunk) for chunk in x.split(TILE_CHUNK)]
+            features = {name: torch.cat([f[name] for _, f in parts]) for name in parts[0][1]} if parts[0][1] else None
+            return torch.cat([logits for logits, _ in parts]), features
         with self.trust.recording():
             logits = torch.cat([self.net(chunk) for chunk in x.split(TILE_CHUNK)])
             return logits, self.trust.features(last=True)

@@ -111,6 +111,15 @@ def bundled_models() -> dict:
 
 
 @pytest.fixture(scope="session")
+def bundled_torch_models() -> dict:
+    """The same models answering in PyTorch (the bundled folders ship ONNX exports, which the
+    default engine uses): the tests of `bundled` run both engines through the same assertions."""
+    from skinlesion import Predictor
+    from skinlesion.tasks import TASKS
+    return {key: Predictor.from_pretrained(task=key, engine="torch") for key in TASKS}
+
+
+@pytest.fixture(scope="session")
 def predictor(model_folder):
     from skinlesion import Predictor
     return Predictor.from_pretrained(model_folder)

@@ -18,9 +18,13 @@ from skinlesion.tasks import TASKS, get_task
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(params=sorted(TASKS))
-def bundled(request, bundled_models):
-    return bundled_models[request.param]
+@pytest.fixture(params=[(task, engine) for task in sorted(TASKS) for engine in ("onnx", "torch")],
+                ids=lambda param: "-".join(param))
+def bundled(request, bundled_models, bundled_torch_models):
+    task, engine = request.param
+    found = (bundled_models if engine == "onnx" else bundled_torch_models)[task]
+    assert found.engine == engine  # the bundled folders ship ONNX: the default engine takes it
+    return found
 
 
 def card_results(predictor) -> dict[str, float]:

@@ -1,0 +1,83 @@
+"""The ONNX Runtime engine: the bundled folders' exports answer as PyTorch does on real images
+at batch sizes 1, 8 and 32; a folder without an export answers in PyTorch; the command line's
+--engine gives the same CSV; `python -m train.onnx` exports and checks a folder."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from skinlesion import Predictor
+from skinlesion.models.onnx import ONNX_FILE, ONNX_KEY
+from skinlesion.tasks import TASKS
+from train.onnx import TOLERANCE, parity, parity_images
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_the_shipped_export_answers_as_pytorch_at_batches_1_8_32(task, bundled_models, bundled_torch_models):
+    onnx, torch_ = bundled_models[task], bundled_torch_models[task]
+    assert (onnx.engine, torch_.engine) == ("onnx", "torch")
+    found = parity(torch_, onnx, parity_images(torch_, None))
+    assert found["max_probability_difference"] <= TOLERANCE and found["decided_known_familiar_identical"], found
+    assert found["batches"] == [1, 8, 32]
+
+
+def test_a_folder_without_an_export_answers_in_pytorch(tmp_path):
+    folder = tmp_path / "plain"
+    shutil.copytree(ROOT / "assets" / "models" / "neu", folder, ignore=shutil.ignore_patterns(ONNX_FILE))
+    config = json.loads((folder / "config.json").read_text())
+    del config[ONNX_KEY]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert Predictor.from_pretrained(folder).engine == "torch"
+    with pytest.raises(ValueError, match="no ONNX model"):
+        Predictor.from_pretrained(folder, engine="onnx")
+    with pytest.raises(ValueError, match="unknown engine"):
+        Predictor.from_pretrained(folder, engine="tensorrt")
+
+
+def test_a_heat_map_is_drawn_in_pytorch_beside_an_onnx_answer(bundled_models, bundled_torch_models):
+    image = sorted((ROOT / "assets" / "examples" / "ham10000").glob("*.jpg"))[0]
+    onnx, torch_ = bundled_models["ham10000"], bundled_torch_models["ham10000"]
+    for method in (None, "Grad-CAM", "Occlusion"):
+        a, b = onnx.analyse(image, method=method), torch_.analyse(image, method=method)
+        assert a.decided == b.decided and a.probabilities == pytest.approx(b.probabilities, abs=TOLERANCE)
+        assert (a.heatmap is None) == (method is None)
+        if method:
+            assert abs(a.heatmap - b.heatmap).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_the_command_line_gives_the_same_csv_on_either_engine(tmp_path):
+    images = sorted((ROOT / "assets" / "examples" / "ham10000").glob("*.jpg"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    rows = {}
+    for engine in ("onnx", "torch"):
+        out = tmp_path / f"{engine}.csv"
+        subprocess.run([sys.executable, "-m", "skinlesion", "predict", *map(str, images), str(bad), "--out", str(out),
+                        "--engine", engine], check=True, cwd=ROOT, capture_output=True)
+        with out.open(newline="") as f:
+            rows[engine] = list(csv.DictReader(f))
+    codes = TASKS["ham10000"].codes
+    assert len(rows["onnx"]) == len(rows["torch"]) == len(images) + 1
+    for a, b in zip(rows["onnx"], rows["torch"]):
+        assert {k: v for k, v in a.items() if k not in (*codes, "check_score")} == \
+            {k: v for k, v in b.items() if k not in (*codes, "check_score")}
+        assert all(abs(float(a[c] or 0) - float(b[c] or 0)) <= TOLERANCE for c in codes)
+
+
+@pytest.mark.slow
+def test_train_onnx_exports_checks_and_records_a_folder(tmp_path):
+    folder = tmp_path / "neu"
+    shutil.copytree(ROOT / "assets" / "models" / "neu", folder, ignore=shutil.ignore_patterns(ONNX_FILE))
+    done = subprocess.run([sys.executable, "-m", "train.onnx", str(folder)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entry = json.loads((folder / "config.json").read_text())[ONNX_KEY]
+    assert entry["file"] == ONNX_FILE and (folder / ONNX_FILE).is_file() and entry["outputs"][0] == "logits"
+    assert entry["parity"]["max_probability_difference"] <= TOLERANCE
+    assert Predictor.from_pretrained(folder).engine == "onnx"
