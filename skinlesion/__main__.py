@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .batch import BATCH_SIZE, batch_rows, expand, write_csv
+from .batch import batch_rows, batch_size_for, expand, write_csv
 from .models.onnx import ENGINES
 from .models.spec import ModelFolderError
 from .ops import Operations, drift, log
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
                          help="classify long images (strips) by overlapping tiles; the answer is the worst tile's "
                               "(default: on for tasks that tile large images, such as steel)")
-    predict.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    predict.add_argument("--batch-size", type=int,
+                         help="images per pass (default: the engine's: PyTorch 8, ONNX Runtime 32)")
     predict.add_argument("--engine", choices=ENGINES, default="auto",
                          help="auto: ONNX Runtime when the model folder ships an export, else PyTorch (default)")
     predict.add_argument("--log-db", metavar="URL", help="also log one row per file to this database (SQLAlchemy URL)")
@@ -110,7 +111,7 @@ def predict_files(predictor: Predictor, args) -> int:
         if args.ray:  # the same rows from Ray actors (skinlesion/ray_batch.py)
             from .ray_batch import ray_rows
             answered = ray_rows(args.model, predictor.task.key, args.paths, None if args.ray == "local" else args.ray,
-                                args.batch_size, args.tile, args.workers,
+                                args.batch_size or batch_size_for(predictor), args.tile, args.workers,
                                 progress=lambda done, _: bar.update(done - bar.n), engine=getattr(args, "engine", None))
         else:
             answered = batch_rows(predictor, items, args.batch_size, args.tile,

@@ -15,7 +15,7 @@ a task of skin: skintone.py), one row per input file in input order.
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
 file). Images are decoded one by one into the model's input (`Predictor.prepare`: a long image
 into its tiles when tiling is on) — a bad file becomes a row with its error and never stops
-the batch — and analysed in batches of `BATCH_SIZE` (`Predictor.analyse_many`). A batch
+the batch — and analysed in batches (`Predictor.analyse_many`; the engine's size, `batch_size_for`). A batch
 may carry a budget of decoded pixels (the page and /batch do: `MAX_PIXELS`): the files past
 it get a row saying so instead of being decoded.
 
@@ -36,7 +36,9 @@ from .analysis import Analysis, Prepared
 from .images import InputError
 from .predictor import Predictor
 
-BATCH_SIZE = 8                  # on 2 CPU cores B0 ran faster at batches of 4-8 than 16 (docs/results.md)
+# Batch sizes per engine, on 2 CPU cores (python -m benchmarks.engines: docs/results.md): PyTorch
+# answers faster at 8 than at 32, ONNX Runtime faster at 32 than at 8.
+BATCH_SIZE, ONNX_BATCH_SIZE = 8, 32
 MAX_FILES = 500                 # the page and /batch: more is refused, with this number
 MAX_BYTES = 200 * 1024 ** 2     # ... and so is more than this much (zip members uncompressed)
 # ... and files past this many decoded pixels are not decoded: a 6 MB zip of 500 one-bit
@@ -131,16 +133,23 @@ def columns(predictor: Predictor) -> list[str]:
             "prediction_set", "level", "skin_ita", "skin_tone"]
 
 
-def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int = BATCH_SIZE, tile: bool | None = None,
+def batch_size_for(predictor: Predictor) -> int:
+    """The batch size the predictor's engine answers fastest at."""
+    return ONNX_BATCH_SIZE if predictor.engine == "onnx" else BATCH_SIZE
+
+
+def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int | None = None, tile: bool | None = None,
                progress: Callable[[int, int], None] | None = None, max_pixels: int | None = None,
                observe: Observer | None = None) -> Iterator[dict]:
     """One row per item, in order (see the module docstring), yielded as soon as its batch is
     done; `progress(done, total)` after each batch. `tile`: None for the task's default. Once
     `max_pixels` decoded pixels are spent, the remaining items are not decoded: their rows say why.
+    `batch_size`: None for the engine's (`batch_size_for`).
     `observe(item, analysis or None, error, milliseconds)` hears of each item (operations: ops/);
     an analysed image's time is its decoding and its share of the batch's pass."""
     pending: list[tuple[Item, Prepared | dict, float]] = []  # model inputs wait for a batch; rows are done
     decoded = done = 0
+    batch_size = batch_size or batch_size_for(predictor)
 
     def flush() -> Iterator[dict]:
         start = time.perf_counter()

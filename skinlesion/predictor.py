@@ -42,7 +42,7 @@ from .tasks import get_task
 from .tasks.verdicts import caution, refused
 from .tiles import TILE_CHUNK, split, where, worst_tile
 from .transforms import model_input
-from .trust import Trust
+from .trust import Assessment, Trust
 from .trust.gallery import CASES_SHOWN, Case
 
 Features = dict[str, torch.Tensor] | None
@@ -126,11 +126,11 @@ class Predictor:
         passes of TILE_CHUNK tiles."""
         whole = [p for p in prepared if p.boxes is None]
         logits, features = self._forward(torch.cat([p.x for p in whole])) if whole else (None, None)
+        assessed = self.trust.assess(features, range(len(whole)))  # the batch's rows at once
         answers, row = [], 0
         for p in prepared:
             if p.boxes is None:
-                rows = {name: f[row:row + 1] for name, f in features.items()} if features else None
-                answers.append(self._answer(p, logits[row:row + 1], rows))
+                answers.append(self._answer(p, logits[row:row + 1], None, assessed[row]))
                 row += 1
             else:
                 answers.append(self._answer(p, *self._forward(p.x)))
@@ -148,16 +148,18 @@ class Predictor:
             logits = torch.cat([self.net(chunk) for chunk in x.split(TILE_CHUNK)])
             return logits, self.trust.features(last=True)
 
-    def _answer(self, prepared: Prepared, logits: torch.Tensor, features: Features) -> Analysis:
+    def _answer(self, prepared: Prepared, logits: torch.Tensor, features: Features,
+                assessment: Assessment | None = None) -> Analysis:
         """One image's logits and features (one row, or one per tile) → calibrated probabilities,
         the decided class (the only place it is decided), the prediction set, the trust parts'
-        findings and the verdict. A tiled image answers with its worst tile, checked as that tile."""
+        findings (`assessment` when a batch assessed its rows already) and the verdict. A tiled
+        image answers with its worst tile, checked as that tile."""
         probs = self.rule.probabilities(logits.detach().float().cpu().numpy())
         worst = worst_tile(probs)
         probabilities = {code: float(p) for code, p in zip(self.codes, probs[worst])}
         decided = self.codes[int(self.rule.decide(probs[worst]))]
         in_set = [c for c, inside in zip(self.codes, self.rule.prediction_set(probs[worst])) if inside]
-        trust = self.trust.assess(features, worst)
+        trust = assessment if assessment is not None else self.trust.assess(features, [worst])[0]
         region = prepared.boxes[worst] if prepared.boxes else None
         if not trust.known:
             verdict = refused(self.task, trust.check_score, trust.check_threshold)

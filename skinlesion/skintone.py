@@ -34,13 +34,29 @@ MIN_PIXELS = 50   # fewer skin pixels than this: no estimate
 SERVED_PIXELS = 40_000  # the serving estimate reads a strided copy of about this many pixels
 
 
+def _linear(c: np.ndarray) -> np.ndarray:
+    """sRGB's transfer function undone: 0..1 → linear light."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+LINEAR = _linear(np.arange(256) / 255.0)  # every uint8 value's linear light: a look-up instead of a power per pixel
+
+
+def _f(t: np.ndarray) -> np.ndarray:
+    """CIELAB's compression of a tristimulus value relative to the white."""
+    return np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+
+
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """(…, 3) uint8 sRGB → (…, 3) float L*, a*, b* (D65)."""
-    c = rgb.astype(np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ SRGB_TO_XYZ.T / WHITE_D65
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    f = _f(LINEAR[np.asarray(rgb, np.uint8)] @ SRGB_TO_XYZ.T / WHITE_D65)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def lightness_and_b(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`srgb_to_lab`'s L* and b* of (n, 3) uint8 pixels alone (all ITA needs: a third less work)."""
+    f = _f(LINEAR[rgb] @ SRGB_TO_XYZ[1:].T / WHITE_D65[1:])
+    return 116 * f[:, 0] - 16, 200 * (f[:, 0] - f[:, 1])
 
 
 def ita(lightness: float, b: float) -> float:
@@ -55,24 +71,24 @@ def group(angle: float | None) -> str | None:
     return next(name for name, lowest in GROUPS if angle > lowest)
 
 
-def ring(shape: tuple[int, int], centre: float = CENTRE) -> np.ndarray:
-    """A boolean mask of the pixels outside the central `centre` share of each side."""
-    h, w = shape
-    keep = np.ones((h, w), bool)
+def ring(rgb: np.ndarray, centre: float = CENTRE) -> np.ndarray:
+    """The (n, 3) pixels outside the central `centre` share of each side, row by row (four
+    slices: a boolean mask of the image costs more than the conversion)."""
+    h, w = rgb.shape[:2]
     top, left = round(h * (1 - centre) / 2), round(w * (1 - centre) / 2)
-    keep[top:h - top, left:w - left] = False
-    return keep
+    middle = rgb[top:h - top]
+    return np.concatenate([rgb[:top].reshape(-1, 3), middle[:, :left].reshape(-1, 3),
+                           middle[:, w - left:].reshape(-1, 3), rgb[h - top:].reshape(-1, 3)])
 
 
 def skin_ita(rgb: np.ndarray, lesion: np.ndarray | None = None) -> float | None:
     """ITA° of the skin of an (H, W, 3) uint8 image: outside `lesion` (a boolean mask) when
     given, else in the `ring`; None when too few skin pixels are left."""
-    skin = ~lesion if lesion is not None else ring(rgb.shape[:2])
-    lab = srgb_to_lab(rgb[skin])
-    lab = lab[lab[:, 0] >= DARKEST]
-    if len(lab) < MIN_PIXELS:
+    lightness, b = lightness_and_b(rgb[~lesion] if lesion is not None else ring(rgb))
+    skin = lightness >= DARKEST
+    if skin.sum() < MIN_PIXELS:
         return None
-    return ita(float(np.median(lab[:, 0])), float(np.median(lab[:, 2])))
+    return ita(float(np.median(lightness[skin])), float(np.median(b[skin])))
 
 
 def estimate(rgb: np.ndarray) -> float | None:

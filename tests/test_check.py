@@ -77,14 +77,14 @@ def test_with_a_modality_check_the_familiarity_check_only_cautions():
     reference, val = gaussian_features(rng, 1000), gaussian_features(rng, 400)
     far = gaussian_features(rng, 1, shift=3.0)
     cautious = InputCheck.fit(reference, reference[POOLED][:50], val, ("s1", "s2"), refuses=False)
-    found = cautious.assess(far, 0, Assessment())
+    found = cautious.assess(far, [0], [Assessment()])[0]
     assert found.known and not found.familiar and found.familiarity_score > found.familiarity_threshold
     backstop = replace(cautious, far=found.familiarity_score - 1e-3)  # past `far`: refused even so
-    refused = backstop.assess(far, 0, Assessment())
+    refused = backstop.assess(far, [0], [Assessment()])[0]
     assert not refused.known
     assert (refused.check_score, refused.check_threshold) == (found.familiarity_score, backstop.far)
     refusing = InputCheck.fit(reference, reference[POOLED][:50], val, ("s1", "s2"))
-    found = refusing.assess(far, 0, Assessment())
+    found = refusing.assess(far, [0], [Assessment()])[0]
     assert not found.known and not found.familiar and found.check_score == found.familiarity_score
 
 

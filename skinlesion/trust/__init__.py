@@ -4,7 +4,7 @@
     with trust.recording():                           # around the answer's own forward pass
         logits = net(x)
         features = trust.features()                   # what the pass recorded (features.py)
-    assessment = trust.assess(features, row)          # known? familiar? the scores, similar cases
+    assessments = trust.assess(features, rows)        # per row: known? familiar? the scores, similar cases
 
 The parts, one file each, all reading the features of the answer's own pass (no second pass):
 - modality.py: the modality check — is this an image of the task's kind at all (dermoscopy, a
@@ -17,7 +17,8 @@ conformal.py is the arithmetic of the 90% prediction sets; their numbers are par
 decision rule (decision.py) that every answer applies. features.py records the features.
 
 A new part is one file with a class that has `stages` (the stages whose statistics it reads)
-and `assess(features, row, so_far) -> Assessment`, and one line in `Trust.load`; an
+and `assess(features, rows, so_far) -> list[Assessment]` (the rows at once: one batched
+computation, not one per image), and one line in `Trust.load`; an
 `Assessment` field carries its finding to the `Analysis` (predictor.py), which has the same field.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Assessment:
 class Part(Protocol):
     stages: tuple[str, ...]
 
-    def assess(self, features: Features, row: int, so_far: Assessment) -> Assessment: ...
+    def assess(self, features: Features, rows: Sequence[int], so_far: list[Assessment]) -> list[Assessment]: ...
 
 
 class Trust:
@@ -86,12 +87,13 @@ class Trust:
         `last`: nothing more is recorded until the next `recording`."""
         return self._tap.take(last) if self._tap else None
 
-    def assess(self, features: Features | None, row: int = 0) -> Assessment:
-        """Every part's finding for row `row` of `features` (a tiled image: the tile answered)."""
-        assessment = Assessment()
+    def assess(self, features: Features | None, rows: Sequence[int] = (0,)) -> list[Assessment]:
+        """Every part's finding for each of `rows` of `features` (one row per image; a tiled
+        image: the tile answered)."""
+        assessments = [Assessment() for _ in rows]
         for part in self.parts if features is not None else ():
-            assessment = part.assess(features, row, assessment)
-        return assessment
+            assessments = part.assess(features, list(rows), assessments)
+        return assessments
 
     def cases(self, neighbours: Sequence[Neighbour]) -> list[Case]:
         """The gallery's cases (thumbnail, diagnosis, confirmation) of `neighbours`."""

@@ -29,6 +29,7 @@ the gallery's pooled features) and in config.json under "input_check".
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping
 
@@ -47,8 +48,8 @@ METHOD = ("max of validation-scaled scores: Mahalanobis distance of per-channel 
           "stage (Ledoit-Wolf) and k-NN cosine distance of the pooled features to the gallery")
 
 
-def normalised(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x.float(), dim=1)
+def normalised(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.to(dtype), dim=1)
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,21 @@ class InputCheck:
     refuses: bool = True                     # no modality check beside it: failing this check refuses
     far: float | None = None                 # beside one: a score over this still refuses (None: never)
 
+    @cached_property
+    def _double(self) -> dict[str, torch.Tensor]:
+        return {**{f"{s}.mean": self.means[s].double() for s in self.stages},
+                **{f"{s}.precision": self.precisions[s].double() for s in self.stages},
+                "gallery": self.gallery.double()}
+
     def raw_scores(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each score of each row of `features` (FeatureTap.take()), unscaled."""
-        scores = {}
+        """Each score of each row of `features` (FeatureTap.take()), unscaled. In float64: a row's
+        score must not depend on the batch it came in (float32 products of 1 and of n rows differ
+        by ~1e-6, enough to move an image that sits on the threshold across it)."""
+        scores, double = {}, self._double
         for stage in self.stages:
-            d = features[stage].float() - self.means[stage]
-            scores[stage] = ((d @ self.precisions[stage]) * d).sum(1)
-        similarity = normalised(features[POOLED]) @ self.gallery.float().T
+            d = features[stage].double() - double[f"{stage}.mean"]
+            scores[stage] = ((d @ double[f"{stage}.precision"]) * d).sum(1)
+        similarity = normalised(features[POOLED], torch.float64) @ double["gallery"].T
         k = min(self.k, similarity.shape[1])
         scores[NEAREST] = 1 - similarity.topk(k, dim=1).values[:, -1]
         return scores
@@ -81,9 +90,12 @@ class InputCheck:
         scaled = [(raw[name] - self.centre[name]) / self.spread[name] for name in raw]
         return torch.stack(scaled).amax(0).double().numpy()
 
-    def assess(self, features: Mapping[str, torch.Tensor], row: int, so_far):
-        """Row `row`'s score against the threshold (trust/__init__.py: a part's entry)."""
-        score = float(self.scores({n: f[row:row + 1] for n, f in features.items()})[0])
+    def assess(self, features: Mapping[str, torch.Tensor], rows: list[int], so_far: list):
+        """Each row's score against the threshold (trust/__init__.py: a part's entry)."""
+        scores = self.scores({n: f[rows] for n, f in features.items()})
+        return [self._assess_one(float(score), found) for score, found in zip(scores, so_far)]
+
+    def _assess_one(self, score: float, so_far):
         found = replace(so_far, familiar=score <= self.threshold, familiarity_score=score,
                         familiarity_threshold=self.threshold)
         if self.refuses:

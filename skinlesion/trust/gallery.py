@@ -82,13 +82,19 @@ class Gallery:
 
     def nearest(self, pooled: torch.Tensor, k: int = NEIGHBOURS) -> list[Neighbour]:
         """The k most similar gallery images to one image's pooled features (1×d), most similar first."""
-        similarity = (normalised(pooled.reshape(1, -1)) @ self.features.T)[0]
-        top = similarity.topk(min(k, len(self)))
-        return [Neighbour(int(i), self.codes[int(i)], float(s)) for s, i in zip(top.values, top.indices)]
+        return self.nearest_rows(pooled.reshape(1, -1), k)[0]
 
-    def assess(self, features: Mapping[str, torch.Tensor], row: int, so_far):
-        """The nearest cases of row `row`, for an image the input check knows (trust/__init__.py)."""
-        return replace(so_far, similar=self.nearest(features[POOLED][row])) if so_far.known else so_far
+    def nearest_rows(self, pooled: torch.Tensor, k: int = NEIGHBOURS) -> list[list[Neighbour]]:
+        """`nearest` of each row of pooled features (n×d), in one product with the gallery."""
+        top = (normalised(pooled) @ self.features.T).topk(min(k, len(self)), dim=1)
+        return [[Neighbour(int(i), self.codes[int(i)], float(s)) for s, i in zip(values.tolist(), indices.tolist())]
+                for values, indices in zip(top.values, top.indices)]
+
+    def assess(self, features: Mapping[str, torch.Tensor], rows: list[int], so_far: list):
+        """The nearest cases of each row, for the images the input check knows (trust/__init__.py)."""
+        known = [row for row, found in zip(rows, so_far) if found.known]
+        cases = iter(self.nearest_rows(features[POOLED][known]) if known else [])
+        return [replace(found, similar=next(cases)) if found.known else found for found in so_far]
 
     def case(self, neighbour: Neighbour) -> Case:
         i = neighbour.index

@@ -50,13 +50,14 @@ class ModalityCheck:
 
     def scores(self, features: Mapping[str, torch.Tensor]) -> np.ndarray:
         """Each row's score: higher is less like the task's images."""
-        x = torch.cat([features[n].float() for n in self.names], 1)
-        return (((x - self.mean) / self.scale) @ self.weights + self.bias).double().numpy()
+        x = torch.cat([features[n].double() for n in self.names], 1)  # float64: as InputCheck.raw_scores, why
+        return (((x - self.mean.double()) / self.scale.double()) @ self.weights.double() + self.bias).numpy()
 
-    def assess(self, features: Mapping[str, torch.Tensor], row: int, so_far):
-        """Row `row`'s score against the threshold (trust/__init__.py: a part's entry)."""
-        score = float(self.scores({n: features[n][row:row + 1] for n in self.names})[0])
-        return replace(so_far, known=score <= self.threshold, check_score=score, check_threshold=self.threshold)
+    def assess(self, features: Mapping[str, torch.Tensor], rows: list[int], so_far: list):
+        """Each row's score against the threshold (trust/__init__.py: a part's entry)."""
+        scores = self.scores({n: features[n][rows] for n in self.names})
+        return [replace(found, known=bool(score <= self.threshold), check_score=float(score),
+                        check_threshold=self.threshold) for found, score in zip(so_far, scores)]
 
     def to_config(self, **measured) -> dict:
         return {"method": METHOD, "features": list(self.names), "bias": self.bias, "threshold": self.threshold,
