@@ -1,4 +1,4 @@
-"""Inference benchmark: python -m benchmarks.inference [--model DIR] [--runs 50] [--clients 16]
+"""Inference benchmark: python -m benchmarks.inference [--model DIR] [--runs 50] [--clients 16] [--engine torch]
 
 Prints a Markdown table, medians over --runs after warm-up, on whatever machine runs it:
 a plain forward pass of the primary model and of the answering network (`model(x)`, `net(x)`: the
@@ -13,6 +13,8 @@ batch path of `python -m skinlesion predict`
 explanation methods (Integrated Gradients, Occlusion: seconds per image), the app's cold
 start (process start → first /classify answer through gradio_client), its peak RSS after a
 corpus of odd files went through /classify, and --clients concurrent /classify requests.
+The analyses run on --engine (default torch: PyTorch's figures; the engines side by side:
+python -m benchmarks.engines); the app runs as served (the folder's engine).
 """
 from __future__ import annotations
 
@@ -207,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model folder or Hub repo id (default: the bundled model)")
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--engine", default="torch", help="the analyses' engine: torch (default), onnx or auto")
     args = p.parse_args(argv)
-    predictor = Predictor.from_pretrained(args.model)
+    predictor = Predictor.from_pretrained(args.model, engine=args.engine)
     measured = measure(predictor, args.runs, args.clients, args.model)
     size, (width, height) = predictor.spec.input_size, measured["image"]
-    print(f"Model: {predictor.folder} ({predictor.spec.architecture}, {size}×{size}); "
+    print(f"Model: {predictor.folder} ({predictor.spec.architecture}, {size}×{size}, engine {predictor.engine}); "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"medians of {args.runs} runs of each, taken in turn, after 5 warm-up rounds; "
           f"image {width}×{height}.\n")

@@ -27,14 +27,14 @@ from typing import Callable, Iterator
 import torch
 
 from skinlesion import Predictor
-from skinlesion.batch import BATCH_SIZE, batch_rows, expand
+from skinlesion.batch import batch_rows, batch_size_for, expand
 from skinlesion.ray_batch import ray_rows
 from skinlesion.tasks import get_task
 
 from .served import ROOT
 
 
-def timed(rows: Callable[[], Iterator[dict]], n: int) -> dict[str, float]:
+def timed(rows: Callable[[], Iterator[dict]], n: int, batch_size: int) -> dict[str, float]:
     """End-to-end seconds, rows/s end to end, and the steady rows/s after the first row."""
     start = time.perf_counter()
     first, count = None, 0
@@ -44,7 +44,7 @@ def timed(rows: Callable[[], Iterator[dict]], n: int) -> dict[str, float]:
     end = time.perf_counter()
     assert count == n, f"{count} rows for {n} images"
     return {"seconds": end - start, "rate": n / (end - start),
-            "steady": (n - BATCH_SIZE) / max(end - first, 1e-9)}  # BATCH_SIZE rows came with the first batch
+            "steady": (n - batch_size) / max(end - first, 1e-9)}  # batch_size rows came with the first batch
 
 
 @contextmanager
@@ -67,7 +67,8 @@ def main() -> None:
     args = p.parse_args()
     task = get_task(args.task)
     options = {"engine": args.engine} if args.engine else {}
-    engine = getattr(Predictor.from_pretrained(task=task.key, **options), "engine", "torch")
+    loaded = Predictor.from_pretrained(task=task.key, **options)
+    engine, batch_size = loaded.engine, batch_size_for(loaded)  # the command line's
     sample = sorted((ROOT / "assets" / "examples" / task.key).glob("*.jpg"))[0]
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.images):
@@ -78,18 +79,18 @@ def main() -> None:
         def one_process(thread_count: int | None = None):
             with threads(thread_count):
                 predictor = Predictor.from_pretrained(task=task.key, **options)
-                yield from batch_rows(predictor, expand(paths), BATCH_SIZE)
+                yield from batch_rows(predictor, expand(paths), batch_size)
 
         def spread(workers: int):
-            return ray_rows(None, task.key, paths, None, BATCH_SIZE, None, workers, engine=args.engine)
+            return ray_rows(None, task.key, paths, None, batch_size, None, workers, engine=args.engine)
 
         ways = {f"one process (batch_rows), {torch.get_num_threads()} torch threads": one_process,
                 "one process (batch_rows), 1 torch thread": lambda: one_process(1),
                 "--ray, 1 worker": lambda: spread(1), "--ray, 2 workers": lambda: spread(2)}
-        rounds = [{name: timed(rows, n) for name, rows in ways.items()} for _ in range(args.rounds)]
+        rounds = [{name: timed(rows, n, batch_size) for name, rows in ways.items()} for _ in range(args.rounds)]
         results = {name: min((r[name] for r in rounds), key=lambda r: r["seconds"]) for name in ways}
     load = os.getloadavg()
-    print(f"{n} copies of assets/examples/{task.key}/{sample.name}, batches of {BATCH_SIZE}, engine {engine}, "
+    print(f"{n} copies of assets/examples/{task.key}/{sample.name}, batches of {batch_size}, engine {engine}, "
           f"{os.cpu_count()} CPUs (load average {load[0]:.1f} / {load[1]:.1f} at the end), "
           f"fastest of {args.rounds} rounds\n")
     print("| way | end to end | images/s end to end | images/s after the first batch |")
