@@ -32,14 +32,15 @@ IMAGES = 64       # real images checked at each batch size
 log = logging.getLogger("train.onnx")
 
 
-def parity_images(predictor: Predictor, data: Path | None) -> list[Path]:
-    """Real images of the task: its committed test ids in `data`, else the bundled examples."""
+def parity_images(predictor: Predictor, data: Path | None, limit: int | None = IMAGES) -> list[Path]:
+    """Real images of the task: its committed test ids in `data` (the first `limit`; None: all),
+    else the bundled examples."""
     task = predictor.task
     data = data or ROOT.parent / "shared" / "data" / task.data_folder
     ids = FIXTURES / f"{task.key}_test_ids.txt"
     if data.is_dir() and ids.is_file():
         by_id = {r.image_id: r.path for r in task.load(data)}
-        found = [by_id[i] for i in ids.read_text().split() if i in by_id][:IMAGES]
+        found = [by_id[i] for i in ids.read_text().split() if i in by_id][:limit]
         if found:
             return found
     return sorted((ROOT / "assets" / "examples" / task.key).glob("*"))
