@@ -30,6 +30,7 @@ from skinlesion.transforms import eval_transform, train_transform
 
 from .config import CONFIG_YAML, TrainConfig
 from .device_augment import DeviceBatches
+from .distill import TeacherError
 from .distributed import Ranks, start, stop
 from .evaluate import EvalOptions, evaluate
 from .flags import parse_args
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         splits = load_splits(config, task, ranks)
         trainer = Trainer.build(config, task, splits["train"].labels, ranks)
         history = fit(trainer, task, splits)
-    except (DataError, ResumeError, InitError, ModelFolderError) as error:
+    except (DataError, ResumeError, InitError, TeacherError, ModelFolderError) as error:
         log.error("%s", error)
         return 2
     except FloatingPointError as error:

@@ -26,7 +26,8 @@ from .distributed import default_workers
 
 CONFIG_YAML = "config.yaml"
 # A range per setting, checked when a group is built; settings not named accept any value of their type.
-RANGES = {">0": lambda v: v > 0, ">=0": lambda v: v >= 0, ">=1": lambda v: v >= 1, "in [0, 1)": lambda v: 0 <= v < 1}
+RANGES = {">0": lambda v: v > 0, ">=0": lambda v: v >= 0, ">=1": lambda v: v >= 1, "in [0, 1)": lambda v: 0 <= v < 1,
+          "in [0, 1]": lambda v: 0 <= v <= 1}
 
 
 class ConfigError(ValueError):
@@ -83,7 +84,8 @@ class OptimConfig(Group):
     title: ClassVar[str] = "optimisation"
     ranges: ClassVar[dict[str, str]] = {"epochs": ">=1", "batch_size": ">=1", "lr": ">0", "min_lr": ">=0",
                                         "weight_decay": ">=0", "warmup_epochs": ">=0", "clip_grad": ">=0",
-                                        "label_smoothing": "in [0, 1)", "ema_decay": "in [0, 1)"}
+                                        "label_smoothing": "in [0, 1)", "ema_decay": "in [0, 1)",
+                                        "distill_temperature": ">0", "distill_weight": "in [0, 1]"}
     epochs: int = 30                      # from random weights HAM10000 still improves past 20
     batch_size: int = 64                  # per process; fits a CPU's memory at 224 px
     lr: float = 2e-3                      # AdamW peak for training from random weights
@@ -94,6 +96,9 @@ class OptimConfig(Group):
     class_weights: Literal["inverse", "inverse-sqrt", "none"] = "inverse-sqrt"  # rare classes count, not 60x
     label_smoothing: float = 0.1          # the labels of similar-looking lesions are not certain
     ema_decay: float = 0.999              # averages about the last thousand steps; 0 = off
+    teacher: Path | None = None           # a model folder whose probabilities the student learns too (distill.py)
+    distill_temperature: float = 2.0      # τ: softens teacher and student alike (Hinton et al. 2015)
+    distill_weight: float = 0.5           # the labels' share of the loss; the teacher's is the rest
 
 
 @dataclass(frozen=True)

