@@ -327,9 +327,25 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url)
+            # One image on the page, analysed with its map: reported once (when it was set), the
+            # Analyse button's request counted as a request, not as a second image.
+            page.locator("#input-image input[type=file]").set_input_files(str(lesions[2]))
+            page.locator("#analyse").click()
+            expect(page.locator("#gradcam img")).to_be_visible(timeout=60_000)
+            deadline = time.monotonic() + 30  # the upload's own answer runs in the other queue
+            while True:
+                values = read_metrics(url)
+                page_images = {e: sum(v for (name, labels), v in values.items()
+                                      if name == "skinlesion_images_total" and dict(labels)["endpoint"] == e)
+                               for e in ("page_classify", "page_analyse")}
+                if page_images["page_classify"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert page_images == {"page_classify": 1, "page_analyse": 0}
+            assert values[("skinlesion_requests_total", (("endpoint", "page_analyse"), ("status", "ok")))] == 1
             page.get_by_role("tab", name="Monitor").click()
             summary = page.locator("#monitor-summary")
-            expect(summary).to_contain_text(f"{sum(sent.values())} images", timeout=60_000)
+            expect(summary).to_contain_text(f"{sum(sent.values()) + 1} images", timeout=60_000)
             expect(summary).to_contain_text("not enough data")
             for name in ("class_mix", "scores", "rates", "accuracy", "latency"):
                 expect(page.locator(f"#monitor-{name} img")).to_be_visible(timeout=30_000)

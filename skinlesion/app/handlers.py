@@ -79,12 +79,12 @@ class Handlers:
         self.ops = ops or Operations(predictors)  # metrics, the decision log, the Monitor tab's window
         self.references = {task: drift.Reference.load(p.folder) for task, p in predictors.items() if p.folder}
 
-    def observed(self, endpoint: str, handler):
+    def observed(self, endpoint: str, handler, images: bool = True):
         """`handler` reporting each request to operations (its time and status, and its endpoint
-        for the images `_analysis` reports); a gr.Error is a bad input."""
+        for the images `_analysis` reports, unless `images` is False); a gr.Error is a bad input."""
         @functools.wraps(handler)
         def run(*args, **kwargs):
-            with self.ops.request(endpoint, bad_input=(gr.Error,)):
+            with self.ops.request(endpoint, bad_input=(gr.Error,), images=images):
                 return handler(*args, **kwargs)
         return run
 

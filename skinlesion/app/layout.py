@@ -32,6 +32,9 @@ CONCURRENCY = int(os.environ.get("SKINLESION_CONCURRENCY", 1))
 ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
 EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
 PAGE_ONLY = {"api_visibility": "private"}
+# The page's events that analyse its image again (for the heat-map): page_classify reported the
+# image when it was set, so these count as requests but add no image to the metrics or the log.
+PAGE_REPEATS = ("page_analyse", "page_explain")
 STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after the analysis, for the opacity slider
 
 
@@ -106,7 +109,7 @@ def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY, api_open=False)
     for event in demo.fns.values():  # every model event reports to operations under its endpoint's name
         if event.concurrency_id in (ANSWER["concurrency_id"], EXPLAIN["concurrency_id"]):
-            event.fn = handlers.observed(event.api_name, event.fn)
+            event.fn = handlers.observed(event.api_name, event.fn, images=event.api_name not in PAGE_REPEATS)
     return demo
 
 

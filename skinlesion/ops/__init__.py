@@ -30,6 +30,7 @@ from .record import Decision, sha256
 LOG_ENV, LOG_DAYS_ENV = "SKINLESION_LOG_DB", "SKINLESION_LOG_DAYS"  # the decision log's URL and retention
 WINDOW = 5000  # recent decisions kept in memory for the Monitor tab when the log is off (no image, no hash)
 ENDPOINT: ContextVar[str | None] = ContextVar("endpoint", default=None)  # the request being handled
+REPORTS: ContextVar[bool] = ContextVar("reports", default=True)  # False: its images were reported already
 
 
 def model_hash(predictor) -> str:
@@ -65,10 +66,14 @@ class Operations:
         return cls(predictors, os.environ.get(LOG_ENV) or None, float(days) if days else None)
 
     @contextmanager
-    def request(self, endpoint: str, bad_input: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    def request(self, endpoint: str, bad_input: tuple[type[BaseException], ...] = (),
+                images: bool = True) -> Iterator[None]:
         """Around one request's handler: its time and status (ok, bad_input for the exceptions
-        `bad_input` names, error for any other), and its endpoint for the images it reports."""
+        `bad_input` names, error for any other), and its endpoint for the images it reports;
+        `images` False: the images it analyses were reported by an earlier request (the page's
+        own image, analysed again for its heat-map), so they are not counted or logged twice."""
         token, start, status = ENDPOINT.set(endpoint), time.perf_counter(), "ok"
+        reports = REPORTS.set(images)
         try:
             yield
         except bad_input:
@@ -79,6 +84,7 @@ class Operations:
             raise
         finally:
             ENDPOINT.reset(token)
+            REPORTS.reset(reports)
             self.metrics.request(endpoint, status, time.perf_counter() - start)
 
     def image(self, task: str, latency_ms: float, analysis: Analysis | None = None, error: str = "",
@@ -87,6 +93,8 @@ class Operations:
         file or bytes, gives its size, and its hash when the log is on."""
         decision = Decision.of(task, self.models.get(task, "unknown"), endpoint or ENDPOINT.get() or "unknown",
                                latency_ms, analysis, error, failed, source, keep_hash=self.log is not None)
+        if not REPORTS.get():
+            return decision
         self.metrics.image(decision)
         self.window.append(decision.anonymous)
         if self.log is not None:
