@@ -117,6 +117,25 @@ def test_the_features_are_the_primary_models_plain_view(ensemble_folder, photo):
         assert torch.allclose(together[name], alone[name], atol=1e-5)
 
 
+def test_a_member_with_its_own_normalisation_sees_its_own_input(ensemble_folder, photo):
+    """A member trained with another mean and std (an EfficientNet-Lite's 0.5 / 0.5 beside the
+    primary's ImageNet statistics) gets the same pixels normalised its own way."""
+    config = json.loads((ensemble_folder / "members" / "other" / "config.json").read_text())
+    config["pretrained_cfg"].update(mean=[0.5] * 3, std=[0.5] * 3)
+    (ensemble_folder / "members" / "other" / "config.json").write_text(json.dumps(config))
+    net, spec = load_ensemble(ensemble_folder)
+    x = model_input([photo], spec)
+    pixels = x * torch.tensor(spec.std).view(1, 3, 1, 1) + torch.tensor(spec.mean).view(1, 3, 1, 1)
+    own = F.interpolate((pixels - 0.5) / 0.5, size=(48, 48), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        member = net.member_log_probs(x)[2]  # the member's plain view (the primary's two views first)
+        alone = torch.log_softmax(net.members[1](own) / MEMBER_T, dim=-1)
+    assert torch.allclose(member, alone, atol=1e-5)
+    update_config(ensemble_folder / "members" / "other", preprocessing={"colour_constancy": "shades_of_gray", "p": 6})
+    with pytest.raises(ModelFolderError, match="preprocessing differ"):
+        load_ensemble(ensemble_folder)
+
+
 def test_a_member_outside_the_folder_is_refused(ensemble_folder):
     update_config(ensemble_folder, ensemble={"members": [{"folder": "../elsewhere"}]})
     with pytest.raises(ModelFolderError, match="outside the folder"):

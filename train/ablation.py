@@ -95,10 +95,14 @@ def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]
     nets = [load_ensemble(folder) for folder in folders]
     spec = nets[0][1]
     models = [net.primary for net, _ in nets]
+    if any((s.codes, s.preprocessing) != (spec.codes, spec.preprocessing) for _, s in nets):
+        raise SystemExit("python -m train.ablation: the folders' classes or preprocessing differ")
     sizes = [None] + [s.input_size for _, s in nets[1:]]
-    splits = prepare_splits(spec.task.load(data), spec.input_size, spec.training.get("seed", 0), None, spec.codes)
+    normalisations = [None] + [((spec.mean, spec.std), (s.mean, s.std)) for _, s in nets[1:]]
+    splits = prepare_splits(spec.task.load(data), spec.input_size, spec.training.get("seed", 0), None, spec.codes,
+                            preprocessing=spec.preprocessing)
     labels = {s: splits[s].labels for s in ("val", "test")}
-    everything = Ensemble(models, sizes=sizes, views=VIEW_SETS[-1]).to(device)
+    everything = Ensemble(models, sizes=sizes, views=VIEW_SETS[-1], normalisations=normalisations).to(device)
     raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
     views = len(VIEW_SETS[-1])
     temperatures = [fit_temperature(raw["val"][m * views], labels["val"]) for m in range(len(models))]
@@ -114,7 +118,7 @@ def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]
             row = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes), spec.task.high_risk_codes,
                         [temperatures[p // views] for p in passes])
             net = Ensemble([models[m] for m in group], [temperatures[m] for m in group],
-                           [sizes[m] for m in group], view_set)
+                           [sizes[m] for m in group], view_set, [normalisations[m] for m in group])
             row["p50_ms"] = forward_p50(net, spec.input_size)
             known = [minutes[m] for m in group]
             row["train_minutes"] = sum(known) if None not in known else None

@@ -27,6 +27,7 @@ import torch
 from skinlesion.decision import fit_temperature
 from skinlesion.models.ensemble import ENSEMBLE_KEY, VIEWS, Ensemble, load_ensemble
 from skinlesion.models.network import WEIGHTS_FILE
+from skinlesion.models.onnx import ONNX_FILE, ONNX_KEY
 from skinlesion.models.spec import CONFIG_FILE, ModelSpec, update_config
 from skinlesion.transforms import model_input
 
@@ -52,7 +53,7 @@ def member_outputs(net: Ensemble, spec: ModelSpec, images: Sequence[np.ndarray],
 
 def member_temperatures(net: Ensemble, spec: ModelSpec, val: SplitData, device: torch.device) -> list[float]:
     """Each member's temperature, fitted alone on its plain view of the validation split."""
-    plain = Ensemble(list(net.members), sizes=net.sizes)
+    plain = Ensemble(list(net.members), sizes=net.sizes, normalisations=net.normalisations)
     outputs = member_outputs(plain.to(device), spec, val.images, device)
     return [fit_temperature(o, val.labels) for o in outputs]
 
@@ -85,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
     names = assemble(args.primary, args.member, args.out)
-    update_config(args.out, **{ENSEMBLE_KEY: {"temperature": 1.0, "views": ["plain"],
+    (args.out / ONNX_FILE).unlink(missing_ok=True)  # the primary's alone: python -m train.onnx exports the ensemble
+    update_config(args.out, **{ONNX_KEY: None,
+                               ENSEMBLE_KEY: {"temperature": 1.0, "views": ["plain"],
                                               "members": [{"folder": n, "temperature": 1.0} for n in names]}})
     net, spec = load_ensemble(args.out)
     device = pick_device(args.device)
     splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
-                            spec.codes)
+                            spec.codes, preprocessing=spec.preprocessing)
     temperatures = member_temperatures(net.to(device), spec, splits["val"], device)
     settings = {"temperature": temperatures[0], "views": args.views,
                 "members": [{"folder": n, "temperature": t} for n, t in zip(names, temperatures[1:])]}

@@ -46,12 +46,26 @@ def average(log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(torch.stack(list(log_probs)), 0) - math.log(len(log_probs))
 
 
+Normalisation = tuple[Sequence[float], Sequence[float]]  # (mean, std) per channel
+
+
+def renormalise(x: torch.Tensor, given: Normalisation, wanted: Normalisation) -> torch.Tensor:
+    """A batch normalised with `given` (mean, std), normalised with `wanted` instead: the same pixels."""
+    if tuple(given[0]) == tuple(wanted[0]) and tuple(given[1]) == tuple(wanted[1]):
+        return x
+    mean, std = (x.new_tensor(given[k]).view(1, -1, 1, 1) for k in (0, 1))
+    own_mean, own_std = (x.new_tensor(wanted[k]).view(1, -1, 1, 1) for k in (0, 1))
+    return (x * std + mean - own_mean) / own_std
+
+
 class Ensemble(torch.nn.Module):
-    """Members (the primary first) with their temperatures and input sizes (None: the input as
-    given; else resized to size×size, as the member was trained), averaged over `views`."""
+    """Members (the primary first) with their temperatures, input sizes (None: the input as
+    given; else resized to size×size, as the member was trained) and normalisations (None: the
+    primary's; else the member's own (mean, std), from the primary's), averaged over `views`."""
 
     def __init__(self, models: Sequence[torch.nn.Module], temperatures: Sequence[float] | None = None,
-                 sizes: Sequence[int | None] | None = None, views: Sequence[str] = ("plain",)):
+                 sizes: Sequence[int | None] | None = None, views: Sequence[str] = ("plain",),
+                 normalisations: Sequence[tuple[Normalisation, Normalisation] | None] | None = None):
         super().__init__()
         unknown = [v for v in views if v not in VIEWS]
         if unknown or not views or views[0] != "plain":
@@ -59,6 +73,7 @@ class Ensemble(torch.nn.Module):
         self.members = torch.nn.ModuleList(models)
         self.temperatures = [float(t) for t in (temperatures or [1.0] * len(models))]
         self.sizes = list(sizes or [None] * len(models))
+        self.normalisations = list(normalisations or [None] * len(models))
         self.views = tuple(views)
         self.quiet: Callable = nullcontext
 
@@ -84,11 +99,14 @@ class Ensemble(torch.nn.Module):
     def member_log_probs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every member's and view's log_softmax(z / T), the primary's plain view first."""
         parts = []
-        for i, (model, temperature, size) in enumerate(zip(self.members, self.temperatures, self.sizes)):
+        for i, (model, temperature, size, normalisation) in enumerate(
+                zip(self.members, self.temperatures, self.sizes, self.normalisations)):
             if size is not None and tuple(x.shape[-2:]) != (size, size):
                 inputs = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             else:
                 inputs = x
+            if normalisation is not None:
+                inputs = renormalise(inputs, *normalisation)
             for j, view in enumerate(self.views):
                 with nullcontext() if i == j == 0 else self.quiet():
                     parts.append(torch.log_softmax(model(VIEWS[view](inputs)).float() / temperature, dim=-1))
@@ -112,19 +130,19 @@ def load_ensemble(folder: str | Path) -> tuple[Ensemble, ModelSpec]:
     folder = Path(folder)
     model, spec = load_model_folder(folder)
     settings = spec.config.get(ENSEMBLE_KEY) or {}
-    models, temperatures, sizes = [model], [settings.get("temperature", 1.0)], [None]
+    models, temperatures, sizes, normalisations = [model], [settings.get("temperature", 1.0)], [None], [None]
     for member in settings.get("members", []):
         where = (folder / member["folder"]).resolve()
         if not where.is_relative_to(folder.resolve()):
             raise ModelFolderError(f"{folder}: ensemble member {member['folder']!r} lies outside the folder")
         other, other_spec = load_model_folder(where)
-        if (other_spec.codes, other_spec.mean, other_spec.std, other_spec.preprocessing) != (
-                spec.codes, spec.mean, spec.std, spec.preprocessing):
-            raise ModelFolderError(f"{where}: its classes, normalisation or preprocessing differ from {folder}'s")
+        if (other_spec.codes, other_spec.preprocessing) != (spec.codes, spec.preprocessing):
+            raise ModelFolderError(f"{where}: its classes or preprocessing differ from {folder}'s")
         models.append(other)
         temperatures.append(member.get("temperature", 1.0))
         sizes.append(other_spec.input_size)
+        normalisations.append(((spec.mean, spec.std), (other_spec.mean, other_spec.std)))
     try:
-        return Ensemble(models, temperatures, sizes, settings.get("views", ["plain"])), spec
+        return Ensemble(models, temperatures, sizes, settings.get("views", ["plain"]), normalisations), spec
     except ValueError as error:
         raise ModelFolderError(f"{folder}: {error}") from None
