@@ -170,11 +170,11 @@ def test_train_ensemble_then_evaluate_fits_the_rule_on_the_ensemble(tiny_run, tm
 def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run, tmp_path):
     out = tmp_path / "levers.md"
     result = run_train(tiny_run / "model", tiny_run / "model", "--data", tiny_run.parent / "ham", "--out", out,
-                       module="train.ablation")
+                       "--names", "first", "again", module="train.ablation")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.with_suffix(".json").read_text())
-    single, views = ["b0-32", "b0-32 · hflip", "b0-32 · hflip+vflip"], ["", " · hflip", " · hflip+vflip"]
-    assert [r["lever"] for r in rows] == single * 2 + [f"b0-32 + b0-32{v}" for v in views]
+    views = ["", " · hflip", " · hflip+vflip"]
+    assert [r["lever"] for r in rows] == [f"{name}{v}" for name in ("first", "again", "first + again") for v in views]
     for row in rows:
         assert 0 <= row["val_ba"] <= 1 and 0 <= row["test_ba"] <= 1 and row["p50_ms"] > 0
         assert row["train_minutes"] is not None

@@ -1,4 +1,4 @@
-"""The model's levers, measured on one split: each model alone, the models together, each with
+"""The model's levers, measured on one split: each model alone, every combination of them, each with
 and without mirror views (test-time augmentation), every row with its own decision rule fitted
 on validation — as `python -m train.ensemble` + `python -m train.evaluate` would ship it.
 
@@ -19,6 +19,7 @@ runs/<name>/model). Nothing is chosen on test.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import statistics
@@ -91,7 +92,7 @@ def lever(name: str, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarra
     return row
 
 
-def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]:
+def measure(folders: list[Path], data: Path, device: torch.device, names: list[str] | None = None) -> list[dict]:
     nets = [load_ensemble(folder) for folder in folders]
     spec = nets[0][1]
     models = [net.primary for net, _ in nets]
@@ -106,9 +107,10 @@ def measure(folders: list[Path], data: Path, device: torch.device) -> list[dict]
     raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
     views = len(VIEW_SETS[-1])
     temperatures = [fit_temperature(raw["val"][m * views], labels["val"]) for m in range(len(models))]
-    names = [f"{s.architecture.removeprefix('efficientnet_')}-{s.input_size}" for _, s in nets]  # b0-192
+    names = list(names or [f"{s.architecture.removeprefix('tf_').removeprefix('efficientnet_')}-{s.input_size}"
+                           for _, s in nets])  # b0-192
     minutes = [training_minutes(folder) for folder in folders]
-    groups = [[m] for m in range(len(models))] + ([list(range(len(models)))] if len(models) > 1 else [])
+    groups = [list(g) for k in range(1, len(models) + 1) for g in itertools.combinations(range(len(models)), k)]
     rows = []
     for group in groups:
         for view_set in VIEW_SETS:
@@ -142,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", type=Path, nargs="+", help="model folders, the primary first (one split and task)")
     p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--names", nargs="+", help="a row name per folder (default: architecture-size)")
     p.add_argument("--out", type=Path, help="Markdown table to write (and .json beside it)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    rows = measure(args.models, args.data, pick_device(args.device))
+    if args.names and len(args.names) != len(args.models):
+        p.error("--names: one name per model folder")
+    rows = measure(args.models, args.data, pick_device(args.device), args.names)
     rendered = render(rows)
     print(rendered)
     if args.out:
