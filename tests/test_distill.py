@@ -7,6 +7,7 @@ import torch
 from conftest import make_ham_folder, run_train
 
 from skinlesion.models.network import create_model, save_model_folder
+from skinlesion.ops.record import sha256
 from skinlesion.tasks import get_task
 from train.distill import Teacher, TeacherError, distillation_loss
 
@@ -74,5 +75,9 @@ def test_a_student_trains_with_a_teacher_from_the_command_line(tmp_path, tiny_ru
     assert result.returncode == 0, result.stderr[-3000:]
     assert "teacher: " in result.stderr
     training = json.loads((out / "model" / "config.json").read_text())["training"]
-    assert (training["teacher"], training["distill_temperature"], training["distill_weight"]) == (
-        str(tiny_run / "model"), 3.0, 0.3)
+    teacher = training["teacher"]  # the folder by name, its weights' hash and what answers in it
+    assert (teacher["folder"], teacher["sha256"], training["distill_temperature"], training["distill_weight"]) == (
+        tiny_run.name, sha256(tiny_run / "model" / "model.safetensors"), 3.0, 0.3)
+    assert teacher["models"] == ["efficientnet_b0 at 32 px"]
+    card = (out / "model" / "README.md").read_text()
+    assert f"distilled from the folder `{tiny_run.name}`" in card

@@ -131,7 +131,8 @@ def training_record(trainer: Trainer, epoch: int, weights: str, score: float) ->
             "world_size": trainer.ranks.world_size, "best_epoch": epoch, "weights": weights,
             "val_balanced_accuracy": score, "device": str(trainer.device),
             "precision": str(trainer.amp_dtype or torch.float32), "initialisation": trainer.model.initialisation,
-            **({"lineage": trainer.lineage} if trainer.lineage else {})}
+            **({"lineage": trainer.lineage} if trainer.lineage else {}),
+            **({"teacher": trainer.teacher.record} if trainer.teacher else {})}
 
 
 def folder_extra(trainer: Trainer, epoch: int, weights: str, score: float) -> dict:

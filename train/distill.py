@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from skinlesion.models.ensemble import load_ensemble
+from skinlesion.models.network import WEIGHTS_FILE
+from skinlesion.ops.record import sha256
 from skinlesion.tasks import Task
 
 
@@ -40,6 +42,7 @@ class Teacher:
 
     def __init__(self, folder: Path, task: Task, preprocessing: dict | None, student_cfg: dict,
                  device: torch.device, channels_last: bool = True):
+        folder = Path(folder)
         net, spec = load_ensemble(folder)
         if spec.task.key != task.key:
             raise TeacherError(f"--teacher {folder}: a {spec.task.key} model cannot teach a {task.key} run")
@@ -54,6 +57,9 @@ class Teacher:
         self.student = _channels(student_cfg["mean"], device), _channels(student_cfg["std"], device)  # the batch's
         self.own = _channels(spec.mean, device), _channels(spec.std, device)  # and the teacher's normalisation
         self.channels_last = channels_last
+        name = folder.parent.name if folder.name == "model" else folder.name  # runs/<name>/model
+        self.record = {"folder": name, "sha256": sha256(folder / WEIGHTS_FILE),  # config.json's training.teacher
+                       "models": net.describe(spec.input_size)["models"], "temperature": self.temperature}
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ checkpoint and the saved weights never see the wrapper. Every rank keeps the sam
 weights are identical after each step); rank 0 alone writes it."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import sys
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from skinlesion.colour import preprocessing_config
 from skinlesion.models.network import WEIGHTS_FILE, create_model, load_model_folder
 from skinlesion.models.spec import read_spec
+from skinlesion.ops.record import sha256
 from skinlesion.tasks import Task
 
 from .config import TrainConfig
@@ -61,14 +61,6 @@ def learning_rate(step: int, total: int, warmup: int, peak: float, floor: float)
 
 class InitError(ValueError):
     """--init names a model folder whose weights cannot start this run (other network or classes)."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def start_from(model: torch.nn.Module, folder: Path, task: Task, architecture: str) -> list[dict]:

