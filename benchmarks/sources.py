@@ -6,7 +6,8 @@ Every image goes through `python -m skinlesion predict` itself (a subprocess: th
 gets), and the CSV is scored against the labels. Prints a Markdown table per source: images,
 answered (not refused as not of the task's kind), answered with caution (unfamiliar), balanced
 accuracy of the decided class over the classes present (answered images), each high-risk class's
-share referred (of its images: answered, and the verdict refers), and the 90% sets' coverage.
+share referred (of its images: answered, and the verdict refers) and share refused (a lesion of
+that class told "not of the task's kind"), and the 90% sets' coverage.
 With `--held-out SPLIT_CSV`, only the source's rows that file holds out (a run's split.csv) count.
 """
 from __future__ import annotations
@@ -44,13 +45,18 @@ def figures(rows: list[dict], labels: dict[str, str], task: str) -> list:
     high_risk = get_task(task).high_risk_codes
     truth = [labels[Path(r["file"]).name] for r in rows]
     answered = [(r, t) for r, t in zip(rows, truth) if r["known"] == "1"]
-    referred = {c: sum(r["known"] == "1" and r["level"] == "refer" for r, t in zip(rows, truth) if t == c)
-                / max(1, truth.count(c)) for c in high_risk if c in truth}
+    def share(c: str, counted) -> float:  # of the images of class c
+        return sum(counted(r) for r, t in zip(rows, truth) if t == c) / truth.count(c)
+
+    present = [c for c in high_risk if c in truth]
+    referred = {c: share(c, lambda r: r["known"] == "1" and r["level"] == "refer") for c in present}
+    refused = {c: share(c, lambda r: r["known"] == "0") for c in present}
     balanced = balanced_accuracy_score([t for _, t in answered], [r["decided"] for r, _ in answered]) \
         if answered else None
     covered = sum(t in r["prediction_set"].split() for r, t in answered) / len(answered) if answered else None
     return [len(rows), f(len(answered) / len(rows)), f(sum(r["familiar"] == "0" for r in rows) / len(rows)),
-            f(balanced), ", ".join(f"{c} {f(v)}" for c, v in referred.items()) or "n/a", f(covered)]
+            f(balanced), *(", ".join(f"{c} {f(v)}" for c, v in d.items()) or "n/a" for d in (referred, refused)),
+            f(covered)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.model)
             lines.append([source.name, *figures(rows, labels, args.task)])
     print(table(["source", "images", "answered", "answered with caution", "balanced accuracy (answered)",
-                 "referred", "90% set coverage (answered)"], lines))
+                 "referred", "refused", "90% set coverage (answered)"], lines))
     return 0
 
 

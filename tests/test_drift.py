@@ -182,6 +182,28 @@ def test_without_a_reference_or_decisions(reference):
             fig.savefig(io.BytesIO(), format="png")
 
 
+def test_an_over_confident_model_s_estimate_is_corrected_by_its_validation_offset():
+    """Probabilities sharper than the truth (labels drawn from a softer distribution): the raw
+    CBPE estimate runs over the measured accuracy alike on validation and test; the served
+    estimate subtracts validation's overshoot and lands on the test split's accuracy."""
+    def split(seed: int) -> tuple[list[Decision], list[str]]:
+        rng = np.random.default_rng(seed)
+        true = rng.dirichlet(np.ones(len(CLASSES)) * 0.7, 3000)
+        shown = true ** 2 / (true ** 2).sum(1, keepdims=True)  # over-confident
+        labels = [CLASSES[rng.choice(len(CLASSES), p=row)] for row in true]
+        return [Decision("toy", "m", "classify", ANSWERED, 1.0, dict(zip(CLASSES, map(float, row))),
+                         CLASSES[int(row.argmax())], time=START) for row in shown], labels
+
+    (val, val_labels), (test, test_labels) = split(11), split(12)
+    found = Reference.from_dict(json.loads(json.dumps(reference_from_decisions(
+        "toy", CLASSES, val, test, test_labels, list(CLASSES), val_labels=val_labels))))
+    measured = np.mean([d.decided == y for d, y in zip(test, test_labels)])
+    assert estimate_accuracy(test) - measured > 0.05  # the raw estimate overshoots
+    assert found.cbpe_offset() > 0.05
+    assert report(test, found).accuracy == pytest.approx(measured, abs=0.02) == found.estimate(test)
+    assert found.cbpe_error("test") <= 0.02
+
+
 def test_summary(reference):
     assert report(decisions(1000, seed=6, refused=0.15), reference).summary().startswith("ALARM: 1000 images; ")
     assert "refused rate alarm" in report(decisions(1000, seed=6, refused=0.15), reference).summary()

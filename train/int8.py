@@ -7,7 +7,10 @@ training-split images prepared exactly as serving prepares them (`Predictor.prep
 Each configuration (--configs) is "METHOD-ACTIVATIONS[-dw][-ends][-early<k>]": the calibration
 method (minmax, percentile, entropy), the activations' type (u8: QUInt8, s8: QInt8), and what
 stays fp32: "dw" the depthwise convolutions, "ends" the first convolution and the classifier,
-"early<k>" every node up to the k-th stage the input checks read. Only the network's own ops are
+"early<k>" every node up to the k-th stage the input checks read. "openvino-bf16" measures the other
+reduced precision at hand instead: the same fp32 file compiled by OpenVINO (pip install openvino;
+not a requirement of the app) with bfloat16 inference, its default on CPUs with AMX or AVX-512
+BF16. Only the network's own ops are
 quantized (Conv, Gemm, Clip, Add); the checks' per-channel statistics are computed in fp32, but
 on the (dequantized) stage outputs, so the checks see the quantization error of the stages before
 them: their Mahalanobis distances are what INT8 must not move (measured, hence "early<k>").
@@ -58,6 +61,7 @@ AGREEMENT = 0.995      # share of images whose decided class must equal fp32's
 BATCHES, ROUNDS, CALIBRATION_BATCH, EVAL_BATCH = (8, 32), 7, 8, 32
 KEEP_FP32 = ["WeightBiasQuantization"]  # ONNX Runtime optimizers an INT8 session runs without
 RATES = ("balanced_accuracy", "melanoma_sensitivity", "coverage", "answered", "familiar")
+OPENVINO = "openvino-bf16"
 
 
 class Batches(CalibrationDataReader):
@@ -160,6 +164,24 @@ def throughput(forwards: dict, x: torch.Tensor) -> dict:
     return {key: key[1] / statistics.median(t) for key, t in times.items()}
 
 
+class OpenVinoNet:
+    """The folder's fp32 ONNX file compiled by OpenVINO in bfloat16, behind OnnxNet's call contract
+    (x → logits and the trust parts' features as torch tensors). Measurement only: the app serves
+    ONNX Runtime."""
+
+    def __init__(self, path: Path, outputs: list[str]):
+        import openvino  # optional: only this configuration needs it
+        config = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.model = openvino.Core().compile_model(str(path), "CPU", config)
+        self.request, self.outputs = self.model.create_infer_request(), outputs
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        found = self.request.infer({0: np.ascontiguousarray(x.detach().float().cpu().numpy())}).to_tuple()
+        named = {name: value.copy() for port, value in zip(self.model.outputs, found) for name in port.get_names()}
+        return torch.from_numpy(named[LOGITS]), {n: torch.from_numpy(named[n]) for n in self.outputs[1:]} or None
+
+
 def session(path: Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An INT8 model's session, with the fp32 nodes left fp32: ONNX Runtime's WeightBiasQuantization
     would otherwise quantize (per tensor) the float weights of a node between a DequantizeLinear and a
@@ -233,22 +255,32 @@ def main(argv: list[str] | None = None) -> int:
         pre = tmp / "pre.onnx"
         quant_pre_process(str(source), str(pre))
         for config in args.configs:
-            print(f"quantizing and answering: {config} …", flush=True)
-            path = tmp / f"{config}.onnx"
-            quantize(pre, path, config, calibration, tmp)
-            found = evaluate(on(path), prepared, labels, fp32["answers"])
+            if config == OPENVINO:
+                print(f"answering: {config} …", flush=True)
+                other = copy.copy(torch_predictor)
+                other.runtime, other.engine = OpenVinoNet(source, entry["outputs"]), "onnx"
+                path = source
+            else:
+                print(f"quantizing and answering: {config} …", flush=True)
+                path = tmp / f"{config}.onnx"
+                quantize(pre, path, config, calibration, tmp)
+                print(f"  runs: {kernels(path)}", flush=True)
+                other = on(path)
+            found = evaluate(other, prepared, labels, fp32["answers"])
             results[config] = (found, path)
-            print(f"  runs: {kernels(path)}", flush=True)
             rows.append((config, found, round(path.stat().st_size / 1e6, 1), "yes" if passes(found, fp32) else "no"))
-            forwards[config] = on(path)._forward
+            forwards[config] = other._forward
         print("timing the forward passes …", flush=True)
         speed = throughput(forwards, torch.cat([q.x for q in prepared[:max(BATCHES)]]))
         print(f"\n{table(rows, speed)}\n")
         print(f"{len(test)} test images; rule: every rate within {RATE_TOLERANCE} of fp32 ONNX's (fp32 decision "
               f"rule) and the same decided class on >= {AGREEMENT:.1%}; threads {torch.get_num_threads()}")
-        passing = [c for c in results if passes(results[c][0], fp32)]
+        if OPENVINO in results:
+            print(f"{OPENVINO}: {'passes' if passes(results[OPENVINO][0], fp32) else 'does not pass'} (a measurement:"
+                  " the app serves ONNX Runtime)")
+        passing = [c for c in results if c != OPENVINO and passes(results[c][0], fp32)]  # INT8 files, for --out
         if not passing:
-            print("no configuration passes: INT8 does not ship")
+            print("no INT8 configuration passes: INT8 does not ship")
             return 1 if args.out else 0
         best = max(passing, key=lambda c: (results[c][0]["same_class"], speed[c, max(BATCHES)]))
         print(f"best passing configuration: {best}")

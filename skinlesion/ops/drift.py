@@ -13,8 +13,9 @@ decisions with it:
 - the decided-class mix and each check's score distribution by PSI (`psi`, `LEVELS`);
 - the refused and unfamiliar rates by a one-sided binomial test against the validation rate
   plus a minimum excess (`rate_statistic`);
-- the accuracy estimated from the calibrated probabilities alone (CBPE: `estimate_accuracy`),
-  with the estimate's error on the test split beside it — live images come without labels;
+- the accuracy estimated from the calibrated probabilities alone (CBPE: `estimate_accuracy`,
+  less its over-estimate on validation: `Reference.estimate`), with the estimate's error on the
+  test split beside it — live images come without labels;
 - latency percentiles, and the rates and estimated accuracy per hour or day.
 
 Only images the model looked at (answered, unfamiliar, refused) enter the statistics; bad
@@ -28,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import binomtest
@@ -132,10 +133,25 @@ class Reference:
         monitor = (metrics or {}).get(MONITOR_KEY)
         return cls.from_dict(monitor) if monitor else None
 
+    def cbpe_offset(self) -> float:
+        """How far CBPE's raw estimate ran over the measured accuracy on validation (estimated −
+        measured; 0 when not measured): every served estimate subtracts it (`estimate`). Why: one
+        temperature, fitted by the likelihood of all classes, leaves p(decided class) somewhat
+        over- or under-confident for the classes the class bias decides; validation, the split the
+        rule was fitted on, measures by how much, and the test split says whether the corrected
+        estimate holds (`cbpe_error`)."""
+        found = (self.cbpe.get("val") or {}).get("accuracy")
+        return found["estimated"] - found["measured"] if found else 0.0
+
+    def estimate(self, decisions: Iterable[Decision]) -> float | None:
+        """The accuracy estimated for `decisions`, corrected by `cbpe_offset` (within 0 … 1)."""
+        found = estimate_accuracy(decisions)
+        return None if found is None else min(1.0, max(0.0, found - self.cbpe_offset()))
+
     def cbpe_error(self, split: str = "test") -> float | None:
-        """|estimated − measured| accuracy on `split`; None when not measured."""
+        """|corrected estimate − measured| accuracy on `split`; None when not measured."""
         found = (self.cbpe.get(split) or {}).get("accuracy")
-        return abs(found["estimated"] - found["measured"]) if found else None
+        return abs(found["estimated"] - self.cbpe_offset() - found["measured"]) if found else None
 
 
 def mix(decided: Iterable[str], classes: Sequence[str]) -> dict[str, float]:
@@ -277,8 +293,8 @@ class Report:
             lines.append(f"Estimated accuracy {self.accuracy:.3f} (CBPE: from the model's probabilities alone)")
             test = (self.reference.cbpe.get("test") or {}).get("accuracy") if self.reference else None
             if test:
-                lines.append(f"  on the test split it estimated {test['estimated']:.3f} where {test['measured']:.3f} "
-                             "was measured")
+                lines.append(f"  on the test split it estimated {test['estimated'] - self.reference.cbpe_offset():.3f}"
+                             f" where {test['measured']:.3f} was measured")
         if self.latency_ms:
             lines.append("Latency of answered images: "
                          + ", ".join(f"{k} {v:.0f} ms" for k, v in self.latency_ms.items()))
@@ -294,8 +310,11 @@ def _latency(decisions: Sequence[Decision]) -> tuple[float, float, float] | None
     return tuple(float(v) for v in np.percentile(values, [50, 95, 99])) if values else None
 
 
-def timeline(decisions: Sequence[Decision], bin: str | None = None) -> tuple[str, tuple[TimeBin, ...]]:
-    """The analysed images per hour (a window up to two days) or per day (None: by the span)."""
+def timeline(decisions: Sequence[Decision], bin: str | None = None,
+             estimate: Callable[[Sequence[Decision]], float | None] = estimate_accuracy
+             ) -> tuple[str, tuple[TimeBin, ...]]:
+    """The analysed images per hour (a window up to two days) or per day (None: by the span), each
+    bin's accuracy by `estimate`."""
     times = [_utc(d.time) for d in decisions]
     if bin is None:
         bin = "hour" if not times or max(times) - min(times) <= HOURLY_UP_TO else "day"
@@ -309,7 +328,7 @@ def timeline(decisions: Sequence[Decision], bin: str | None = None) -> tuple[str
         outcomes = [d.outcome for d in part]
         n = len(part)
         bins.append(TimeBin(start, n, outcomes.count(REFUSED) / n if n else None,
-                            outcomes.count(UNFAMILIAR) / n if n else None, estimate_accuracy(part), _latency(part)))
+                            outcomes.count(UNFAMILIAR) / n if n else None, estimate(part), _latency(part)))
     return bin, tuple(bins)
 
 
@@ -355,12 +374,12 @@ def report(decisions: Iterable[Decision], reference: Reference | None, bins: str
     answers = answers_of(looked)
     classes = list(reference.classes) if reference else sorted({d.decided for d in answers})
     latency = _latency(looked)
-    bin_, bins_over_time = timeline(looked, bins)
+    estimate = reference.estimate if reference else estimate_accuracy
+    bin_, bins_over_time = timeline(looked, bins, estimate)
     return Report(reference.task if reference else ", ".join(tasks) or "-",
                   _utc(decisions[0].time) if decisions else None, _utc(decisions[-1].time) if decisions else None,
                   counts, tuple(drift_statistics(looked, reference)) if reference else (),
-                  estimate_accuracy(answers),
-                  reference.cbpe_error() if reference else None,
+                  estimate(answers), reference.cbpe_error() if reference else None,
                   dict(zip(("p50", "p95", "p99"), latency)) if latency else {}, bins_over_time, bin_, reference,
                   mix((d.decided for d in answers), classes))
 

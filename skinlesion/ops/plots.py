@@ -105,7 +105,7 @@ def figures(report_: Report) -> dict:
     reference, bins = report_.reference, report_.timeline
     rates = [(reference.refused_rate, LEVEL_COLOUR[ALARM]), (reference.unfamiliar_rate, LEVEL_COLOUR[WARN])] \
         if reference else []
-    val = ((reference.cbpe.get("val") or {}).get("accuracy") or {}).get("estimated") if reference else None
+    val = ((reference.cbpe.get("val") or {}).get("accuracy") or {}).get("measured") if reference else None
     latency = [b.latency_ms or (None, None, None) for b in bins]
     return {
         "class_mix": _class_mix(report_),
