@@ -143,15 +143,19 @@ class Reference:
         found = (self.cbpe.get("val") or {}).get("accuracy")
         return found["estimated"] - found["measured"] if found else 0.0
 
+    def corrected(self, estimated: float) -> float:
+        """A raw CBPE estimate less `cbpe_offset`, within 0 … 1."""
+        return min(1.0, max(0.0, estimated - self.cbpe_offset()))
+
     def estimate(self, decisions: Iterable[Decision]) -> float | None:
-        """The accuracy estimated for `decisions`, corrected by `cbpe_offset` (within 0 … 1)."""
+        """The accuracy estimated for `decisions`, `corrected`."""
         found = estimate_accuracy(decisions)
-        return None if found is None else min(1.0, max(0.0, found - self.cbpe_offset()))
+        return None if found is None else self.corrected(found)
 
     def cbpe_error(self, split: str = "test") -> float | None:
         """|corrected estimate − measured| accuracy on `split`; None when not measured."""
         found = (self.cbpe.get(split) or {}).get("accuracy")
-        return abs(found["estimated"] - self.cbpe_offset() - found["measured"]) if found else None
+        return abs(self.corrected(found["estimated"]) - found["measured"]) if found else None
 
 
 def mix(decided: Iterable[str], classes: Sequence[str]) -> dict[str, float]:
@@ -293,7 +297,7 @@ class Report:
             lines.append(f"Estimated accuracy {self.accuracy:.3f} (CBPE: from the model's probabilities alone)")
             test = (self.reference.cbpe.get("test") or {}).get("accuracy") if self.reference else None
             if test:
-                lines.append(f"  on the test split it estimated {test['estimated'] - self.reference.cbpe_offset():.3f}"
+                lines.append(f"  on the test split it estimated {self.reference.corrected(test['estimated']):.3f}"
                              f" where {test['measured']:.3f} was measured")
         if self.latency_ms:
             lines.append("Latency of answered images: "
