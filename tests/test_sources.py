@@ -111,6 +111,8 @@ def test_a_run_with_sources_colour_constancy_and_init(tmp_path):
     kinds = {(r["source"], r["split"]) for r in split}
     assert {("isic", "train"), ("isic", HELD_OUT), ("ph2", HELD_OUT), ("ham", "val"), ("ham", "test")} <= kinds
     assert ("ph2", "train") not in kinds and ("isic", "val") not in kinds
+    unseen = json.loads((first / "metrics.json").read_text())["modality_check"]["unseen_source"]
+    assert unseen["n"] == 24 and 0 <= unseen["pass"] <= 1  # isic's training rows, by a fit without them
     result = run_train(*common, "--out", second, "--init", first / "model")
     assert result.returncode == 0, result.stderr[-3000:]
     training = json.loads((second / "model/config.json").read_text())["training"]

@@ -17,6 +17,7 @@ from skinlesion.models.network import load_model_folder
 from skinlesion.tasks import get_task
 from skinlesion.tasks.dermoscopy import load_ham10000
 from skinlesion.transforms import eval_transform
+from skinlesion.trust.features import POOLED
 from train.config import TrainConfig
 from train.device import pick_device
 from train.flags import parse_args, read_yaml
@@ -66,6 +67,7 @@ def test_run_folder_has_everything(tiny_run):
     assert {"photographs", "photo crops", "synthetic"} <= set(check["families"])
     modality = metrics["modality_check"]  # the refusing check: fitted with run-time families, each measured unseen
     assert modality["threshold"] == config["modality_check"]["threshold"] and 0.9 <= modality["val_pass"] <= 1
+    assert POOLED not in config["modality_check"]["features"] and modality["unseen_source"] == {}  # no other source
     assert all(f["unseen_by_the_fit"] and 0 <= f["refused"] <= 1 and f["answered"] + f["refused"] == 1
                for f in modality["families"].values())
     served = metrics["sources"]  # each set as the app answers it

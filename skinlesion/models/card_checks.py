@@ -37,7 +37,8 @@ def checks_tables(metrics: dict) -> str:
         strong = "strongly_shifted_test_pass" in modality
         parts += [f"\n### Input checks: refused, answered, answered with caution\n"
                   f"**Modality check** (is this {task.subject} at all? If not, refused): a "
-                  f"{modality['method']}; threshold {modality['threshold']:.3f}, set so that 99% of the validation "
+                  f"{modality['method']}; threshold {modality['threshold']:.3f}, set so that "
+                  f"{modality.get('pass_rate_target', 0.99):.1%} of the validation "
                   f"images{' and their strongly shifted copies' if strong else ''} pass (validation images alone: "
                   f"{modality['val_pass']:.1%}). Test images passing: "
                   f"**{modality['test_pass']:.1%}**; under a mild acquisition shift "
@@ -46,6 +47,8 @@ def checks_tables(metrics: dict) -> str:
                      f"rulers) {modality['strongly_shifted_test_pass']:.1%}. " if strong else ". ")
                   + ("Each family of other images below is refused by a fit that left that family out: "
                      "a figure on a kind of image the check never saw. " if unseen else "")
+                  + (f"The training images of another source ({source['n']}), passed by a fit that left them out: "
+                     f"{source['pass']:.1%}. " if (source := modality.get("unseen_source")) else "")
                   + "**Familiarity check** (is it like the training images? If not, answered with a caution "
                   "that quotes the figure under the table, and a verdict that leans to caution: never the "
                   "confident one; an image far past it is refused).\n\n"]

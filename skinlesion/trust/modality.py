@@ -6,8 +6,8 @@ Why a second check: the familiarity check measures distance from the training im
 changes from one dermatoscope or clinic to the next — resolution, sharpness, zoom, lighting,
 vignettes — moves the early stages' statistics far from them. Distance alone cannot tell
 "another device" from "not dermoscopy". This check is a linear classifier (scikit-learn's
-logistic regression, fitted in train/trust.py) over the same features of the answer's own pass
-— every stage's channel statistics and the pooled features, standardised — with outlier
+logistic regression, fitted in train/trust.py) over features of the answer's own pass — every
+stage's channel statistics, standardised; not the pooled features (why: train/trust.py) — with outlier
 exposure (Hendrycks et al., ICLR 2019): the images of the task and copies of them under strong
 acquisition shifts (train/outliers.acquisition_shifted) on one side, families of other images
 made at run time (train/outliers.families) on the other. Its threshold lets PASS_RATE of the
@@ -28,15 +28,17 @@ from .check import REFERENCE_FILE
 from .features import POOLED
 
 CONFIG_KEY = "modality_check"
-PASS_RATE = 0.99        # of validation images and their shifted copies: refuse an image of the task rarely
+PASS_RATE = 0.995       # of validation images and their shifted copies: refuse an image of the task rarely
+                        # (another source's images, left out of the fit, passed at 0.972 with 0.99 and
+                        # 0.979 with 0.995: python -m benchmarks.modality)
 PREFIX = "modality."    # its tensors' names in REFERENCE_FILE
-METHOD = ("logistic regression with outlier exposure over the standardised channel statistics of every stage "
-          "and the pooled features: the task's images and shifted copies against run-time families of other images")
+METHOD = ("logistic regression with outlier exposure over the standardised channel statistics of every stage: "
+          "the task's images and shifted copies against run-time families of other images")
 
 
 @dataclass(frozen=True)
 class ModalityCheck:
-    names: tuple[str, ...]      # the features it reads, in order: stage statistics, then POOLED
+    names: tuple[str, ...]      # the features it reads, in order: stage statistics (older folders: then POOLED)
     mean: torch.Tensor          # the standardisation of their concatenation …
     scale: torch.Tensor
     weights: torch.Tensor       # … and the classifier: score = standardised · weights + bias
