@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +30,10 @@ from skinlesion.trust.modality import ModalityCheck
 from train.outliers import acquisition_shifted, families, shifted
 from train.sources import from_source, with_sources
 from train.splits import SplitData, prepare_splits
-from train.trust import _joined, _rows, forward_all
+from train.trust import _joined, _rows, forward_all, passes
 
 VARIANTS = (("stages + pooled", True, 0.99), ("stages + pooled", True, 0.995),
             ("stages", False, 0.99), ("stages", False, 0.995))
-
-
-def passes(check: ModalityCheck, features: dict[str, torch.Tensor]) -> float:
-    return float((check.scores(features) <= check.threshold).mean())
-
-
-def fitted(inside, outside, validation, names, pass_rate: float) -> ModalityCheck:
-    check = ModalityCheck.fit(inside, outside, validation, names)
-    return replace(check, threshold=float(np.quantile(check.scores(validation), pass_rate, method="higher")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,14 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     own_rows = np.flatnonzero(~np.tile(other, 3))
     stages = tuple(stage_names(model.primary))
 
+    outside = {name: _joined([f for n, f in made.items() if n != name]) for name in (None, *made)}  # None: all
     rows = []
     for label, pooled, pass_rate in VARIANTS:
         names = (*stages, POOLED) if pooled else stages
-        outside = {name: _joined([f for n, f in made.items() if n != name]) for name in (None, *made)}
-        check = fitted(inside, outside[None], validation, names, pass_rate)
-        without_source = fitted(_rows(inside, own_rows), outside[None], validation, names, pass_rate)
-        refused = [1 - passes(fitted(inside, outside[name], validation, names, pass_rate), made[name])
-                   for name in made]
+
+        def fitted(inside_rows, left_out=None):
+            return ModalityCheck.fit(inside_rows, outside[left_out], validation, names, pass_rate=pass_rate)
+
+        check, without_source = fitted(inside), fitted(_rows(inside, own_rows))
+        refused = [1 - passes(fitted(inside, name), made[name]) for name in made]
         rows.append([label, f"{pass_rate:.3f}", f(passes(check, val)), f(passes(check, heavy_val)),
                      f(passes(without_source, _rows(plain, np.flatnonzero(other)))), *map(f, refused)])
     print(f"{args.model}: {len(train.labels)} training images ({int(other.sum())} of other sources), "

@@ -135,9 +135,6 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
     def features(images: list[np.ndarray]) -> dict[str, torch.Tensor]:
         return passed(images).features
 
-    def passes(c, f) -> float:
-        return float((c.scores(f) <= c.threshold).mean())
-
     rng = np.random.default_rng(seed)
     train_shifted = features(shifted(splits["train"].images, rng))
     reference = _joined([forwards["train"].features, train_shifted])
@@ -199,6 +196,11 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
                                     for name, f in made.items()}}
     shift = ("strongly shifted test", strong["test"]) if strong else ("shifted test", test_shifted)
     return checks, gallery, {"input_check": familiarity, "modality_check": modality_report}, shift
+
+
+def passes(check: InputCheck | ModalityCheck, features: dict[str, torch.Tensor]) -> float:
+    """The share of rows whose score is at most the check's threshold."""
+    return float((check.scores(features) <= check.threshold).mean())
 
 
 def _joined(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

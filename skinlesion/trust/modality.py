@@ -80,10 +80,11 @@ class ModalityCheck:
 
     @classmethod
     def fit(cls, inside: Mapping[str, torch.Tensor], outside: Mapping[str, torch.Tensor],
-            validation: Mapping[str, torch.Tensor], names: tuple[str, ...], c: float = 0.05) -> "ModalityCheck":
+            validation: Mapping[str, torch.Tensor], names: tuple[str, ...], c: float = 0.05,
+            pass_rate: float = PASS_RATE) -> "ModalityCheck":
         """Fit on the features of the task's images (`inside`: training images and shifted copies)
         against other images (`outside`), the threshold on `validation` (validation images and
-        shifted copies). `c`: the inverse L2 strength; strong, so that the weights spread over
+        shifted copies: `pass_rate` of them pass). `c`: the inverse L2 strength; strong, so that the weights spread over
         many features and carry to families the fit never saw. Both sides weigh the same."""
         from sklearn.linear_model import LogisticRegression  # here: serving never fits
 
@@ -98,5 +99,5 @@ class ModalityCheck:
         as_tensor = lambda a: torch.from_numpy(np.asarray(a)).float()  # noqa: E731
         unset = cls(names, as_tensor(mean), as_tensor(scale), as_tensor(fitted.coef_[0]),
                     float(fitted.intercept_[0]), 0.0)
-        threshold = float(np.quantile(unset.scores(validation), PASS_RATE, method="higher"))
+        threshold = float(np.quantile(unset.scores(validation), pass_rate, method="higher"))
         return replace(unset, threshold=threshold)
