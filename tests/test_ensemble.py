@@ -12,13 +12,16 @@ from captum.attr import LayerGradCam
 from conftest import run_train
 
 from skinlesion import Predictor
+from skinlesion.decision import fit_temperature
 from skinlesion.explain import GRAD_CAM, last_stage, upsample_heatmap
-from skinlesion.models.ensemble import Ensemble, load_ensemble
+from skinlesion.models.ensemble import Ensemble, average, load_ensemble
 from skinlesion.models.network import create_model, save_model_folder
 from skinlesion.models.spec import ModelFolderError, update_config
 from skinlesion.tasks import get_task
 from skinlesion.transforms import model_input
 from skinlesion.trust.features import POOLED, stage_names
+from train.ensemble import member_outputs
+from train.splits import prepare_splits
 
 PRIMARY_T, MEMBER_T, RULE_T = 1.2, 0.8, 1.5   # RULE_T: the model_folder fixture's rule temperature
 
@@ -148,10 +151,19 @@ def test_a_member_outside_the_folder_is_refused(ensemble_folder):
 @pytest.mark.slow
 def test_train_ensemble_then_evaluate_fits_the_rule_on_the_ensemble(tiny_run, tmp_path):
     """The commands of docs/training.md: the folder they make answers as predictions.csv says."""
-    out, data = tmp_path / "ens", tiny_run.parent / "ham"
-    result = run_train("--primary", tiny_run / "model", "--member", tiny_run / "model", "--views", "plain", "hflip",
+    out, data, primary = tmp_path / "ens", tiny_run.parent / "ham", tmp_path / "primary"
+    shutil.copytree(tiny_run / "model", primary)
+    update_config(primary, temperature=1.0)  # a rule temperature that does not calibrate the ensemble
+    result = run_train("--primary", primary, "--member", tiny_run / "model", "--views", "plain", "hflip",
                        "--data", data, "--out", out, module="train.ensemble")
     assert result.returncode == 0, result.stderr[-3000:]
+    # before train.evaluate, the folder's temperature already calibrates what it answers (a teacher reads it)
+    net, spec = load_ensemble(out)
+    val = prepare_splits(spec.task.load(data), spec.input_size, spec.training.get("seed", 0), None,
+                         spec.codes, preprocessing=spec.preprocessing)["val"]
+    answered = average(torch.from_numpy(member_outputs(net, spec, val.images, torch.device("cpu")))).numpy()
+    assert spec.rule.temperature == pytest.approx(fit_temperature(answered, val.labels))
+    assert spec.rule.temperature != pytest.approx(1.0)
     result = run_train("--model", out, "--data", data, "--no-explanations", "--outliers", "4",
                        module="train.evaluate")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -7,7 +7,8 @@
 Copies the primary folder (its model explains, and feeds the input check and the similar cases),
 copies each member's weights and config into OUT/members/<name>, fits every model's temperature
 alone on its plain validation outputs (as the ensemble runs it: the primary's input, resized
-to the member's size), and writes the "ensemble" entry of OUT/config.json. `train.evaluate`
+to the member's size), writes the "ensemble" entry of OUT/config.json, and refits the folder's
+temperature on what the whole ensemble answers (so it can teach at once: train/distill.py). `train.evaluate`
 then fits the whole decision rule — temperature, class bias, thresholds, prediction sets — and
 the input check on what the ensemble outputs. The members must have been trained on the
 primary's split (the same data and seed): their validation images are the primary's.
@@ -25,10 +26,10 @@ import numpy as np
 import torch
 
 from skinlesion.decision import fit_temperature
-from skinlesion.models.ensemble import ENSEMBLE_KEY, VIEWS, Ensemble, load_ensemble
+from skinlesion.models.ensemble import ENSEMBLE_KEY, VIEWS, Ensemble, average, load_ensemble
 from skinlesion.models.network import WEIGHTS_FILE
 from skinlesion.models.onnx import ONNX_FILE, ONNX_KEY
-from skinlesion.models.spec import CONFIG_FILE, ModelSpec, update_config
+from skinlesion.models.spec import CONFIG_FILE, ModelSpec, read_spec, update_config
 from skinlesion.transforms import model_input
 
 from .device import pick_device
@@ -100,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     update_config(args.out, **{ENSEMBLE_KEY: settings})
     for name, t in zip(["primary", *names], temperatures):
         log.info("%s: temperature %.3f", name, t)
+    # The rule's temperature copied from the primary was fitted on its plain logits, not on this
+    # average of tempered members and views: refit it on what the folder now answers, so that its
+    # calibrated probabilities (a --teacher's soft targets, train/distill.py) are calibrated
+    # before train.evaluate refits the whole rule.
+    net, spec = load_ensemble(args.out)
+    answered = average(torch.from_numpy(member_outputs(net.to(device), spec, splits["val"].images, device))).numpy()
+    update_config(args.out, temperature=fit_temperature(answered, splits["val"].labels))
+    log.info("the folder's temperature: %.3f (the rest of its rule is the primary's until train.evaluate)",
+             read_spec(args.out).rule.temperature)
     log.info("wrote %s; now run python -m train.evaluate --model %s --data %s", args.out, args.out, args.data)
     return 0
 
