@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from skinlesion.decision import DecisionRule, fit_temperature
-from skinlesion.models.ensemble import Ensemble, average, load_ensemble
+from skinlesion.models.ensemble import Ensemble, load_ensemble
 from skinlesion.models.markdown import f, table
 from train.metrics import classification_report, expected_calibration_error, macro_auc, operating_point
 
 from .device import pick_device
-from .ensemble import member_outputs
+from .ensemble import member_outputs, tempered_average
 from .splits import prepare_splits
 
 log = logging.getLogger("train.ablation")
@@ -78,8 +78,7 @@ def forward_p50(net: Ensemble, size: int) -> float:
 def lever(name: str, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray], codes: list[str],
           high_risk: list[str], temperatures: list[float]) -> dict:
     """One row: the given passes (models × views), each at its model's temperature, averaged."""
-    logits = {s: average([torch.log_softmax(torch.as_tensor(o) / t, -1) for o, t in zip(outputs[s], temperatures)]
-                         ).numpy() for s in labels}
+    logits = {s: tempered_average(outputs[s], temperatures) for s in labels}
     rule, _ = DecisionRule.fit(logits["val"], labels["val"], codes, high_risk)
     row: dict = {"lever": name}
     for s in labels:

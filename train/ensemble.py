@@ -29,11 +29,11 @@ from skinlesion.decision import fit_temperature
 from skinlesion.models.ensemble import ENSEMBLE_KEY, VIEWS, Ensemble, average, load_ensemble
 from skinlesion.models.network import WEIGHTS_FILE
 from skinlesion.models.onnx import ONNX_FILE, ONNX_KEY
-from skinlesion.models.spec import CONFIG_FILE, ModelSpec, read_spec, update_config
+from skinlesion.models.spec import CONFIG_FILE, ModelSpec, update_config
 from skinlesion.transforms import model_input
 
 from .device import pick_device
-from .splits import SplitData, prepare_splits
+from .splits import prepare_splits
 
 log = logging.getLogger("train.ensemble")
 MEMBERS = "members"
@@ -52,11 +52,11 @@ def member_outputs(net: Ensemble, spec: ModelSpec, images: Sequence[np.ndarray],
     return torch.cat(parts, 1).numpy() if parts else np.zeros((net.passes, 0, spec.num_classes), np.float32)
 
 
-def member_temperatures(net: Ensemble, spec: ModelSpec, val: SplitData, device: torch.device) -> list[float]:
-    """Each member's temperature, fitted alone on its plain view of the validation split."""
-    plain = Ensemble(list(net.members), sizes=net.sizes, normalisations=net.normalisations)
-    outputs = member_outputs(plain.to(device), spec, val.images, device)
-    return [fit_temperature(o, val.labels) for o in outputs]
+def tempered_average(outputs: Sequence[np.ndarray], temperatures: Sequence[float]) -> np.ndarray:
+    """Passes taken at temperature 1 (`member_outputs`), each retempered at its model's
+    temperature and averaged as the ensemble averages them (log_softmax(z)/T differs from z/T by
+    a constant per row, which the log_softmax removes): images × classes."""
+    return average([torch.log_softmax(torch.as_tensor(o) / t, -1) for o, t in zip(outputs, temperatures)]).numpy()
 
 
 def assemble(primary: Path, members: list[Path], out: Path) -> list[str]:
@@ -88,28 +88,29 @@ def main(argv: list[str] | None = None) -> int:
 
     names = assemble(args.primary, args.member, args.out)
     (args.out / ONNX_FILE).unlink(missing_ok=True)  # the primary's alone: python -m train.onnx exports the ensemble
-    update_config(args.out, **{ONNX_KEY: None,
-                               ENSEMBLE_KEY: {"temperature": 1.0, "views": ["plain"],
-                                              "members": [{"folder": n, "temperature": 1.0} for n in names]}})
+    unfitted = {"temperature": 1.0, "views": args.views, "members": [{"folder": n, "temperature": 1.0} for n in names]}
+    update_config(args.out, **{ONNX_KEY: None, ENSEMBLE_KEY: unfitted})
     net, spec = load_ensemble(args.out)
     device = pick_device(args.device)
     splits = prepare_splits(spec.task.load(args.data), spec.input_size, spec.training.get("seed", 0), None,
                             spec.codes, preprocessing=spec.preprocessing)
-    temperatures = member_temperatures(net.to(device), spec, splits["val"], device)
+    val = splits["val"]
+    # One pass over validation, every model and view at temperature 1 (model-major): each model's
+    # temperature is fitted alone on its plain view; the folder's rule temperature on the average of
+    # every pass retempered, i.e. on what the folder now answers (the primary's was fitted on its
+    # plain logits), so a fresh folder's probabilities are calibrated as a --teacher's soft targets
+    # (train/distill.py) before train.evaluate refits the whole rule.
+    outputs = member_outputs(net.to(device), spec, val.images, device)
+    temperatures = [fit_temperature(outputs[m * len(args.views)], val.labels) for m in range(len(names) + 1)]
     settings = {"temperature": temperatures[0], "views": args.views,
                 "members": [{"folder": n, "temperature": t} for n, t in zip(names, temperatures[1:])]}
-    update_config(args.out, **{ENSEMBLE_KEY: settings})
+    folder_temperature = fit_temperature(
+        tempered_average(outputs, [t for t in temperatures for _ in args.views]), val.labels)
+    update_config(args.out, temperature=folder_temperature, **{ENSEMBLE_KEY: settings})
     for name, t in zip(["primary", *names], temperatures):
         log.info("%s: temperature %.3f", name, t)
-    # The rule's temperature copied from the primary was fitted on its plain logits, not on this
-    # average of tempered members and views: refit it on what the folder now answers, so that its
-    # calibrated probabilities (a --teacher's soft targets, train/distill.py) are calibrated
-    # before train.evaluate refits the whole rule.
-    net, spec = load_ensemble(args.out)
-    answered = average(torch.from_numpy(member_outputs(net.to(device), spec, splits["val"].images, device))).numpy()
-    update_config(args.out, temperature=fit_temperature(answered, splits["val"].labels))
     log.info("the folder's temperature: %.3f (the rest of its rule is the primary's until train.evaluate)",
-             read_spec(args.out).rule.temperature)
+             folder_temperature)
     log.info("wrote %s; now run python -m train.evaluate --model %s --data %s", args.out, args.out, args.data)
     return 0
 

@@ -4,7 +4,8 @@ Every table comes from metrics.json through skinlesion/models/card.py. After eva
 model (or changing the renderer), re-render the bundled models' cards and the tables of
 docs/results.md, docs/explanations.md and docs/trust.md (the blocks between
 `<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations, trust or checks, and
-levers: the table `python -m train.ablation` wrote to results/ablation/levers-TASK.json) with:
+levers: the table `python -m train.ablation` wrote to results/ablation/levers-NAME.json; resolution:
+the one `python -m train.resolution` wrote to results/ablation/resolution-NAME.json) with:
 
     python -m train.report
 """
@@ -37,8 +38,9 @@ from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
 DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md", "trust.md")]
-RESULTS_BLOCK = re.compile(r"(<!-- (results|explanations|trust|checks|levers): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
-LEVERS = Path(__file__).resolve().parents[1] / "results" / "ablation"  # levers-TASK.json: train/ablation.py
+BLOCK_KINDS = "results|explanations|trust|checks|levers|resolution"
+RESULTS_BLOCK = re.compile(rf"(<!-- ({BLOCK_KINDS}): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
+LEVERS = Path(__file__).resolve().parents[1] / "results" / "ablation"  # train/ablation.py, train/resolution.py
 
 
 def render_history(history: list[dict]) -> str:
@@ -63,7 +65,7 @@ def with_results(text: str) -> str:
     """`text` with each block replaced from that task's bundled model's metrics.json: `results`
     by the headline table, `explanations` by the explanation tables, `trust` by the trust
     tables, `checks` by the table of sets answered, refused and unfamiliar; `levers` from the
-    ablation's rows."""
+    ablation's rows, `resolution` from the answer sizes' rows."""
     render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n"),
               "trust": lambda m: trust_tables(m).lstrip("\n"), "checks": served_table}
 
@@ -73,6 +75,11 @@ def with_results(text: str) -> str:
             rows = LEVERS / f"levers-{match[3]}.json"
             body = levers(json.loads(rows.read_text())) if rows.is_file() else f"(no {rows.name})\n"
             return match[1] + body + match[5]
+        if match[2] == "resolution":
+            from .resolution import render as sizes
+            path = LEVERS / f"resolution-{match[3]}.json"
+            record = json.loads(path.read_text()) if path.is_file() else None
+            return match[1] + (sizes(record["rows"], record["chosen"]) if record else f"(no {path.name})\n") + match[5]
         metrics = read_metrics(TASKS[match[3]].model_folder)
         return match[1] + (render[match[2]](metrics) if metrics else "(no metrics.json)\n") + match[5]
     return RESULTS_BLOCK.sub(block, text)

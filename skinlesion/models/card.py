@@ -282,6 +282,9 @@ def card_body(spec: ModelSpec, metrics: dict) -> str:
     subset = f"a stratified subset of {t['max_samples']} images" if t.get("max_samples") else "the whole dataset"
     init = INITIALISATIONS.get(spec.initialisation,
                                "ImageNet weights" if t.get("pretrained") else INITIALISATIONS[INIT_RANDOM])
+    trained = t.get("image_size")
+    larger = (f"; trained at {trained}×{trained}, the size it answers at chosen on validation by "
+              f"`python -m train.resolution`" if trained and trained != size else "")
     calibration = ("the malignant and pre-malignant classes have recall-first thresholds in `config.json`"
                    if metrics["thresholds"] else
                    "an answer whose 90% prediction set is not its decided class alone goes to manual review")
@@ -290,7 +293,7 @@ def card_body(spec: ModelSpec, metrics: dict) -> str:
 
 This model sorts {task.subject} into {spec.num_classes} classes ({", ".join(spec.codes)}),
 trained from {init} on {subset} of {task.dataset}, input {size}×{size} (the whole image
-resized, no crop). Logits are divided by the temperature {metrics['temperature']:.3f} (fitted on
+resized, no crop{larger}). Logits are divided by the temperature {metrics['temperature']:.3f} (fitted on
 validation) before the softmax; the decided class adds the stored `class_bias` to the
 log-probabilities; {calibration}.
 {_answering(metrics)}

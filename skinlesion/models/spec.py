@@ -29,7 +29,7 @@ class ModelSpec:
     task: Task
     architecture: str
     codes: tuple[str, ...]        # the model's output order
-    input_size: int               # the model sees the whole image squashed to size×size
+    input_size: int               # the model sees the whole image squashed to size×size (it answers at)
     mean: tuple[float, ...]       # normalisation on the 0..1 scale
     std: tuple[float, ...]
     rule: DecisionRule            # temperature, class bias, thresholds (decision.py)
@@ -58,8 +58,11 @@ class ModelSpec:
             raise ModelFolderError(f"{where}: labels {list(codes)} are not the classes of task {task.key!r}")
         cfg = config["pretrained_cfg"]
         training = config.get("training") or {}
+        # timm's keys: input_size is the size the network trained at, test_input_size (when
+        # present: python -m train.resolution) the size it answers at.
+        answer_size = cfg.get("test_input_size") or cfg["input_size"]
         return cls(task=task, architecture=config["architecture"], codes=codes,
-                   input_size=int(cfg["input_size"][-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                   input_size=int(answer_size[-1]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                    rule=DecisionRule.from_config(config), preprocessing=config.get("preprocessing"),
                    initialisation=training.get("initialisation"),
                    training=training, config=config)
