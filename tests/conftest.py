@@ -54,6 +54,15 @@ def make_ham_folder(root: Path, per_class: int = 20, images_per_lesion: int = 2,
 
 
 @pytest.fixture
+def photo():
+    """A skin-coloured image with a darker "lesion" in it, as an upload (80×100 RGB)."""
+    rng = np.random.default_rng(1)
+    image = np.zeros((80, 100, 3), np.uint8) + np.array([170, 110, 95], np.uint8)
+    image[20:50, 30:70] = [80, 45, 40]
+    return np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
 def ham_folder(tmp_path: Path) -> Path:
     return make_ham_folder(tmp_path / "ham")
 

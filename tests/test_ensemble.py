@@ -27,14 +27,6 @@ PRIMARY_T, MEMBER_T, RULE_T = 1.2, 0.8, 1.5   # RULE_T: the model_folder fixture
 
 
 @pytest.fixture
-def photo():
-    rng = np.random.default_rng(1)
-    image = np.zeros((80, 100, 3), np.uint8) + np.array([170, 110, 95], np.uint8)
-    image[20:50, 30:70] = [80, 45, 40]
-    return np.clip(image + rng.normal(0, 10, image.shape), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture
 def ensemble_folder(model_folder, tmp_path):
     """The 64 px model folder with a 48 px member of other weights, averaged over two views."""
     folder = tmp_path / "ensemble"

@@ -13,14 +13,6 @@ from skinlesion.transforms import model_input
 from train import resolution
 
 
-@pytest.fixture
-def photo():
-    rng = np.random.default_rng(2)
-    image = np.zeros((90, 120, 3), np.uint8) + np.array([175, 120, 100], np.uint8)
-    image[25:60, 35:80] = [90, 50, 45]
-    return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
-
-
 def test_a_folder_answers_at_its_test_input_size(model_folder, tmp_path, photo):
     folder = tmp_path / "larger"
     shutil.copytree(model_folder, folder)

@@ -13,8 +13,8 @@ resizes them), each size gets its own decision rule fitted on validation (train.
 and OUT is a copy of the folder whose `pretrained_cfg.test_input_size` (timm's key for the size
 a model is evaluated at; `input_size` stays the training size) is the size with the best
 validation balanced accuracy when it beats the training size by more than one image of the
-rarest validation class moves it (`smallest_step`), else the training size. Test figures are printed beside it,
-never chosen on. `train.evaluate` then refits the rule, the sets, the input checks and the
+rarest validation class moves it (`smallest_step`), else the training size. Test figures are
+printed beside it, never chosen on. `train.evaluate` then refits the rule, the sets, the input checks and the
 reports at that size; `train.gallery`, `train.onnx` and `train.monitor` follow as for any folder.
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from skinlesion.decision import fit_temperature, softmax
-from skinlesion.models.ensemble import average, load_ensemble
+from skinlesion.models.ensemble import Ensemble, average, load_ensemble
 from skinlesion.models.markdown import f, table
-from skinlesion.models.spec import read_config, update_config
+from skinlesion.models.spec import ModelSpec, read_config, update_config
 
 from .ablation import forward_p50, lever
 from .device import pick_device
@@ -45,10 +45,9 @@ log = logging.getLogger("train.resolution")
 SIZE_KEY = "test_input_size"
 
 
-def answers(folder: Path, data: Path, sizes: list[int], device: torch.device) -> tuple[dict, dict]:
+def answers(net: Ensemble, spec: ModelSpec, data: Path, sizes: list[int], device: torch.device) -> tuple[dict, dict]:
     """{size: {split: the folder's answer (log-probabilities, images × classes)}} on validation
     and test, and {split: labels}."""
-    net, spec = load_ensemble(folder)
     net = net.to(device)
     records = spec.task.load(data)
     outputs, labels = {}, {}
@@ -75,8 +74,8 @@ def validation_scores(logits: np.ndarray, labels: np.ndarray) -> dict:
 def measure(folder: Path, data: Path, sizes: list[int], device: torch.device) -> tuple[list[dict], float]:
     """One train.ablation row per size, each under its own rule fitted on validation, with the
     forward pass p50 at that size; and validation's smallest_step."""
-    outputs, labels = answers(folder, data, sizes, device)
     net, spec = load_ensemble(folder)
+    outputs, labels = answers(net, spec, data, sizes, device)
     rows = []
     for size in sizes:
         row = lever(f"{size} px", {s: outputs[size][s][None] for s in labels}, labels, list(spec.codes),
