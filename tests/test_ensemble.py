@@ -184,6 +184,8 @@ def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run
         assert row["train_minutes"] is not None
     # the same model twice is the model alone: averaging equal probabilities changes nothing
     assert rows[6]["test_ba"] == pytest.approx(rows[0]["test_ba"])
+    assert rows[3]["val_ba_delta"] == 0 and rows[3]["val_ba_delta_interval"] == [0, 0]  # paired draws
+    assert all(r["test_ba_interval"][0] <= r["test_ba"] <= r["test_ba_interval"][1] for r in rows)
     assert out.read_text().count("\n") == 2 + len(rows)
 
 

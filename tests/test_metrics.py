@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 
 from skinlesion.decision import fit_temperature, recall_first_thresholds, softmax
-from train.metrics import classification_report, expected_calibration_error, operating_point
+from sklearn.metrics import balanced_accuracy_score
+
+from train.ablation import render, with_intervals
+from train.metrics import (
+    balanced_accuracy,
+    classification_report,
+    expected_calibration_error,
+    grouped_resamples,
+    operating_point,
+)
 
 CODES = ["a", "b", "c"]
 
@@ -52,3 +61,41 @@ def test_report_handles_a_class_absent_from_the_split():
     assert report["per_class"]["c"]["support"] == 0 and report["per_class"]["c"]["sensitivity"] is None
     assert report["per_class"]["a"]["specificity"] == 1.0
     assert report["macro_auc"] == pytest.approx(2 / 3)  # mean over a and b; c has no positives
+
+
+def test_a_grouped_resample_draws_whole_lesions():
+    groups = ["l0", "l0", "l1", "l2", "l2", "l2", "l3"]
+    picks = grouped_resamples(groups, n=200, seed=1)
+    assert len(picks) == 200
+    for pick in picks:
+        drawn = [groups[i] for i in pick]
+        for lesion in set(drawn):  # a lesion drawn k times brings all its images k times
+            assert drawn.count(lesion) % groups.count(lesion) == 0
+    assert all((a == b).all() for a, b in zip(picks, grouped_resamples(groups, n=200, seed=1)))
+    assert len({tuple(p) for p in picks}) > 50  # the draws differ
+
+
+def test_balanced_accuracy_is_sklearns_and_skips_absent_classes():
+    rng = np.random.default_rng(0)
+    labels, decided = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    assert balanced_accuracy(labels, decided) == pytest.approx(balanced_accuracy_score(labels, decided))
+    assert balanced_accuracy(np.array([0, 0, 1]), np.array([0, 1, 1]), classes=[0, 1, 2]) == pytest.approx(0.75)
+
+
+def test_the_ablation_says_when_a_lever_beats_the_first_row_beyond_the_splits_noise():
+    rng = np.random.default_rng(0)
+    groups = {s: [f"{s}{i // 2}" for i in range(400)] for s in ("val", "test")}  # two images a lesion
+    labels = {s: np.repeat(rng.integers(0, 3, 200), 2) for s in groups}
+    base = {s: np.where(rng.random(400) < 0.6, labels[s], (labels[s] + 1) % 3) for s in groups}
+    better = {s: labels[s].copy() for s in groups}  # right wherever the first row is, and more
+    rows = [{"lever": name, **{f"{s}_ba": balanced_accuracy(labels[s], d[s]) for s in groups}, "test_auc": 0.9,
+             "test_ece": 0.01, "p50_ms": 20.0, "train_minutes": None}
+            for name, d in (("first", base), ("same", base), ("better", better))]
+    rows = with_intervals(rows, [base, base, better], labels, groups)
+    assert rows[1]["val_ba_delta"] == 0 and rows[1]["val_ba_delta_interval"] == (0, 0)
+    low, high = rows[2]["val_ba_delta_interval"]
+    assert 0 < low <= rows[2]["val_ba_delta"] <= high
+    for row in rows:
+        assert row["test_ba_interval"][0] <= row["test_ba"] <= row["test_ba_interval"][1]
+    text = render(rows)
+    assert "val BA − first row (95%)" in text and "| — |" in text and "+0.000 (+0.000 to +0.000)" in text

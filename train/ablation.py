@@ -33,7 +33,15 @@ import torch
 from skinlesion.decision import DecisionRule, fit_temperature
 from skinlesion.models.ensemble import Ensemble, load_ensemble
 from skinlesion.models.markdown import f, table
-from train.metrics import classification_report, expected_calibration_error, macro_auc, operating_point
+from train.metrics import (
+    balanced_accuracy,
+    classification_report,
+    expected_calibration_error,
+    grouped_resamples,
+    interval,
+    macro_auc,
+    operating_point,
+)
 
 from .device import pick_device
 from .ensemble import member_outputs, tempered_average
@@ -76,19 +84,38 @@ def forward_p50(net: Ensemble, size: int) -> float:
 
 
 def lever(name: str, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray], codes: list[str],
-          high_risk: list[str], temperatures: list[float]) -> dict:
-    """One row: the given passes (models × views), each at its model's temperature, averaged."""
+          high_risk: list[str], temperatures: list[float]) -> tuple[dict, dict[str, np.ndarray]]:
+    """One row: the given passes (models × views), each at its model's temperature, averaged;
+    and the classes its rule decides on each split (for `with_intervals`)."""
     logits = {s: tempered_average(outputs[s], temperatures) for s in labels}
     rule, _ = DecisionRule.fit(logits["val"], labels["val"], codes, high_risk)
     row: dict = {"lever": name}
+    decided = {s: rule.decide(rule.probabilities(logits[s])) for s in labels}
     for s in labels:
         probs = rule.probabilities(logits[s])
-        row[f"{s}_ba"] = classification_report(probs, labels[s], codes, rule.decide(probs))["balanced_accuracy"]
+        row[f"{s}_ba"] = classification_report(probs, labels[s], codes, decided[s])["balanced_accuracy"]
     probs = rule.probabilities(logits["test"])
     row.update(test_auc=macro_auc(probs, labels["test"]), test_ece=expected_calibration_error(probs, labels["test"]))
     for code, point in operating_point(probs, labels["test"], codes, rule.thresholds).items():
         row.update({f"{code}_sensitivity": point.get("sensitivity"), f"{code}_specificity": point.get("specificity")})
-    return row
+    return row, decided
+
+
+def with_intervals(rows: list[dict], decided: list[dict[str, np.ndarray]], labels: dict[str, np.ndarray],
+                   groups: dict[str, list[str]]) -> list[dict]:
+    """Each row's balanced accuracy with its 95% interval, and its difference from the first row
+    with the difference's 95% interval: a paired bootstrap that draws the split's lesions
+    (metrics.grouped_resamples; every row on the same draws). The rules stay as fitted on
+    validation: the intervals hold the splits' sampling noise, which decides whether one lever
+    really beats another."""
+    for s in labels:
+        draws = np.array([[balanced_accuracy(labels[s][pick], d[s][pick]) for pick in grouped_resamples(groups[s])]
+                          for d in decided])
+        for row, own in zip(rows, draws):
+            row[f"{s}_ba_interval"] = interval(own)
+            row[f"{s}_ba_delta"] = row[f"{s}_ba"] - rows[0][f"{s}_ba"]
+            row[f"{s}_ba_delta_interval"] = interval(own - draws[0])
+    return rows
 
 
 def measure(folders: list[Path], data: Path, device: torch.device, names: list[str] | None = None) -> list[dict]:
@@ -102,6 +129,7 @@ def measure(folders: list[Path], data: Path, device: torch.device, names: list[s
     splits = prepare_splits(spec.task.load(data), spec.input_size, spec.training.get("seed", 0), None, spec.codes,
                             preprocessing=spec.preprocessing)
     labels = {s: splits[s].labels for s in ("val", "test")}
+    groups = {s: [r.group for r in splits[s].records] for s in labels}
     everything = Ensemble(models, sizes=sizes, views=VIEW_SETS[-1], normalisations=normalisations).to(device)
     raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
     views = len(VIEW_SETS[-1])
@@ -109,33 +137,53 @@ def measure(folders: list[Path], data: Path, device: torch.device, names: list[s
     names = list(names or [f"{s.architecture.removeprefix('tf_').removeprefix('efficientnet_')}-{s.input_size}"
                            for _, s in nets])  # b0-192
     minutes = [training_minutes(folder) for folder in folders]
-    groups = [list(g) for k in range(1, len(models) + 1) for g in itertools.combinations(range(len(models)), k)]
-    rows = []
-    for group in groups:
+    combinations = [list(g) for k in range(1, len(models) + 1) for g in itertools.combinations(range(len(models)), k)]
+    rows, decided = [], []
+    for group in combinations:
         for view_set in VIEW_SETS:
             passes = [m * views + VIEW_SETS[-1].index(v) for m in group for v in view_set]
             label = " + ".join(names[m] for m in group) + ("" if len(view_set) == 1 else " · " + "+".join(view_set[1:]))
             log.info("%s", label)
-            row = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes), spec.task.high_risk_codes,
-                        [temperatures[p // views] for p in passes])
+            row, answers = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes),
+                                 spec.task.high_risk_codes, [temperatures[p // views] for p in passes])
+            decided.append(answers)
             net = Ensemble([models[m] for m in group], [temperatures[m] for m in group],
                            [sizes[m] for m in group], view_set, [normalisations[m] for m in group])
             row["p50_ms"] = forward_p50(net, spec.input_size)
             known = [minutes[m] for m in group]
             row["train_minutes"] = sum(known) if None not in known else None
             rows.append(row)
-    return rows
+    return with_intervals(rows, decided, labels, groups)
+
+
+def difference(row: dict, split: str) -> str:
+    """'+0.004 (-0.021 to +0.030)': the row's balanced accuracy minus the first row's, 95% interval."""
+    low, high = row[f"{split}_ba_delta_interval"]
+    return f"{row[f'{split}_ba_delta']:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 def render(rows: list[dict]) -> str:
-    """The rows as a Markdown table: a sensitivity / specificity column per high-risk class the rows hold."""
+    """The rows as a Markdown table: a sensitivity / specificity column per high-risk class the
+    rows hold; with the bootstrap intervals (`with_intervals`), each split's difference from the
+    first row and the test figure's interval. (Tables written before the intervals render without.)"""
     risky = [k.removesuffix("_sensitivity") for k in (rows[0] if rows else {}) if k.endswith("_sensitivity")]
-    header = ["lever", "val BA", "test BA", "test macro AUC", *(f"{c} sensitivity / specificity" for c in risky),
+    paired = bool(rows) and "val_ba_delta" in rows[0]
+    header = ["lever", "val BA", *(["val BA − first row (95%)"] if paired else []),
+              "test BA (95%)" if paired else "test BA", *(["test BA − first row (95%)"] if paired else []),
+              "test macro AUC", *(f"{c} sensitivity / specificity" for c in risky),
               "test ECE", "forward p50 (ms)", "training (min)"]
-    return table(header, [[r["lever"], f(r["val_ba"]), f(r["test_ba"]), f(r["test_auc"]),
+
+    def cells(r: dict, first: bool) -> list[str]:
+        if not paired:
+            return [f(r["val_ba"]), f(r["test_ba"])]
+        low, high = r["test_ba_interval"]
+        return [f(r["val_ba"]), "—" if first else difference(r, "val"), f"{f(r['test_ba'])} ({f(low)}–{f(high)})",
+                "—" if first else difference(r, "test")]
+    return table(header, [[r["lever"], *cells(r, i == 0), f(r["test_auc"]),
                            *(f"{f(r[f'{c}_sensitivity'])} / {f(r[f'{c}_specificity'])}" for c in risky),
                            f(r["test_ece"]), f"{r['p50_ms']:.0f}",
-                           "n/a" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"] for r in rows])
+                           "n/a" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"]
+                          for i, r in enumerate(rows)])
 
 
 def main(argv: list[str] | None = None) -> int:

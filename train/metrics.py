@@ -18,6 +18,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+BOOTSTRAP = 1000  # resamples behind every 95% interval
+
 
 def macro_auc(probs: np.ndarray, labels: np.ndarray) -> float | None:
     """Mean one-vs-rest ROC AUC over the classes that have both positives and negatives."""
@@ -118,3 +120,26 @@ def operating_point(probs: np.ndarray, labels: np.ndarray, codes: Sequence[str],
         result[code] = {"threshold": threshold, "sensitivity": sens, "specificity": spec,
                         "support": int((labels == i).sum())}
     return result
+
+
+def balanced_accuracy(labels: np.ndarray, decided: np.ndarray, classes: Sequence | None = None) -> float:
+    """Mean recall over `classes` (default: those present in `labels`) — sklearn's
+    balanced_accuracy_score, for resamples and subgroups where a class may be missing."""
+    classes = np.unique(labels) if classes is None else classes
+    return float(np.mean([np.mean(decided[labels == c] == c) for c in classes if (labels == c).any()]))
+
+
+def grouped_resamples(groups: Sequence[str], n: int = BOOTSTRAP, seed: int = 0) -> list[np.ndarray]:
+    """`n` bootstrap resamples of the rows' indices, drawn group by group: a lesion's images come
+    and go together. (Written here: scipy.stats.bootstrap draws observations one by one, and a
+    lesion's images are not independent — they share one diagnosis and one split.)"""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))]) for _ in range(n)]
+
+
+def interval(samples: Sequence[float]) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap samples."""
+    return float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))

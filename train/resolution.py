@@ -78,8 +78,8 @@ def measure(folder: Path, data: Path, sizes: list[int], device: torch.device) ->
     outputs, labels = answers(net, spec, data, sizes, device)
     rows = []
     for size in sizes:
-        row = lever(f"{size} px", {s: outputs[size][s][None] for s in labels}, labels, list(spec.codes),
-                    spec.task.high_risk_codes, [1.0])
+        row, _ = lever(f"{size} px", {s: outputs[size][s][None] for s in labels}, labels, list(spec.codes),
+                       spec.task.high_risk_codes, [1.0])
         rows.append({**row, **validation_scores(outputs[size]["val"], labels["val"]), "size": size,
                      "p50_ms": forward_p50(net, size)})
     return rows, smallest_step(labels["val"])

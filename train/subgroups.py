@@ -41,18 +41,14 @@ from skinlesion.skintone import ATTRIBUTE as SKIN_TONE
 from skinlesion.skintone import GROUPS, group, skin_ita
 from skinlesion.tasks.dermoscopy import AGE_BANDS
 
+from .metrics import BOOTSTRAP, balanced_accuracy, interval
+
 log = logging.getLogger("train.subgroups")
 SPLITS = ("val", "test")
-BOOTSTRAP = 1000
 MIN_IMAGES = 30      # fewer images in a group: its count, no figure
 MIN_POSITIVES = 10   # fewer positives of a class: no sensitivity
 MIN_CLASS = 5        # a group's balanced accuracy averages the classes with at least this many images in it
 ORDER = [name for _, name in AGE_BANDS] + [name for name, _ in GROUPS]  # groups with an order; "unknown" last
-
-
-def balanced_accuracy(labels: np.ndarray, decided: np.ndarray, classes: list[str]) -> float:
-    """Mean recall over `classes` (those present in a resample)."""
-    return float(np.mean([np.mean(decided[labels == c] == c) for c in classes if (labels == c).any()]))
 
 
 def columns(rows: list[dict], thresholded: list[str]) -> dict[str, np.ndarray]:
@@ -90,8 +86,7 @@ def figures(rows: list[dict], thresholded: list[str], rng: np.random.Generator) 
     out = {"n": len(rows), "classes": classes, "positives": {c: int((a["label"] == c).sum()) for c in thresholded}}
     for key, value in point.items():
         samples = [d[key] for d in draws if d[key] is not None]
-        out[key] = None if value is None else {
-            "value": value, "low": float(np.percentile(samples, 2.5)), "high": float(np.percentile(samples, 97.5))}
+        out[key] = None if value is None else dict(zip(("value", "low", "high"), (value, *interval(samples))))
     return out
 
 
