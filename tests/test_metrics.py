@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-
-from skinlesion.decision import fit_temperature, recall_first_thresholds, softmax
 from sklearn.metrics import balanced_accuracy_score
 
+from skinlesion.decision import fit_temperature, recall_first_thresholds, softmax
 from train.ablation import render, with_intervals
 from train.metrics import (
     balanced_accuracy,
