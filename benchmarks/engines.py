@@ -1,13 +1,14 @@
 """python -m benchmarks.engines [--model DIR] [--images 256] [--rounds 3]: the answers on each
 engine of a model folder, in one run.
 
-For PyTorch and ONNX Runtime (fp32, the folder's `model.onnx`): the batch path's images/s
+For PyTorch's eager modules, PyTorch's frozen TorchScript graph (the torch engine:
+skinlesion/models/frozen.py) and ONNX Runtime (fp32, the folder's `model.onnx`): the batch path's images/s
 (`batch_rows`: decode, one pass per batch, calibrated probabilities, decided class, verdict and
 checks per row) over --images copies of a bundled example image at batches of 8 and 32, and
 the single-image analyse p50 without a heat-map; the engines interleaved round by round, the
 fastest round kept. Then, when the task's data is there, the share of the test split's
-committed ids (tests/fixtures/<task>_test_ids.txt) whose decided class is PyTorch's and the
-largest probability change. Printed as a table.
+committed ids (tests/fixtures/<task>_test_ids.txt) whose decided class is the eager modules' and
+the largest probability change, for each of the other engines. Printed as a table.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from skinlesion.predictor import Predictor
 from train.onnx import parity_images
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("torch", "onnx")
+ENGINES = ("eager", "torch", "onnx")
 
 
 def batch_rate(predictor: Predictor, folder: Path, batch_size: int) -> float:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     predictors = {e: Predictor.from_pretrained(args.model, task=None if args.model else "ham10000", engine=e)
                   for e in ENGINES}
-    image = sorted((ROOT / "assets" / "examples" / predictors["torch"].task.key).glob("*"))[0]
+    image = sorted((ROOT / "assets" / "examples" / predictors["eager"].task.key).glob("*"))[0]
     found = {(e, k): [] for e in ENGINES for k in ("b8", "b32", "p50")}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.images):
@@ -65,22 +66,27 @@ def main(argv: list[str] | None = None) -> int:
                 found[name, "b8"].append(batch_rate(predictor, Path(tmp), 8))
                 found[name, "b32"].append(batch_rate(predictor, Path(tmp), 32))
                 found[name, "p50"].append(analyse_p50(predictor, image))
-    real = parity_images(predictors["torch"], None, limit=None)  # the whole committed test split
-    agree, worst = [], 0.0
+    real = parity_images(predictors["eager"], None, limit=None)  # the whole committed test split
+    agree, worst = {e: [] for e in ENGINES[1:]}, dict.fromkeys(ENGINES[1:], 0.0)
     for start in range(0, len(real), 32):
-        chunk = [predictors["torch"].prepare(i) for i in real[start:start + 32]]
-        for a, b in zip(predictors["torch"].analyse_many(chunk), predictors["onnx"].analyse_many(chunk)):
-            agree.append(a.decided == b.decided)
-            worst = max(worst, max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities))
+        chunk = [predictors["eager"].prepare(i) for i in real[start:start + 32]]
+        reference = predictors["eager"].analyse_many(chunk)
+        for name in ENGINES[1:]:
+            for a, b in zip(reference, predictors[name].analyse_many(chunk)):
+                agree[name].append(a.decided == b.decided)
+                change = max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities)
+                worst[name] = max(worst[name], change)
     best = {name: max(max(found[name, "b8"]), max(found[name, "b32"])) for name in ENGINES}
     print(f"| engine | batch path, batch 8 (images/s) | batch 32 | analyse p50, no heat-map (ms) | "
-          f"× PyTorch (each at its faster batch) |   ({args.images} images, fastest of {args.rounds} rounds)")
+          f"× eager PyTorch (each at its faster batch) |   ({args.images} images, fastest of {args.rounds} rounds; "
+          f"{' + '.join(predictors['eager'].net.describe(predictors['eager'].spec.input_size)['views'])})")
     print("|---|---:|---:|---:|---:|")
     for name in ENGINES:
         print(f"| {name} | {max(found[name, 'b8']):.1f} | {max(found[name, 'b32']):.1f} | "
-              f"{min(found[name, 'p50']):.1f} | {best[name] / best['torch']:.2f} |")
-    print(f"decided class as PyTorch's on {len(agree)} test images: {np.mean(agree):.1%}; "
-          f"largest probability change {worst:.1e}")
+              f"{min(found[name, 'p50']):.1f} | {best[name] / best['eager']:.2f} |")
+    for name in ENGINES[1:]:
+        print(f"{name}: decided class as the eager modules' on {len(agree[name])} test images: "
+              f"{np.mean(agree[name]):.1%}; largest probability change {worst[name]:.1e}")
     return 0
 
 

@@ -16,7 +16,8 @@
 
 `analyse_many` answers many prepared images in batched passes, without heat-maps (the batch
 path and the command line). The passes without a heat-map run on ONNX Runtime when the folder
-ships an ONNX export (`engine`: models/onnx.py); the heat-map's pass is always PyTorch's. The
+ships an ONNX export (`engine`: models/onnx.py), else on the CPU as a frozen TorchScript graph
+(models/frozen.py); the heat-map's pass is always eager PyTorch's. The
 heat-map, the input check and the similar cases are the primary model's (the folder's own) also
 when an ensemble answers. Presentation is the app's.
 """
@@ -34,8 +35,9 @@ from .colour import apply as preprocess
 from .explain import GRAD_CAM, METHODS, GradCam, Watched, attribution_map, heatmap
 from .images import ImageInput, InputError, decode
 from .models.ensemble import Ensemble, load_ensemble
+from .models.frozen import FrozenNet
 from .models.hub import download, looks_like_repo_id
-from .models.onnx import runtime_for
+from .models.onnx import OnnxNet, feature_names, runtime_for
 from .models.spec import ModelSpec
 from .skintone import estimate
 from .tasks import get_task
@@ -67,10 +69,13 @@ class Predictor:
         # what an answer for an image unlike the training images says first, with the folder's figure
         self.caution = caution(self.task, (spec.config.get(UNFAMILIAR_KEY) or {}).get("measured"))
         self.grad_cam = GradCam(self.primary)
-        # ONNX Runtime for the passes without a heat-map, when the folder ships it (auto) or asked (onnx)
+        # the passes without a heat-map: on ONNX Runtime when the folder ships it (auto) or asked
+        # (onnx), else on the CPU a frozen TorchScript graph of the same network (torch), or eager
         self.runtime = runtime_for(self.folder, spec.config, engine) if self.device.type == "cpu" or \
             engine == "onnx" else None
-        self.engine = "onnx" if self.runtime is not None else "torch"
+        if self.runtime is None and self.device.type == "cpu" and engine != "eager":
+            self.runtime = FrozenNet(self.net, self.trust, feature_names(self), spec.input_size)
+        self.engine = "onnx" if isinstance(self.runtime, OnnxNet) else "torch" if self.runtime else "eager"
 
     @property
     def primary(self) -> torch.nn.Module:
@@ -82,7 +87,8 @@ class Predictor:
                         task: str | None = None, engine: str = "auto") -> "Predictor":
         """`source`: a model folder, a Hub repo id ("user/name", cached copies work offline), or
         None for the bundled model of `task` (the default task when None). `engine`: "auto" (ONNX
-        Runtime when the folder ships an export, else PyTorch), "torch" or "onnx"."""
+        Runtime when the folder ships an export, else PyTorch), "torch" (on the CPU a frozen
+        TorchScript graph), "eager" (PyTorch's modules as they are) or "onnx"."""
         folder = Path(source) if source is not None else get_task(task).model_folder
         if source is not None and not folder.exists() and looks_like_repo_id(str(source)):
             folder = download(str(source))

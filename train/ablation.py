@@ -90,11 +90,11 @@ def lever(name: str, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarra
     logits = {s: tempered_average(outputs[s], temperatures) for s in labels}
     rule, _ = DecisionRule.fit(logits["val"], labels["val"], codes, high_risk)
     row: dict = {"lever": name}
-    decided = {s: rule.decide(rule.probabilities(logits[s])) for s in labels}
+    calibrated = {s: rule.probabilities(logits[s]) for s in labels}
+    decided = {s: rule.decide(calibrated[s]) for s in labels}
     for s in labels:
-        probs = rule.probabilities(logits[s])
-        row[f"{s}_ba"] = classification_report(probs, labels[s], codes, decided[s])["balanced_accuracy"]
-    probs = rule.probabilities(logits["test"])
+        row[f"{s}_ba"] = classification_report(calibrated[s], labels[s], codes, decided[s])["balanced_accuracy"]
+    probs = calibrated["test"]
     row.update(test_auc=macro_auc(probs, labels["test"]), test_ece=expected_calibration_error(probs, labels["test"]))
     for code, point in operating_point(probs, labels["test"], codes, rule.thresholds).items():
         row.update({f"{code}_sensitivity": point.get("sensitivity"), f"{code}_specificity": point.get("specificity")})
@@ -109,8 +109,8 @@ def with_intervals(rows: list[dict], decided: list[dict[str, np.ndarray]], label
     validation: the intervals hold the splits' sampling noise, which decides whether one lever
     really beats another."""
     for s in labels:
-        draws = np.array([[balanced_accuracy(labels[s][pick], d[s][pick]) for pick in grouped_resamples(groups[s])]
-                          for d in decided])
+        picks = grouped_resamples(groups[s])  # drawn once: every row on the same draws
+        draws = np.array([[balanced_accuracy(labels[s][pick], d[s][pick]) for pick in picks] for d in decided])
         for row, own in zip(rows, draws):
             row[f"{s}_ba_interval"] = interval(own)
             row[f"{s}_ba_delta"] = row[f"{s}_ba"] - rows[0][f"{s}_ba"]

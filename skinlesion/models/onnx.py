@@ -25,7 +25,9 @@ ONNX_KEY = "onnx"
 ONNX_FILE = "model.onnx"
 OPSET = 17
 LOGITS = "logits"
-ENGINES = ("auto", "torch", "onnx")  # auto: ONNX Runtime when the folder ships it
+# auto: ONNX Runtime when the folder ships it, else torch; torch: PyTorch, on the CPU as a frozen
+# TorchScript graph (frozen.py); eager: PyTorch's modules as they are
+ENGINES = ("auto", "torch", "onnx", "eager")
 
 
 class Exported(torch.nn.Module):
@@ -90,7 +92,7 @@ def runtime_for(folder: Path | None, config: Mapping, engine: str) -> OnnxNet | 
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     entry = config.get(ONNX_KEY)
     path = folder / entry["file"] if folder is not None and entry else None
-    if engine == "torch" or (engine == "auto" and (path is None or not path.is_file())):
+    if engine in ("torch", "eager") or (engine == "auto" and (path is None or not path.is_file())):
         return None
     if path is None or not path.is_file():
         raise ValueError(f"{folder}: no ONNX model (python -m train.onnx {folder} exports one)")
