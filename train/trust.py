@@ -129,17 +129,20 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
     # shifted copies and the families are new images, so they go through it here, as serving would.
     steps = spec.preprocessing
 
-    def passed(images: list[np.ndarray]) -> Forward:
-        return forward_all(model, spec, [preprocess(image, steps) for image in images], **run)
+    primary = model.primary if isinstance(model, Ensemble) else model
+
+    def passed(images: list[np.ndarray], net: torch.nn.Module = model) -> Forward:
+        return forward_all(net, spec, [preprocess(image, steps) for image in images], **run)
 
     def features(images: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        return passed(images).features
+        """The checks read the primary's plain view alone: the other models and views need not run."""
+        return passed(images, primary).features
 
     rng = np.random.default_rng(seed)
     train_shifted = features(shifted(splits["train"].images, rng))
     reference = _joined([forwards["train"].features, train_shifted])
     gallery = gallery_indices(splits["train"].labels, seed=seed, allowed=own)
-    stages = tuple(stage_names(model.primary if isinstance(model, Ensemble) else model))
+    stages = tuple(stage_names(primary))
     check = InputCheck.fit(reference, forwards["train"].features[POOLED][torch.as_tensor(gallery)],
                            forwards["val"].features, stages, refuses=False)
     test_shifted = passed(shifted(splits["test"].images, np.random.default_rng(seed + 1)))
@@ -148,9 +151,15 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
     # The modality check lets through what changes between devices: for a task that names such
     # shifts (Task.acquisition_shift), strongly shifted copies of training and validation images
     strength = spec.task.acquisition_shift
-    strong = {s: passed(acquisition_shifted(splits[s].images, spec.input_size, strength, seed + i))
-              for i, s in enumerate(("train", "val", "test"), 2)} if strength > 0 else {}
-    heavy = {s: f.features for s, f in strong.items()}
+    heavy, strong_test = {}, None  # features of strongly shifted copies; the test copies' whole pass
+    if strength > 0:
+        for i, s in enumerate(("train", "val", "test"), 2):
+            images = acquisition_shifted(splits[s].images, spec.input_size, strength, seed + i)
+            if s == "test":
+                strong_test = passed(images)
+                heavy[s] = strong_test.features
+            else:
+                heavy[s] = features(images)
     inside = _joined([reference, *([heavy["train"]] if heavy else [])])
     chosen = np.sort(rng.permutation(len(inside[POOLED]))[:MODALITY_ROWS])
     own = np.ones(len(splits["train"].labels), bool) if own is None else own
@@ -194,7 +203,7 @@ def fit_check(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[s
                                            "refused_by_the_shipped_fit": float(1 - checks.answered(f).mean()),
                                            "unseen_by_the_fit": name in unseen}
                                     for name, f in made.items()}}
-    shift = ("strongly shifted test", strong["test"]) if strong else ("shifted test", test_shifted)
+    shift = ("strongly shifted test", strong_test) if strong_test is not None else ("shifted test", test_shifted)
     return checks, gallery, {"input_check": familiarity, "modality_check": modality_report}, shift
 
 
