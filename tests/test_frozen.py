@@ -34,7 +34,7 @@ def folder_with_views(tmp_path, task: str = "neu"):
 def test_the_frozen_graph_answers_as_the_eager_modules(task, bundled_torch_models):
     frozen, eager = bundled_torch_models[task], Predictor.from_pretrained(task=task, engine="eager")
     assert (frozen.engine, eager.engine, eager.runtime) == ("torch", "eager", None)
-    found = parity(eager, frozen, parity_images(eager, None, limit=24))
+    found = parity(eager, frozen, parity_images(eager, None, limit=8))
     assert found["max_probability_difference"] <= TOLERANCE and found["decided_known_familiar_identical"], found
     assert frozen.runtime.graph() is not None  # the frozen graph answered, not the eager fallback
 
@@ -43,7 +43,7 @@ def test_mirror_views_frozen_answer_as_eager_with_the_plain_views_features(tmp_p
     folder = folder_with_views(tmp_path)
     frozen, eager = Predictor.from_pretrained(folder), Predictor.from_pretrained(folder, engine="eager")
     assert frozen.engine == "torch" and frozen.net.passes == 3
-    images = parity_images(eager, None, limit=12)
+    images = parity_images(eager, None, limit=6)
     found = parity(eager, frozen, images)
     assert found["max_probability_difference"] <= TOLERANCE and found["decided_known_familiar_identical"], found
     x = frozen.prepare(images[0]).x
