@@ -2,11 +2,15 @@
 and the heat-map overlay.
 
 Grad-CAM explains the answer's own forward pass, in the order pytorch-grad-cam uses
-(base_cam.py): forward, choose the target, backward once. `GradCam.watch()` makes the last
-stage's output record gradients during the pass that answers; the caller decides the class from
-that pass's logits, then `Watched.maps(index)` backpropagates that class's logit. With the
-model's parameters frozen, autograd records only from the hooked stage on, so the backward pass
-runs through the head alone and costs little next to the forward pass. Why not captum's
+(base_cam.py): forward, choose the target, backward once. Only the layers after the last stage
+(the head) lie between its output and the logits, so only they need gradients. Two ways:
+- the pass that answers already returned the last stage's output (a frozen graph's or ONNX
+  Runtime's, models/onnx.py: ACTIVATION): `GradCam.from_activation` runs the head again on it,
+  with gradients, and backpropagates the decided class's logit through the head alone;
+- else `GradCam.watch()` makes the last stage's output record gradients during the (eager) pass
+  that answers; the caller decides the class from that pass's logits, then `Watched.maps(index)`
+  backpropagates that class's logit. With the model's parameters frozen, autograd records only
+  from the hooked stage on, so this backward pass too runs through the head alone. Why not captum's
 LayerGradCam here: it runs its own forward pass inside `attribute`, so the answer would need a
 second pass, or a callback handed into captum to pick the class; tests/test_explain.py pins this
 Grad-CAM to captum's LayerGradCam and to a textbook implementation.
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,18 +45,35 @@ class Watched:
     """What one watched pass kept: the last stage's output and the model's logits, of its first
     call (an ensemble's primary model on the plain view runs first)."""
 
-    def __init__(self) -> None:
+    def __init__(self, grad: bool = True) -> None:
+        self.grad = grad  # False: the activation is only kept (GradCam.keeping)
         self.activation: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
 
     def maps(self, index: int) -> torch.Tensor:
-        """ReLU'd Grad-CAM (n, 1, h, w) of class `index` for every image of the pass: the class
-        logit's gradient, averaged over each channel, weighs the channel's activation."""
+        """Grad-CAM (n, 1, h, w) of class `index` for every image of the pass (`cam`)."""
         if self.activation is None or self.logits is None:
             raise RuntimeError("no watched forward pass of the model")
-        (grads,) = torch.autograd.grad(self.logits[:, index].sum(), self.activation)
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        return torch.relu((weights * self.activation).sum(1, keepdim=True)).detach().float()
+        return cam(self.activation, self.logits, index)
+
+
+def cam(activation: torch.Tensor, logits: torch.Tensor, index: int) -> torch.Tensor:
+    """ReLU'd Grad-CAM (n, 1, h, w) of class `index`: the class logit's gradient with respect to
+    the last stage's `activation` (from which autograd recorded `logits`), averaged over each
+    channel, weighs the channel's activation."""
+    (grads,) = torch.autograd.grad(logits[:, index].sum(), activation)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * activation).sum(1, keepdim=True)).detach().float()
+
+
+def head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The layers after the last stage, as one function (last stage's output → logits), for
+    timm's EfficientNets (conv_head, bn2, then pooling and the classifier: the order of their
+    forward_features and forward_head); None for a model of another shape."""
+    parts = ("blocks", "conv_head", "bn2", "forward_head")
+    if not all(hasattr(model, name) for name in parts) or last_stage(model) is not model.blocks[-1]:
+        return None
+    return lambda activation: model.forward_head(model.bn2(model.conv_head(activation)))
 
 
 class GradCam(ThreadLocalHooks):
@@ -64,12 +85,15 @@ class GradCam(ThreadLocalHooks):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        self.head = head(model)  # None: maps only from watched passes
         self.hook(last_stage(model), self._keep_activation)
         self.hook(model, self._keep_logits)
 
     def _keep_activation(self, _module, _inputs, output: torch.Tensor) -> None:
         watched = getattr(self._local, "watched", None)
-        if watched is not None and watched.activation is None and torch.is_grad_enabled():
+        if watched is not None and watched.activation is None and not watched.grad:
+            watched.activation = output
+        elif watched is not None and watched.activation is None and torch.is_grad_enabled():
             watched.activation = output.requires_grad_(True)  # a leaf: the graph starts here
 
     def _keep_logits(self, _module, _inputs, output: torch.Tensor) -> None:
@@ -86,6 +110,25 @@ class GradCam(ThreadLocalHooks):
                 yield watched
         finally:
             self._local.watched = None
+
+    @contextmanager
+    def keeping(self) -> Iterator[Watched]:
+        """The passes inside keep the first one's last-stage output, without gradients: what a
+        frozen graph or an ONNX export returns beside the logits (models/onnx.py: Exported)."""
+        self._local.watched = watched = Watched(grad=False)
+        try:
+            yield watched
+        finally:
+            self._local.watched = None
+
+    def from_activation(self, activation: torch.Tensor, index: int) -> torch.Tensor:
+        """Grad-CAM (n, 1, h, w) of class `index` from the last stage's output of a pass that
+        ran elsewhere (a frozen graph, ONNX Runtime): the head runs again on it, with gradients.
+        Only for a model with a `head`."""
+        with torch.enable_grad(), torch.autocast(self._device_type(), enabled=False):
+            # a copy: the runtime's tensor may be an inference-mode one, which autograd refuses
+            leaf = activation.detach().float().to(self._device_type()).clone().requires_grad_(True)
+            return cam(leaf, self.head(leaf), index)
 
     def __call__(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Grad-CAM (n, 1, h, w) of class `index` for the images `x`, in its own pass."""

@@ -5,19 +5,22 @@
                the whole image or its tiles (tiles.py) → the model's input (transforms.model_input);
                for a task of skin, the skin tone estimated around the lesion (skintone.py)
       forward  one pass of the answering network (models/ensemble.py) → logits; the same pass
-               records the primary model's features for the trust parts (trust/) and, when a
-               Grad-CAM map will be drawn, keeps its last stage's activation (explain.GradCam)
+               records the primary model's features for the trust parts (trust/) and its last
+               stage's output, from which Grad-CAM draws (explain.GradCam)
       answer   calibrated probabilities → the decided class, decided once → the 90% prediction
                set → the trust parts (the modality and familiarity checks, the similar cases) →
                the task's verdict (a refusal; for an unfamiliar image, a cautious one)
       explain  the heat-map of the decided (or asked) class: Grad-CAM backpropagates the
-               answer's own pass; Integrated Gradients and Occlusion run their own passes; a long
+               answer's own pass through the head; Integrated Gradients and Occlusion run their
+               own passes; a long
                image's tile maps are stitched into one, and its answer is the worst tile's
 
 `analyse_many` answers many prepared images in batched passes, without heat-maps (the batch
 path and the command line). The passes without a heat-map run on ONNX Runtime when the folder
 ships an ONNX export (`engine`: models/onnx.py), else on the CPU as a frozen TorchScript graph
-(models/frozen.py); the heat-map's pass is always eager PyTorch's. The
+(models/frozen.py); both return the last stage's output too, so that a Grad-CAM map needs
+only the head again, in PyTorch (an export without that output: a watched eager pass). The
+other maps' passes are eager PyTorch's. The
 heat-map, the input check and the similar cases are the primary model's (the folder's own) also
 when an ensemble answers. Presentation is the app's.
 """
@@ -37,7 +40,7 @@ from .images import ImageInput, InputError, decode
 from .models.ensemble import Ensemble, load_ensemble
 from .models.frozen import FrozenNet
 from .models.hub import download, looks_like_repo_id
-from .models.onnx import OnnxNet, feature_names, runtime_for
+from .models.onnx import ACTIVATION, OnnxNet, feature_names, runtime_for
 from .models.spec import ModelSpec
 from .skintone import estimate
 from .tasks import get_task
@@ -74,7 +77,7 @@ class Predictor:
         self.runtime = runtime_for(self.folder, spec.config, engine) if self.device.type == "cpu" or \
             engine == "onnx" else None
         if self.runtime is None and self.device.type == "cpu" and engine != "eager":
-            self.runtime = FrozenNet(self.net, self.trust, feature_names(self), spec.input_size)
+            self.runtime = FrozenNet(self.net, self.trust, self.grad_cam, feature_names(self), spec.input_size)
         self.engine = "onnx" if isinstance(self.runtime, OnnxNet) else "torch" if self.runtime else "eager"
 
     @property
@@ -116,22 +119,26 @@ class Predictor:
             raise InputError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
         prepared = self.prepare(image, tile, keep_image=True)
         drawn = None if method is None else GRAD_CAM if prepared.boxes else method  # tiles: Grad-CAM
-        reuse = drawn == GRAD_CAM and len(prepared.x) <= TILE_CHUNK  # the answer's pass feeds the map
-        with self.grad_cam.watch() if reuse else torch.inference_mode() as watched:
-            answer = replace(self._answer(prepared, *self._forward(prepared.x, torch_pass=reuse)),
-                             image=prepared.image)
+        # the answer's pass feeds the map: its last-stage output when the runtime returns it, else
+        # an eager pass watched for Grad-CAM
+        from_runtime = drawn == GRAD_CAM and self.runtime is not None and ACTIVATION in self.runtime.names
+        watch = drawn == GRAD_CAM and not from_runtime and len(prepared.x) <= TILE_CHUNK
+        with self.grad_cam.watch() if watch else torch.inference_mode() as watched:
+            logits, features, activation = self._forward(prepared.x, torch_pass=watch)
+            answer = replace(self._answer(prepared, logits, features), image=prepared.image)
         if drawn is None:
             return answer
         index = self.codes.index(target or answer.decided)
-        return replace(answer, heatmap=self._heatmap(prepared, drawn, index, watched), target=self.codes[index],
-                       method=drawn)
+        maps = self.grad_cam.from_activation(activation, index) if from_runtime else None
+        return replace(answer, heatmap=self._heatmap(prepared, drawn, index, watched, maps),
+                       target=self.codes[index], method=drawn)
 
     @torch.inference_mode()
     def analyse_many(self, prepared: Sequence[Prepared]) -> list[Analysis]:
         """Answers without heat-maps: the whole images in one forward pass, each tiled image in
         passes of TILE_CHUNK tiles."""
         whole = [p for p in prepared if p.boxes is None]
-        logits, features = self._forward(torch.cat([p.x for p in whole])) if whole else (None, None)
+        logits, features, _ = self._forward(torch.cat([p.x for p in whole])) if whole else (None, None, None)
         assessed = self.trust.assess(features, range(len(whole)))  # the batch's rows at once
         answers, row = [], 0
         for p in prepared:
@@ -139,20 +146,23 @@ class Predictor:
                 answers.append(self._answer(p, logits[row:row + 1], None, assessed[row]))
                 row += 1
             else:
-                answers.append(self._answer(p, *self._forward(p.x)))
+                answers.append(self._answer(p, *self._forward(p.x)[:2]))
         return answers
 
-    def _forward(self, x: torch.Tensor, torch_pass: bool = False) -> tuple[torch.Tensor, Features]:
+    def _forward(self, x: torch.Tensor, torch_pass: bool = False) -> tuple[torch.Tensor, Features,
+                                                                          torch.Tensor | None]:
         """The answering network's logits of a stack of views or tiles (in passes of TILE_CHUNK),
-        and the primary model's features of the same passes; on ONNX Runtime when the folder
-        ships it, unless `torch_pass` (a Grad-CAM map will backpropagate this pass)."""
+        the primary model's features of the same passes and, when the runtime returns it, its
+        last-stage output (else None); on the runtime (ONNX Runtime, a frozen graph) unless
+        there is none or `torch_pass` (a watched Grad-CAM pass: eager)."""
         if self.runtime is not None and not torch_pass:
             parts = [self.runtime(chunk) for chunk in x.split(TILE_CHUNK)]
-            features = {name: torch.cat([f[name] for _, f in parts]) for name in parts[0][1]} if parts[0][1] else None
-            return torch.cat([logits for logits, _ in parts]), features
+            features = {name: torch.cat([f[name] for _, f in parts]) for name in parts[0][1]} if parts[0][1] else {}
+            activation = features.pop(ACTIVATION, None)
+            return torch.cat([logits for logits, _ in parts]), features or None, activation
         with self.trust.recording():
             logits = torch.cat([self.net(chunk) for chunk in x.split(TILE_CHUNK)])
-            return logits, self.trust.features(last=True)
+            return logits, self.trust.features(last=True), None
 
     def _answer(self, prepared: Prepared, logits: torch.Tensor, features: Features,
                 assessment: Assessment | None = None) -> Analysis:
@@ -177,13 +187,15 @@ class Predictor:
         return Analysis(prepared.image, probabilities, decided, verdict, in_set, region=region,
                         tiles=len(prepared.boxes or ()), skin_ita=prepared.skin_ita, **vars(trust))
 
-    def _heatmap(self, prepared: Prepared, method: str, index: int, watched: Watched | None) -> np.ndarray:
-        """The map of `method` for class `index`: from the answer's own pass when it was watched."""
-        if watched is not None:
+    def _heatmap(self, prepared: Prepared, method: str, index: int, watched: Watched | None,
+                 maps: torch.Tensor | None = None) -> np.ndarray:
+        """The map of `method` for class `index`: `maps` when drawn already, else from the
+        answer's own pass when it was watched, else in passes of its own."""
+        if maps is None and watched is not None:
             maps = watched.maps(index)
-        elif prepared.boxes is not None:
+        elif maps is None and prepared.boxes is not None:
             maps = torch.cat([self.grad_cam(chunk, index) for chunk in prepared.x.split(TILE_CHUNK)])
-        else:
+        elif maps is None:
             maps = attribution_map(self.primary, prepared.x, method, index)
         return heatmap(maps, prepared.size, prepared.boxes)
 

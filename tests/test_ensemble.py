@@ -189,6 +189,7 @@ def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run
     assert out.read_text().count("\n") == 2 + len(rows)
 
 
+@pytest.mark.slow  # the command line in a new process, as tests/test_push_to_hub.py
 def test_push_to_hub_uploads_the_members_too(ensemble_folder, tmp_path):
     from test_push_to_hub import env_without_token, run_push
     result = run_push("--model", ensemble_folder, "--repo-id", "someone/skinlesion", "--dry-run",

@@ -1,7 +1,8 @@
 """PyTorch's frozen TorchScript graph (skinlesion/models/frozen.py): it answers as the eager
 modules do on real images at batches 1, 8 and 32, for one model and for an ensemble of mirror
-views, with the input check's features of the plain view alone; the heat-map's pass stays eager;
-a network TorchScript cannot trace answers eagerly, with a warning."""
+views, with the input check's features of the plain view alone; Grad-CAM draws from the frozen
+pass's own last-stage output, as the eager pass draws; a network TorchScript cannot trace
+answers eagerly, with a warning."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ import torch
 from conftest import ROOT
 
 from skinlesion import Predictor
-from skinlesion.models.onnx import ONNX_FILE, ONNX_KEY
+from skinlesion.models.onnx import ACTIVATION, ONNX_FILE, ONNX_KEY
 from skinlesion.tasks import TASKS
-from train.onnx import TOLERANCE, parity, parity_images
+from train.onnx import MAP_TOLERANCE, TOLERANCE, parity, parity_images
 
 
 def folder_with_views(tmp_path, task: str = "neu"):
@@ -36,6 +37,7 @@ def test_the_frozen_graph_answers_as_the_eager_modules(task, bundled_torch_model
     assert (frozen.engine, eager.engine, eager.runtime) == ("torch", "eager", None)
     found = parity(eager, frozen, parity_images(eager, None, limit=8))
     assert found["max_probability_difference"] <= TOLERANCE and found["decided_known_familiar_identical"], found
+    assert found["max_map_difference"] <= MAP_TOLERANCE, found
     assert frozen.runtime.graph() is not None  # the frozen graph answered, not the eager fallback
 
 
@@ -46,13 +48,17 @@ def test_mirror_views_frozen_answer_as_eager_with_the_plain_views_features(tmp_p
     images = parity_images(eager, None, limit=6)
     found = parity(eager, frozen, images)
     assert found["max_probability_difference"] <= TOLERANCE and found["decided_known_familiar_identical"], found
+    assert found["max_map_difference"] <= MAP_TOLERANCE, found
     x = frozen.prepare(images[0]).x
     logits, features = frozen.runtime(torch.cat([x, x]))
-    with eager.trust.recording():
+    activation = features.pop(ACTIVATION)
+    with eager.trust.recording(), eager.grad_cam.keeping() as kept:
         with torch.inference_mode():
             expected_logits = eager.net(torch.cat([x, x]))
         expected = eager.trust.features(last=True)
     assert torch.allclose(logits, expected_logits, atol=1e-4)
+    assert activation.shape == kept.activation.shape and activation.shape[0] == 2  # the plain view's
+    assert torch.allclose(activation, kept.activation, atol=1e-3, rtol=1e-3)
     assert set(features) == set(expected)  # one row per image: the plain view's, not the mirrors'
     for name, rows in features.items():
         assert rows.shape == expected[name].shape and rows.shape[0] == 2
@@ -61,13 +67,28 @@ def test_mirror_views_frozen_answer_as_eager_with_the_plain_views_features(tmp_p
     assert a.similar and [n.index for n in a.similar] == [n.index for n in b.similar]
 
 
-def test_the_heat_map_pass_stays_eager(bundled_torch_models):
-    frozen = bundled_torch_models["ham10000"]
-    eager = Predictor.from_pretrained(task="ham10000", engine="eager")
+@pytest.mark.parametrize("views", [False, True])
+def test_grad_cam_draws_from_the_frozen_pass_without_an_eager_one(views, bundled_torch_models, tmp_path):
+    """The map comes from the answer's own frozen pass (its last-stage output through the head
+    again): no eager pass of the network runs, and the map is the eager pass's."""
+    folder = folder_with_views(tmp_path, "ham10000") if views else ROOT / "assets" / "models" / "ham10000"
+    frozen = Predictor.from_pretrained(folder, engine="torch") if views else bundled_torch_models["ham10000"]
+    eager = Predictor.from_pretrained(folder, engine="eager")
     image = sorted((ROOT / "assets" / "examples" / "ham10000").glob("*.jpg"))[0]
-    a, b = frozen.analyse(image), eager.analyse(image)
-    assert a.method == "Grad-CAM" and a.decided == b.decided
-    assert np.abs(a.heatmap - b.heatmap).max() < 1e-5
+    assert frozen.runtime.graph() is not None and ACTIVATION in frozen.runtime.names
+    calls = []
+    handle = frozen.primary.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        a = frozen.analyse(image)
+    finally:
+        handle.remove()
+    b = eager.analyse(image)
+    assert not calls and a.method == b.method == "Grad-CAM" and a.decided == b.decided
+    assert a.heatmap.shape == b.heatmap.shape and a.heatmap.max() > 0.5
+    assert np.abs(a.heatmap - b.heatmap).max() < 1e-4
+    for target in frozen.codes[:2]:  # another class's map from the same pass
+        assert np.abs(frozen.analyse(image, target=target).heatmap - eager.analyse(image, target=target).heatmap
+                      ).max() < 1e-4
 
 
 def test_a_network_torchscript_cannot_trace_answers_eagerly(tmp_path, monkeypatch, caplog):

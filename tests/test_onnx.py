@@ -13,9 +13,9 @@ import pytest
 from conftest import ROOT
 
 from skinlesion import Predictor
-from skinlesion.models.onnx import ONNX_FILE, ONNX_KEY
+from skinlesion.models.onnx import ACTIVATION, ONNX_FILE, ONNX_KEY
 from skinlesion.tasks import TASKS
-from train.onnx import TOLERANCE, parity, parity_images
+from train.onnx import MAP_TOLERANCE, TOLERANCE, parity, parity_images
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -24,6 +24,7 @@ def test_the_shipped_export_answers_as_pytorch_at_batches_1_8_32(task, bundled_m
     assert (onnx.engine, torch_.engine) == ("onnx", "torch")
     found = parity(torch_, onnx, parity_images(torch_, None, limit=32))  # one full batch of the largest size
     assert found["max_probability_difference"] <= TOLERANCE and found["decided_known_familiar_identical"], found
+    assert ACTIVATION in onnx.runtime.names and found["max_map_difference"] <= MAP_TOLERANCE, found
     assert found["batches"] == [1, 8, 32]
 
 
@@ -49,6 +50,27 @@ def test_a_heat_map_is_drawn_in_pytorch_beside_an_onnx_answer(bundled_models, bu
         assert (a.heatmap is None) == (method is None)
         if method:
             assert abs(a.heatmap - b.heatmap).max() < 1e-3
+
+
+def test_an_export_without_the_activation_draws_grad_cam_from_an_eager_pass(tmp_path, bundled_torch_models):
+    """A folder exported before the last stage's output was an output answers on ONNX Runtime
+    and draws its Grad-CAM map from a watched eager pass: the same map."""
+    folder = tmp_path / "older"
+    shutil.copytree(ROOT / "assets" / "models" / "neu", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[ONNX_KEY]["outputs"].remove(ACTIVATION)
+    (folder / "config.json").write_text(json.dumps(config))
+    older = Predictor.from_pretrained(folder)
+    assert older.engine == "onnx" and ACTIVATION not in older.runtime.names
+    image = sorted((ROOT / "assets" / "examples" / "neu").glob("*"))[0]
+    calls = []
+    handle = older.primary.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        a = older.analyse(image)
+    finally:
+        handle.remove()
+    b = bundled_torch_models["neu"].analyse(image)
+    assert calls and a.decided == b.decided and abs(a.heatmap - b.heatmap).max() < 1e-3
 
 
 @pytest.mark.slow

@@ -69,8 +69,8 @@ class EvalOptions:
     """How to run the evaluation; none of it changes the figures."""
     device: torch.device
     amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    batch_size: int = 128
+    channels_last: bool = True
+    batch_size: int = 32
     data: Path | None = None       # the task's data folder: annotations, confirmations; its parent holds the
                                    # other tasks' data folders (the input check's development families)
     explanations: bool = True      # measure the explanations (minutes on a CPU; needs `data`)
@@ -219,7 +219,7 @@ def write_reports(metrics: dict, spec: ModelSpec, model_dir: Path, out: Path) ->
 def main(argv: list[str] | None = None) -> int:
     p = folder_arguments("python -m train.evaluate", __doc__)
     p.add_argument("--out", type=Path, help="where reports go (default: the model folder)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32, help="images per pass (32 suits a CPU; more on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--outliers", type=int, default=300,

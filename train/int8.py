@@ -175,11 +175,12 @@ class OpenVinoNet:
                   "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         self.model = openvino.Core().compile_model(str(path), "CPU", config)
         self.request, self.outputs = self.model.create_infer_request(), outputs
+        self.names = outputs[1:]  # the outputs after the logits, as OnnxNet's
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         found = self.request.infer({0: np.ascontiguousarray(x.detach().float().cpu().numpy())}).to_tuple()
         named = {name: value.copy() for port, value in zip(self.model.outputs, found) for name in port.get_names()}
-        return torch.from_numpy(named[LOGITS]), {n: torch.from_numpy(named[n]) for n in self.outputs[1:]} or None
+        return torch.from_numpy(named[LOGITS]), {n: torch.from_numpy(named[n]) for n in self.names} or None
 
 
 def session(path: Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:

@@ -2,8 +2,9 @@
 
 Exports a model folder's answering network to ONNX (`model.onnx` beside the safetensors, a
 dynamic batch; skinlesion/models/onnx.py), with the outputs the input checks and the similar
-cases read, then checks it against PyTorch on real images at batch sizes 1, 8 and 32: every
-calibrated probability within 1e-4 and the decided class, known and familiar identical. Only
+cases read and the last stage's output Grad-CAM draws from, then checks it against PyTorch on
+real images at batch sizes 1, 8 and 32: every calibrated probability within 1e-4 and the decided
+class, known and familiar identical, and the first images' Grad-CAM maps within 1e-3. Only
 then is it recorded in config.json ("onnx": file, opset, outputs and the parity found), which
 turns it on for every way in (engine "auto"); otherwise the file is removed and the exit code
 is 1. The folder stays a timm / Hugging Face Hub folder: the safetensors are untouched.
@@ -29,6 +30,8 @@ FIXTURES = ROOT / "tests" / "fixtures"
 BATCHES = (1, 8, 32)
 TOLERANCE = 1e-4  # largest allowed change of a calibrated probability
 IMAGES = 64       # real images checked at each batch size
+MAP_TOLERANCE = 1e-3  # largest allowed change of a Grad-CAM map (0..1)
+MAPS = 8          # images whose Grad-CAM maps are compared
 log = logging.getLogger("train.onnx")
 
 
@@ -56,8 +59,9 @@ def parity(reference: Predictor, other: Predictor, images: list[Path]) -> dict:
             for a, b in zip(reference.analyse_many(chunk), other.analyse_many(chunk)):
                 worst = max(worst, max(abs(a.probabilities[c] - b.probabilities[c]) for c in a.probabilities))
                 same &= (a.decided, a.known, a.familiar) == (b.decided, b.known, b.familiar)
+    maps = max(float(abs(reference.analyse(i).heatmap - other.analyse(i).heatmap).max()) for i in images[:MAPS])
     return {"images": len(images), "batches": list(BATCHES), "max_probability_difference": worst,
-            "decided_known_familiar_identical": bool(same)}
+            "decided_known_familiar_identical": bool(same), "max_map_difference": maps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     exported.runtime, exported.engine = OnnxNet(path, entry["outputs"]), "onnx"
     found = parity(reference, exported, parity_images(reference, args.data))
     log.info("ONNX against PyTorch on %d images at batches %s: largest probability change %.2e; decided, known "
-             "and familiar identical: %s", found["images"], found["batches"], found["max_probability_difference"],
-             found["decided_known_familiar_identical"])
-    if found["max_probability_difference"] > TOLERANCE or not found["decided_known_familiar_identical"]:
+             "and familiar identical: %s; largest Grad-CAM map change %.2e", found["images"], found["batches"],
+             found["max_probability_difference"], found["decided_known_familiar_identical"],
+             found["max_map_difference"])
+    if found["max_probability_difference"] > TOLERANCE or not found["decided_known_familiar_identical"] \
+            or found["max_map_difference"] > MAP_TOLERANCE:
         path.unlink()
-        log.error("not within %.0e or a decision changed: %s not kept", TOLERANCE, path)
+        log.error("not within %.0e (maps %.0e) or a decision changed: %s not kept", TOLERANCE, MAP_TOLERANCE, path)
         return 1
     write_json(config_path, {**config, ONNX_KEY: {**entry, "parity": found}})
     log.info("wrote %s (%.1f MB) and its config entry", path, path.stat().st_size / 1e6)

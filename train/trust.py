@@ -52,11 +52,16 @@ class Forward:
 
 @torch.no_grad()
 def forward_all(model: torch.nn.Module | Ensemble, spec: ModelSpec, images: Sequence[np.ndarray],
-                device: torch.device, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                batch_size: int = 128) -> Forward:
+                device: torch.device, amp_dtype: torch.dtype | None = None, channels_last: bool = True,
+                batch_size: int = 32) -> Forward:
     """Logits of the answering network (a model, or an Ensemble) and the features of its primary
-    model's plain view, of RGB images of any size, resized as the Predictor does, in order."""
+    model's plain view, of RGB images of any size, resized as the Predictor does, in order.
+    The defaults suit a CPU: channels_last (the model is put in that format too) and batches of
+    32 ran a Lite0's three views at 2.4 times the images per second of NCHW batches of 128 on 2
+    cores (a batch's activations then stay in the caches); a GPU takes larger batches."""
     model = model if isinstance(model, Ensemble) else Ensemble([model])
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     tap = model.tap(stage_names(model.primary))
     model.eval()
     logits, parts = [], {}

@@ -6,8 +6,9 @@ traced once, frozen and optimised for inference (`torch.jit.freeze`, `optimize_f
 batch norms folded into the convolutions, oneDNN's pre-packed weights). On these 2 CPU cores an
 EfficientNet-Lite0 at 224 px runs about 1.5 to 2 times as many images per second this way as
 eager modules (`python -m benchmarks.engines`), which is what lets the mirror views run within
-the batch path's budget in PyTorch. The heat-map's pass stays eager: it needs the hooks and the
-gradients.
+the batch path's budget in PyTorch. Its outputs include the primary's last-stage output, from
+which a Grad-CAM map is drawn by the head alone, eagerly (explain.GradCam.from_activation): an
+analysis with its map costs about what one without it costs.
 
 Why TorchScript and not torch.compile: compile's CPU backend builds C++ kernels at the first call
 of every new batch shape (tens of seconds on 2 cores, against the app's 10 s cold start), where a
@@ -36,10 +37,11 @@ STREAMS = 2
 
 class FrozenNet:
     """x (n×3×H×W, the Predictor's input) → logits and the trust parts' features, as OnnxNet
-    (the Predictor's `_forward` contract), from a frozen trace of `Exported(net, trust, names)`."""
+    (the Predictor's `_forward` contract), from a frozen trace of `Exported(net, trust, grad_cam,
+    names)`."""
 
-    def __init__(self, net: torch.nn.Module, trust, names: Sequence[str], size: int):
-        self.module = Exported(net, trust, names).eval()
+    def __init__(self, net: torch.nn.Module, trust, grad_cam, names: Sequence[str], size: int):
+        self.module = Exported(net, trust, grad_cam, names).eval()
         self.names, self.size = list(names), size
         self._graph: torch.jit.ScriptModule | None = None
         self._failed = False
