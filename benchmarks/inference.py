@@ -175,7 +175,7 @@ def measure(predictor: Predictor, runs: int, clients: int, model: str | None) ->
 def table_rows(predictor: Predictor, m: dict, clients: int) -> list[tuple[str, str, str]]:
     """The table: (measure, result, goal) per row."""
     forward, predict, explain = m["forward"], m["predict"], m["explain"]
-    heatmap = explain - predict  # Grad-CAM backpropagates the answer's own pass: the backward pass and the map
+    heatmap = explain - predict  # Grad-CAM backpropagates the answer's own pass: the head again, its backward, the map
     check = predict - m["unchecked"]
     answered, app = predictor.net.describe(predictor.spec.input_size), m["app"]
     return [
@@ -190,7 +190,8 @@ def table_rows(predictor: Predictor, m: dict, clients: int) -> list[tuple[str, s
          ms(m["similar"]) if "similar" in m else "no gallery", "≤ 30 ms"),
         ("analyse with Grad-CAM", f"{ms(explain)} = {explain / predict:.2f} × analyse without a heat-map",
          "≤ 1.3 ×"),
-        ("Grad-CAM's cost (analyse with − without a heat-map: the backward pass on the answer's own pass)",
+        ("Grad-CAM's cost (analyse with − without a heat-map: the head again on the answer's own last-stage "
+         "output, its backward pass, the map)",
          f"{ms(heatmap)} = {heatmap / forward:.2f} × the primary's forward", ""),
         *((f"{name} (image in → map and probabilities)", f"{seconds:.2f} s", "≤ 1.5 s")
           for name, seconds in m["slow"].items()),
