@@ -91,9 +91,11 @@ class GradCam(ThreadLocalHooks):
 
     def _keep_activation(self, _module, _inputs, output: torch.Tensor) -> None:
         watched = getattr(self._local, "watched", None)
-        if watched is not None and watched.activation is None and not watched.grad:
+        if watched is None or watched.activation is not None:
+            return
+        if not watched.grad:
             watched.activation = output
-        elif watched is not None and watched.activation is None and torch.is_grad_enabled():
+        elif torch.is_grad_enabled():
             watched.activation = output.requires_grad_(True)  # a leaf: the graph starts here
 
     def _keep_logits(self, _module, _inputs, output: torch.Tensor) -> None:

@@ -121,7 +121,7 @@ class Predictor:
         drawn = None if method is None else GRAD_CAM if prepared.boxes else method  # tiles: Grad-CAM
         # the answer's pass feeds the map: its last-stage output when the runtime returns it, else
         # an eager pass watched for Grad-CAM
-        from_runtime = drawn == GRAD_CAM and self.runtime is not None and ACTIVATION in self.runtime.names
+        from_runtime = self.runtime is not None and ACTIVATION in self.runtime.names
         watch = drawn == GRAD_CAM and not from_runtime and len(prepared.x) <= TILE_CHUNK
         with self.grad_cam.watch() if watch else torch.inference_mode() as watched:
             logits, features, activation = self._forward(prepared.x, torch_pass=watch)
@@ -129,8 +129,7 @@ class Predictor:
         if drawn is None:
             return answer
         index = self.codes.index(target or answer.decided)
-        maps = self.grad_cam.from_activation(activation, index) if from_runtime else None
-        return replace(answer, heatmap=self._heatmap(prepared, drawn, index, watched, maps),
+        return replace(answer, heatmap=self._heatmap(prepared, drawn, index, watched, activation),
                        target=self.codes[index], method=drawn)
 
     @torch.inference_mode()
@@ -188,14 +187,17 @@ class Predictor:
                         tiles=len(prepared.boxes or ()), skin_ita=prepared.skin_ita, **vars(trust))
 
     def _heatmap(self, prepared: Prepared, method: str, index: int, watched: Watched | None,
-                 maps: torch.Tensor | None = None) -> np.ndarray:
-        """The map of `method` for class `index`: `maps` when drawn already, else from the
-        answer's own pass when it was watched, else in passes of its own."""
-        if maps is None and watched is not None:
+                 activation: torch.Tensor | None) -> np.ndarray:
+        """The map of `method` for class `index`: Grad-CAM's from the answer's own pass (its
+        last-stage `activation` from the runtime, or the watched eager pass), else in passes of
+        its own."""
+        if method == GRAD_CAM and activation is not None:
+            maps = self.grad_cam.from_activation(activation, index)
+        elif watched is not None:
             maps = watched.maps(index)
-        elif maps is None and prepared.boxes is not None:
+        elif prepared.boxes is not None:
             maps = torch.cat([self.grad_cam(chunk, index) for chunk in prepared.x.split(TILE_CHUNK)])
-        elif maps is None:
+        else:
             maps = attribution_map(self.primary, prepared.x, method, index)
         return heatmap(maps, prepared.size, prepared.boxes)
 

@@ -134,6 +134,17 @@ def predictor(model_folder):
     return Predictor.from_pretrained(model_folder)
 
 
+def analysed_counting_eager_passes(predictor, image, **options):
+    """`predictor.analyse(image, **options)` and how many eager passes of its primary model it ran
+    (a frozen graph or ONNX Runtime runs none)."""
+    calls = []
+    handle = predictor.primary.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        return predictor.analyse(image, **options), len(calls)
+    finally:
+        handle.remove()
+
+
 def read_card(folder: Path) -> tuple[dict, str]:
     """A model card's metadata (YAML front matter) and Markdown body, as the Hub reads them."""
     import yaml
