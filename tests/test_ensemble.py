@@ -187,6 +187,9 @@ def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run
     assert rows[3]["val_ba_delta"] == 0 and rows[3]["val_ba_delta_interval"] == [0, 0]  # paired draws
     assert all(r["test_ba_interval"][0] <= r["test_ba"] <= r["test_ba_interval"][1] for r in rows)
     assert out.read_text().count("\n") == 2 + len(rows)
+    refused = run_train(tiny_run / "model", "--data", tiny_run.parent / "ham", "--against", "nothing",
+                        module="train.ablation")  # refused before any image is read
+    assert refused.returncode != 0 and "--against 'nothing' is none of the rows: " in refused.stderr
 
 
 @pytest.mark.slow  # the command line in a new process, as tests/test_push_to_hub.py

@@ -98,3 +98,11 @@ def test_the_ablation_says_when_a_lever_beats_the_first_row_beyond_the_splits_no
         assert row["test_ba_interval"][0] <= row["test_ba"] <= row["test_ba_interval"][1]
     text = render(rows)
     assert "val BA − first row (95%)" in text and "| — |" in text and "+0.000 (+0.000 to +0.000)" in text
+    # against another row (what ships, say): every difference is taken from it, and the header names it
+    rows = with_intervals([dict(r) for r in rows], [base, base, better], labels, groups, against=2)
+    assert rows[0]["val_ba_delta"] == pytest.approx(rows[0]["val_ba"] - rows[2]["val_ba"])
+    assert rows[0]["val_ba_delta"] < 0
+    assert rows[0]["val_ba_delta_interval"][1] < 0 and rows[2]["val_ba_delta_interval"] == (0, 0)
+    text = render(rows)
+    assert "val BA − better (95%)" in text and "first row" not in text
+    assert [line.split(" | ")[2] for line in text.splitlines()[2:]][2] == "—"  # the reference row's own cell

@@ -14,7 +14,8 @@ accuracy, macro AUC, each high-risk class's sensitivity and specificity at its s
 (the task's: Task.high_risk_codes), ECE; the
 network's forward pass p50 on one image (ms, this machine, no input check or heat-map); the
 training minutes of the models (from each run's metrics.json history when the folder is
-runs/<name>/model). Nothing is chosen on test.
+runs/<name>/model). Nothing is chosen on test. Each row's difference from the first row (or from
+the row `--against` names, e.g. what ships) comes with its 95% interval (`with_intervals`).
 """
 from __future__ import annotations
 
@@ -102,28 +103,41 @@ def lever(name: str, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarra
 
 
 def with_intervals(rows: list[dict], decided: list[dict[str, np.ndarray]], labels: dict[str, np.ndarray],
-                   groups: dict[str, list[str]]) -> list[dict]:
-    """Each row's balanced accuracy with its 95% interval, and its difference from the first row
-    with the difference's 95% interval: a paired bootstrap that draws the split's lesions
-    (metrics.grouped_resamples; every row on the same draws). The rules stay as fitted on
-    validation: the intervals hold the splits' sampling noise, which decides whether one lever
-    really beats another."""
+                   groups: dict[str, list[str]], against: int = 0) -> list[dict]:
+    """Each row's balanced accuracy with its 95% interval, and its difference from the row
+    `against` (the first, unless another is named: what ships, say) with the difference's 95%
+    interval: a paired bootstrap that draws the split's lesions (metrics.grouped_resamples; every
+    row on the same draws). The rules stay as fitted on validation: the intervals hold the splits'
+    sampling noise, which decides whether one lever really beats another."""
     for s in labels:
         picks = grouped_resamples(groups[s])  # drawn once: every row on the same draws
         draws = np.array([[balanced_accuracy(labels[s][pick], d[s][pick]) for pick in picks] for d in decided])
         for row, own in zip(rows, draws):
             row[f"{s}_ba_interval"] = interval(own)
-            row[f"{s}_ba_delta"] = row[f"{s}_ba"] - rows[0][f"{s}_ba"]
-            row[f"{s}_ba_delta_interval"] = interval(own - draws[0])
+            row[f"{s}_ba_delta"] = row[f"{s}_ba"] - rows[against][f"{s}_ba"]
+            row[f"{s}_ba_delta_interval"] = interval(own - draws[against])
+    if against:
+        for row in rows:
+            row["against"] = rows[against]["lever"]  # render's header names it
     return rows
 
 
-def measure(folders: list[Path], data: Path, device: torch.device, names: list[str] | None = None) -> list[dict]:
+def measure(folders: list[Path], data: Path, device: torch.device, names: list[str] | None = None,
+            against: str | None = None) -> list[dict]:
     nets = [load_ensemble(folder) for folder in folders]
     spec = nets[0][1]
     models = [net.primary for net, _ in nets]
     if any((s.codes, s.preprocessing) != (spec.codes, spec.preprocessing) for _, s in nets):
         raise SystemExit("python -m train.ablation: the folders' classes or preprocessing differ")
+    names = list(names or [f"{s.architecture.removeprefix('tf_').removeprefix('efficientnet_')}-{s.input_size}"
+                           for _, s in nets])  # b0-192
+    combinations = [list(g) for k in range(1, len(models) + 1) for g in itertools.combinations(range(len(models)), k)]
+    plan = [(group, view_set, " + ".join(names[m] for m in group)
+             + ("" if len(view_set) == 1 else " · " + "+".join(view_set[1:])))
+            for group in combinations for view_set in VIEW_SETS]  # a row per models × views
+    levers = [label for *_, label in plan]
+    if against is not None and against not in levers:
+        raise SystemExit(f"python -m train.ablation: --against {against!r} is none of the rows: {', '.join(levers)}")
     sizes = [None] + [s.input_size for _, s in nets[1:]]
     normalisations = [None] + [((spec.mean, spec.std), (s.mean, s.std)) for _, s in nets[1:]]
     splits = prepare_splits(spec.task.load(data), spec.input_size, spec.training.get("seed", 0), None, spec.codes,
@@ -134,30 +148,25 @@ def measure(folders: list[Path], data: Path, device: torch.device, names: list[s
     raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
     views = len(VIEW_SETS[-1])
     temperatures = [fit_temperature(raw["val"][m * views], labels["val"]) for m in range(len(models))]
-    names = list(names or [f"{s.architecture.removeprefix('tf_').removeprefix('efficientnet_')}-{s.input_size}"
-                           for _, s in nets])  # b0-192
     minutes = [training_minutes(folder) for folder in folders]
-    combinations = [list(g) for k in range(1, len(models) + 1) for g in itertools.combinations(range(len(models)), k)]
     rows, decided = [], []
-    for group in combinations:
-        for view_set in VIEW_SETS:
-            passes = [m * views + VIEW_SETS[-1].index(v) for m in group for v in view_set]
-            label = " + ".join(names[m] for m in group) + ("" if len(view_set) == 1 else " · " + "+".join(view_set[1:]))
-            log.info("%s", label)
-            row, answers = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes),
-                                 spec.task.high_risk_codes, [temperatures[p // views] for p in passes])
-            decided.append(answers)
-            net = Ensemble([models[m] for m in group], [temperatures[m] for m in group],
-                           [sizes[m] for m in group], view_set, [normalisations[m] for m in group])
-            row["p50_ms"] = forward_p50(net, spec.input_size)
-            known = [minutes[m] for m in group]
-            row["train_minutes"] = sum(known) if None not in known else None
-            rows.append(row)
-    return with_intervals(rows, decided, labels, groups)
+    for group, view_set, label in plan:
+        passes = [m * views + VIEW_SETS[-1].index(v) for m in group for v in view_set]
+        log.info("%s", label)
+        row, answers = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes),
+                             spec.task.high_risk_codes, [temperatures[p // views] for p in passes])
+        decided.append(answers)
+        net = Ensemble([models[m] for m in group], [temperatures[m] for m in group],
+                       [sizes[m] for m in group], view_set, [normalisations[m] for m in group])
+        row["p50_ms"] = forward_p50(net, spec.input_size)
+        known = [minutes[m] for m in group]
+        row["train_minutes"] = sum(known) if None not in known else None
+        rows.append(row)
+    return with_intervals(rows, decided, labels, groups, levers.index(against) if against else 0)
 
 
 def difference(row: dict, split: str) -> str:
-    """'+0.004 (-0.021 to +0.030)': the row's balanced accuracy minus the first row's, 95% interval."""
+    """'+0.004 (-0.021 to +0.030)': the row's balanced accuracy minus the reference row's, 95% interval."""
     low, high = row[f"{split}_ba_delta_interval"]
     return f"{row[f'{split}_ba_delta']:+.3f} ({low:+.3f} to {high:+.3f})"
 
@@ -165,25 +174,28 @@ def difference(row: dict, split: str) -> str:
 def render(rows: list[dict]) -> str:
     """The rows as a Markdown table: a sensitivity / specificity column per high-risk class the
     rows hold; with the bootstrap intervals (`with_intervals`), each split's difference from the
-    first row and the test figure's interval. (Tables written before the intervals render without.)"""
+    reference row (the first unless `against` names another) and the test figure's interval.
+    (Tables written before the intervals render without.)"""
     risky = [k.removesuffix("_sensitivity") for k in (rows[0] if rows else {}) if k.endswith("_sensitivity")]
     paired = bool(rows) and "val_ba_delta" in rows[0]
-    header = ["lever", "val BA", *(["val BA − first row (95%)"] if paired else []),
-              "test BA (95%)" if paired else "test BA", *(["test BA − first row (95%)"] if paired else []),
+    reference = rows[0].get("against", "first row") if rows else "first row"
+    header = ["lever", "val BA", *([f"val BA − {reference} (95%)"] if paired else []),
+              "test BA (95%)" if paired else "test BA", *([f"test BA − {reference} (95%)"] if paired else []),
               "test macro AUC", *(f"{c} sensitivity / specificity" for c in risky),
               "test ECE", "forward p50 (ms)", "training (min)"]
 
-    def cells(r: dict, first: bool) -> list[str]:
+    def cells(r: dict) -> list[str]:
         if not paired:
             return [f(r["val_ba"]), f(r["test_ba"])]
         low, high = r["test_ba_interval"]
-        return [f(r["val_ba"]), "—" if first else difference(r, "val"), f"{f(r['test_ba'])} ({f(low)}–{f(high)})",
-                "—" if first else difference(r, "test")]
-    return table(header, [[r["lever"], *cells(r, i == 0), f(r["test_auc"]),
+        own = r["lever"] == rows[0].get("against", rows[0]["lever"])  # the reference row itself
+        return [f(r["val_ba"]), "—" if own else difference(r, "val"), f"{f(r['test_ba'])} ({f(low)}–{f(high)})",
+                "—" if own else difference(r, "test")]
+    return table(header, [[r["lever"], *cells(r), f(r["test_auc"]),
                            *(f"{f(r[f'{c}_sensitivity'])} / {f(r[f'{c}_specificity'])}" for c in risky),
                            f(r["test_ece"]), f"{r['p50_ms']:.0f}",
                            "n/a" if r["train_minutes"] is None else f"{r['train_minutes']:.0f}"]
-                          for i, r in enumerate(rows)])
+                          for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,12 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--names", nargs="+", help="a row name per folder (default: architecture-size)")
     p.add_argument("--out", type=Path, help="Markdown table to write (and .json beside it)")
+    p.add_argument("--against", metavar="LEVER", help="the row every difference is taken from, by its name "
+                   "(default: the first; e.g. 'student · hflip+vflip' for what ships)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.names and len(args.names) != len(args.models):
         p.error("--names: one name per model folder")
-    rows = measure(args.models, args.data, pick_device(args.device), args.names)
+    rows = measure(args.models, args.data, pick_device(args.device), args.names, args.against)
     rendered = render(rows)
     print(rendered)
     if args.out:
