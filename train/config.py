@@ -105,9 +105,11 @@ class OptimConfig(Group):
 class AugmentConfig(Group):
     """The training augmentations (skinlesion.transforms.Augmentation) and where they run."""
     title: ClassVar[str] = "augmentation"
-    ranges: ClassVar[dict[str, str]] = {"aug_strength": ">=0", "aug_shift": ">=0"}
+    ranges: ClassVar[dict[str, str]] = {"aug_strength": ">=0", "aug_shift": ">=0", "mixup": ">=0", "cutmix": ">=0"}
     aug_strength: float = 1.0             # the ranges as measured for the bundled models
     aug_shift: float = 0.0                # 0: as the bundled models; 1: the acquisition-shift steps at their set odds
+    mixup: float = 0.0                    # MixUp's Beta(α, α) (train/mixing.py); 0: off, as the bundled models
+    cutmix: float = 0.0                   # CutMix's Beta(α, α); 0: off. Both on: one or the other per batch
     augment_on: Literal["workers", "device"] = "workers"  # workers: any machine; device: for GPUs
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ probabilities would be of other pixels: TeacherError.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -75,7 +76,7 @@ class Teacher:
 
 
 def distillation_loss(student: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor,
-                      hard: torch.nn.Module, weight: float, temperature: float) -> torch.Tensor:
+                      hard: Callable[..., torch.Tensor], weight: float, temperature: float) -> torch.Tensor:
     """w · hard(student, labels) + (1 − w) · τ² · KL(softmax(teacher / τ) ‖ softmax(student / τ))."""
     soft = F.kl_div(F.log_softmax(student.float() / temperature, dim=1),
                     F.log_softmax(teacher / temperature, dim=1), log_target=True, reduction="batchmean")

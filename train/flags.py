@@ -48,6 +48,9 @@ HELP = {
     "aug_strength": "scales affine/colour/noise",
     "aug_shift": "acquisition-shift augmentation (zoom crops, downscale/sharpen, JPEG, stronger colour, "
                  "vignette; skinlesion/transforms.py); 0 = off",
+    "mixup": "MixUp of each batch with itself reversed, Beta(α, α) shares (train/mixing.py); 0 = off",
+    "cutmix": "CutMix of each batch with itself reversed, Beta(α, α) boxes; 0 = off; with --mixup, "
+              "one or the other per batch",
     "augment_on": "workers: albumentations in loader processes; device: the whole split on the device, "
                   "augmented there per batch (train/device_augment.py; for GPUs)",
     "out": "run folder to write",

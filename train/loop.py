@@ -35,6 +35,7 @@ from .device import autocast_dtype
 from .distill import Teacher, distillation_loss
 from .distributed import Ranks
 from .loaders import predict_logits, to_input
+from .mixing import Mixing, mixed_loss
 
 log = logging.getLogger("train")
 
@@ -100,6 +101,7 @@ class Trainer:
     step: int = 0
     lineage: list[dict] = field(default_factory=list)  # the model folders this run continues (--init)
     teacher: Teacher | None = None        # --teacher: soft targets beside the labels (distill.py)
+    mixing: Mixing | None = None          # --mixup / --cutmix: each batch mixed with itself reversed (mixing.py)
 
     @classmethod
     def build(cls, config: TrainConfig, task: Task, train_labels: np.ndarray, ranks: Ranks) -> "Trainer":
@@ -128,12 +130,16 @@ class Trainer:
         weights = class_weights(train_labels, len(task.codes), o.class_weights)
         log.info("class weights (%s): %s", o.class_weights,
                  " ".join(f"{c}={w:.2f}" for c, w in zip(task.codes, weights)))
+        a = config.augment
+        mixing = Mixing(a.mixup, a.cutmix, config.dataset.seed + ranks.rank) if a.mixup or a.cutmix else None
+        if mixing:
+            log.info("mixing: MixUp α %s, CutMix α %s", a.mixup, a.cutmix)
         return cls(config, model,
                    ModelEmaV3(model, decay=o.ema_decay, use_warmup=True) if o.ema_decay > 0 else None,
                    torch.optim.AdamW(param_groups_weight_decay(model, o.weight_decay), lr=o.lr),
                    torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                    torch.nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=o.label_smoothing),
-                   device, amp_dtype, channels_last, ranks, net, lineage=lineage, teacher=teacher)
+                   device, amp_dtype, channels_last, ranks, net, lineage=lineage, teacher=teacher, mixing=mixing)
 
     def train_one_epoch(self, loader, epoch: int, total_steps: int, warmup_steps: int,
                         since: float | None = None) -> dict:
@@ -165,13 +171,14 @@ class Trainer:
                 "images_per_s": seen / seconds, "seconds": seconds, "first_step_s": first_step}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        hard = self.criterion if self.mixing is None else mixed_loss(self.criterion, self.mixing(x))
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.net(x)
             if self.teacher is None:
-                loss = self.criterion(logits, y)
+                loss = hard(logits, y)
             else:
                 o = self.config.optim
-                loss = distillation_loss(logits, y, self.teacher.logits(x), self.criterion, o.distill_weight,
+                loss = distillation_loss(logits, y, self.teacher.logits(x), hard, o.distill_weight,
                                          o.distill_temperature)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {self.step}: lower --lr or turn off --amp")

@@ -242,7 +242,7 @@ def _answering(metrics: dict) -> str:
 
 def _recipe(spec: ModelSpec) -> str:
     """What the training added to the plain recipe: the folder's own preprocessing, the
-    acquisition-shift augmentation, other sources, and the folders it continued from."""
+    acquisition-shift augmentation, mixed batches, other sources, and the folders it continued from."""
     t, steps = spec.training, spec.preprocessing or {}
     parts = []
     if steps.get("colour_constancy"):
@@ -252,6 +252,9 @@ def _recipe(spec: ModelSpec) -> str:
     if t.get("aug_shift"):
         parts.append(f"acquisition-shift augmentation at {t['aug_shift']} (zoom, downscale or sharpen, tone curve, "
                      "circular vignette, JPEG, wider colour changes)")
+    if t.get("mixup") or t.get("cutmix"):
+        parts.append(f"each batch mixed with itself reversed (MixUp α {t.get('mixup')}, CutMix α {t.get('cutmix')}; "
+                     "the loss weighs both labels by the mix)")
     if t.get("extra_data"):
         parts.append(f"more sources from `{t['extra_data']}`: their own training rows trained, the rest is held out "
                      "and measured by source below (the input checks' table)")
