@@ -1,5 +1,5 @@
 """python -m skinlesion predict PATH... --out results.csv [--task TASK] [--model DIR] [--engine onnx] [--log-db URL]
-                             [--ray [ADDRESS] [--workers N]]
+                             [--patients CSV] [--ray [ADDRESS] [--workers N]]
 python -m skinlesion monitor --db URL [--since 7d] [--task TASK] [--model DIR]
 python -m skinlesion purge --db URL --days N
 
@@ -7,9 +7,12 @@ Classifies many images — files, folders, globs, zip archives — with the task
 (or --model), in batches, writing one CSV row per file as it goes (skinlesion/batch.py says
 the layout). Long images are classified by tiles with --tile (skinlesion/tiles.py). An
 unreadable file gets its error in the `error` column and the run goes on; the
-exit code is 1 only when no file could be read. With --log-db, each file is also a row of
-the decision log (skinlesion/ops/log.py). With --ray, the batches are spread over Ray actors on
-this machine or a cluster, for the same CSV (skinlesion/ray_batch.py).
+exit code is 1 only when no file could be read. With --patients, each image named there is
+answered with its patient's record (age, sex, body site; skinlesion/patient.py), for a model
+that has a record model; the CSV's `patient_record` says which fields were used. With --log-db,
+each file is also a row of the decision log (skinlesion/ops/log.py; never the record). With
+--ray, the batches are spread over Ray actors on this machine or a cluster, for the same CSV
+(skinlesion/ray_batch.py). A bad --patients CSV, like a bad model, exits with 2.
 
 `monitor` reports the drift of the decision log's recent decisions against the model's
 reference (skinlesion/ops/drift.py) and exits with 3 on an alarm (for cron or CI); `purge`
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .batch import batch_rows, batch_size_for, expand, write_csv
+from .batch import PATIENT_COLUMNS, BatchError, batch_rows, batch_size_for, expand, read_patients, write_csv
 from .models.onnx import ENGINES
 from .models.spec import ModelFolderError
 from .ops import Operations, drift, log
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--engine", choices=ENGINES, default="auto",
                          help="auto: ONNX Runtime when the model folder ships an export, else PyTorch (default)")
     predict.add_argument("--log-db", metavar="URL", help="also log one row per file to this database (SQLAlchemy URL)")
+    predict.add_argument("--patients", type=Path, metavar="CSV",
+                         help=f"the patients' records: a CSV with the columns {', '.join(PATIENT_COLUMNS)} (a blank "
+                              "cell: not given), each file named as the output's file column names it; the images "
+                              "named there are answered with their record, the others from the image alone")
     predict.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                          help="spread the batches over Ray actors: on a local Ray instance, or the cluster at ADDRESS "
                               "(HOST:6379); needs pip install -r requirements-ray.txt (skinlesion/ray_batch.py)")
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if getattr(args, "ray", None):
         from .ray_batch import ray_problem
-        if problem := ray_problem(args.log_db, args.ray):
+        if problem := ray_problem(args.log_db, args.ray, args.patients):
             print(f"error: {problem}", file=sys.stderr)
             return 2
     try:
@@ -96,15 +103,25 @@ def monitor_report(predictor: Predictor, url: str, since: str) -> int:
 
 
 def predict_files(predictor: Predictor, args) -> int:
-    """`predict`: the files' rows into the CSV, each reported to the log when one is given."""
+    """`predict`: the files' rows into the CSV (with the records of --patients), each reported to
+    the log when one is given; 2 for a bad --patients CSV."""
+    try:
+        patients = read_patients(args.patients, predictor) if args.patients else None
+    except BatchError as error:
+        print(f"error: --patients: {error}", file=sys.stderr)
+        return 2
     ops = Operations({predictor.task.key: predictor}, args.log_db) if args.log_db else None
     items = expand(args.paths)
     seen = Counter()
+    if patients and (unmatched := len(set(patients) - {i.name for i in items})):
+        print(f"warning: {unmatched} of the {len(patients)} records of --patients name no file given here "
+              "(a file is named as the output's file column names it)", file=sys.stderr)
 
     def counted(rows):
         for row in rows:
             seen["refused"] += row["known"] == 0
             seen["unfamiliar"] += row["familiar"] == 0
+            seen["record"] += bool(row["patient_record"])
             yield row
 
     with tqdm(total=len(items), unit="image", file=sys.stderr) as bar:
@@ -116,13 +133,14 @@ def predict_files(predictor: Predictor, args) -> int:
         else:
             answered = batch_rows(predictor, items, args.batch_size, args.tile,
                                   progress=lambda done, _: bar.update(done - bar.n),
-                                  observe=ops.reporter(predictor, "cli") if ops else None)
+                                  observe=ops.reporter(predictor, "cli") if ops else None, patients=patients)
         ok, failed = write_csv(args.out, predictor, counted(answered))
     if ops:
         ops.close()
     print(f"{ok} of {len(items)} files classified with the {predictor.task.title.lower()} model, {failed} "
           f"could not be read; of those classified, {seen['refused']} refused as not {predictor.task.subject}, "
-          f"{seen['unfamiliar']} answered with caution (unlike the training images); wrote {args.out}",
+          f"{seen['unfamiliar']} answered with caution (unlike the training images)"
+          + (f", {seen['record']} with the patient's record" if patients is not None else "") + f"; wrote {args.out}",
           file=sys.stderr)
     return 0 if ok else 1
 

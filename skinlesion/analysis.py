@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .patient import Patient
 from .skintone import group
 from .tasks import Verdict
 from .tiles import Box
@@ -39,6 +40,7 @@ class Analysis:
     similar: list[Neighbour] = field(default_factory=list)  # the nearest gallery cases, most similar first
                                        # (gallery.NEIGHBOURS; empty for an unknown image or no gallery)
     skin_ita: float | None = None      # the estimated skin tone's ITA° (skintone.estimate; a task of skin only)
+    patient: Patient | None = None     # the patient's record the answer used (patient.py); None: the image alone
 
     @property
     def skin_tone(self) -> str | None:

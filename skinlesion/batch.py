@@ -10,7 +10,14 @@ score; known when at most the model's threshold),
 `prediction_set` (the 90% prediction set's class codes, joined by single spaces) and `level`
 (the verdict's level: refer, uncertain, clear, review, named, or unknown when the modality
 check refused the image), `skin_ita` and `skin_tone` (the estimated skin tone's ITA° and group, for
-a task of skin: skintone.py), one row per input file in input order.
+a task of skin: skintone.py), `patient_record` (the fields of the patient's record the answer
+used, joined by single spaces — `age sex site`, never their values; empty: the image alone), one
+row per input file in input order.
+
+With `python -m skinlesion predict --patients CSV` the answers add the patients' records
+(`read_patients`: a row of file, age, sex and site per image, the file named as the results'
+`file` column names it); a file without a record, and every file of the page's Batch tab and
+/batch, is answered from the image alone.
 
 Inputs are files, folders (walked in name order), globs and zip archives (each member is a
 file). Images are decoded one by one into the model's input (`Predictor.prepare`: a long image
@@ -30,10 +37,11 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from .analysis import Analysis, Prepared
 from .images import InputError
+from .patient import FIELDS, Patient
 from .predictor import Predictor
 
 # Batch sizes per engine, on 2 CPU cores (python -m benchmarks.engines: docs/results.md): PyTorch
@@ -49,6 +57,7 @@ MAX_PIXELS = 1_000_000_000
 MACOS_METADATA = "__MACOSX/"    # resource forks macOS adds to a zip: not the person's files
 HIDDEN = "not analysed: a hidden file (a name starting with '.') or a name leading out of the archive"
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PATIENT_COLUMNS = ("file", *FIELDS)  # read_patients' CSV
 
 
 Observer = Callable[["Item", Analysis | None, str, float], None]  # batch_rows' observe
@@ -131,7 +140,39 @@ def check_limits(items: Sequence[Item], max_files: int = MAX_FILES, max_bytes: i
 
 def columns(predictor: Predictor) -> list[str]:
     return ["file", *predictor.codes, "decided", "verdict", "region", "error", "known", "familiar", "check_score",
-            "prediction_set", "level", "skin_ita", "skin_tone"]
+            "prediction_set", "level", "skin_ita", "skin_tone", "patient_record"]
+
+
+def read_patients(path: str | Path, predictor: Predictor) -> dict[str, Patient | None]:
+    """The patients' records of a CSV with the columns file, age, sex and site (a blank cell, or
+    "unknown": not given; other columns are left alone): file → its record as `predictor` takes
+    it (None: nothing given). BatchError for a file that cannot be read, a missing column, a
+    bad value (its line, never the value), a file named twice, or a model without a record model."""
+    if predictor.patient_model is None:
+        raise BatchError(f"the {predictor.task.title.lower()} model answers from the image alone: it takes no "
+                         "patients' records")
+    records: dict[str, Patient | None] = {}
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            reader = csv.DictReader(f)
+            missing = [c for c in PATIENT_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise BatchError(f"{path}: no column {', '.join(missing)} (the columns: {', '.join(PATIENT_COLUMNS)})")
+            for r in reader:
+                name = (r["file"] or "").strip()
+                if not name:
+                    raise BatchError(f"{path} line {reader.line_num}: no file name")
+                if name in records:
+                    raise BatchError(f"{path} line {reader.line_num}: a second record of the same file")
+                try:
+                    records[name] = predictor.patient(*(r[field] for field in FIELDS))
+                except InputError as error:
+                    raise BatchError(f"{path} line {reader.line_num}: {error}") from None
+    except OSError as error:
+        raise BatchError(f"cannot read {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise BatchError(f"{path} is not a CSV file of UTF-8 text") from None
+    return records
 
 
 def batch_size_for(predictor: Predictor) -> int:
@@ -141,10 +182,12 @@ def batch_size_for(predictor: Predictor) -> int:
 
 def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int | None = None, tile: bool | None = None,
                progress: Callable[[int, int], None] | None = None, max_pixels: int | None = None,
-               observe: Observer | None = None) -> Iterator[dict]:
+               observe: Observer | None = None, patients: Mapping[str, Patient | None] | None = None) -> Iterator[dict]:
     """One row per item, in order (see the module docstring), yielded as soon as its batch is
-    done; `progress(done, total)` after each batch. `tile`: None for the task's default. Once
-    `max_pixels` decoded pixels are spent, the remaining items are not decoded: their rows say why.
+    done; `progress(done, total)` after each batch. `tile`: None for the task's default.
+    `patients`: item name → its patient's record (`read_patients`; an item not there: the image
+    alone). Once `max_pixels` decoded pixels are spent, the remaining items are not decoded:
+    their rows say why.
     `batch_size`: None for the engine's (`batch_size_for`).
     `observe(item, analysis or None, error, milliseconds)` hears of each item (operations: ops/);
     an analysed image's time is its decoding and its share of the batch's pass."""
@@ -154,7 +197,8 @@ def batch_rows(predictor: Predictor, items: Sequence[Item], batch_size: int | No
 
     def flush() -> Iterator[dict]:
         start = time.perf_counter()
-        answers = predictor.analyse_many([p for _, p, _ in pending if isinstance(p, Prepared)])
+        ready = [(item, p) for item, p, _ in pending if isinstance(p, Prepared)]
+        answers = predictor.analyse_many([p for _, p in ready], [(patients or {}).get(item.name) for item, _ in ready])
         share = (time.perf_counter() - start) / max(len(answers), 1)
         answers = iter(answers)
         for item, p, seconds in pending:
@@ -197,7 +241,7 @@ def row(predictor: Predictor, name: str, analysis: Analysis | None = None, error
     if analysis is None:
         return {"file": name, **{c: "" for c in predictor.codes}, "decided": "", "verdict": "", "region": "",
                 "error": error, "known": "", "familiar": "", "check_score": "", "prediction_set": "", "level": "",
-                "skin_ita": "", "skin_tone": ""}
+                "skin_ita": "", "skin_tone": "", "patient_record": ""}
     return {"file": name, **{c: round(p, 6) for c, p in analysis.probabilities.items()},
             "decided": analysis.decided if analysis.known else "", "verdict": analysis.verdict.headline,
             "region": " ".join(map(str, analysis.region)) if analysis.region else "", "error": "",
@@ -205,7 +249,8 @@ def row(predictor: Predictor, name: str, analysis: Analysis | None = None, error
             "check_score": "" if analysis.check_score is None else round(analysis.check_score, 4),
             "prediction_set": " ".join(analysis.prediction_set), "level": analysis.verdict.level,
             "skin_ita": "" if analysis.skin_ita is None else round(analysis.skin_ita, 1),
-            "skin_tone": analysis.skin_tone or ""}
+            "skin_tone": analysis.skin_tone or "",
+            "patient_record": " ".join(analysis.patient.fields) if analysis.patient else ""}
 
 
 def write_csv(path: str | Path, predictor: Predictor, rows: Iterable[dict]) -> tuple[int, int]:

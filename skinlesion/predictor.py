@@ -1,15 +1,17 @@
 """The Predictor: one image's way to an answer, and then to its explanation.
 
-    Predictor.analyse(image, target=None, method=GRAD_CAM, tile=None) -> Analysis
+    Predictor.analyse(image, target=None, method=GRAD_CAM, tile=None, patient=None) -> Analysis
       prepare  check the file → RGB (images.py); the model folder's preprocessing (colour.py);
                the whole image or its tiles (tiles.py) → the model's input (transforms.model_input);
                for a task of skin, the skin tone estimated around the lesion (skintone.py)
       forward  one pass of the answering network (models/ensemble.py) → logits; the same pass
                records the primary model's features for the trust parts (trust/) and its last
                stage's output, from which Grad-CAM draws (explain.GradCam)
-      answer   calibrated probabilities → the decided class, decided once → the 90% prediction
-               set → the trust parts (the modality and familiarity checks, the similar cases) →
-               the task's verdict (a refusal; for an unfamiliar image, a cautious one)
+      answer   with a patient's record (age, sex, site: patient.py), its evidence added to the
+               logits and its own rule (models/record.py); calibrated probabilities → the decided
+               class, decided once → the 90% prediction set → the trust parts (the modality and
+               familiarity checks, the similar cases) → the task's verdict (a refusal; for an
+               unfamiliar image, a cautious one)
       explain  the heat-map of the decided (or asked) class: Grad-CAM backpropagates the
                answer's own pass through the head; Integrated Gradients and Occlusion run their
                own passes; a long
@@ -41,7 +43,9 @@ from .models.ensemble import Ensemble, load_ensemble
 from .models.frozen import FrozenNet
 from .models.hub import download, looks_like_repo_id
 from .models.onnx import ACTIVATION, OnnxNet, feature_names, runtime_for
+from .models.record import PatientModel
 from .models.spec import ModelSpec
+from .patient import Patient
 from .skintone import estimate
 from .tasks import get_task
 from .tasks.verdicts import caution, refused
@@ -67,6 +71,7 @@ class Predictor:
         for p in self.net.parameters():  # Grad-CAM needs gradients of activations only
             p.requires_grad_(False)
         self.spec, self.task, self.codes, self.rule = spec, spec.task, list(spec.codes), spec.rule
+        self.patient_model = PatientModel.from_config(spec.config)  # None: the image alone answers
         self.folder = Path(folder) if folder is not None else None  # the card and plots live there
         self.trust = Trust.load(self.folder, spec.config, self.codes, self.net)
         # what an answer for an image unlike the training images says first, with the folder's figure
@@ -108,9 +113,18 @@ class Predictor:
         return Prepared(model_input(views, self.spec, self.device), rgb.shape[:2], boxes, rgb if keep_image else None,
                         pixels, estimate(rgb) if self.task.skin else None)
 
+    def patient(self, age: object = None, sex: object = None, site: object = None) -> Patient | None:
+        """The record as a form or client sends it, checked against the sites the model knows
+        (InputError); None when no field is given or the model answers from the image alone."""
+        if self.patient_model is None:
+            return None
+        patient = Patient.parse(age, sex, site, self.patient_model.sites)
+        return patient if patient.given else None
+
     def analyse(self, image: ImageInput, *, target: str | None = None, method: str | None = GRAD_CAM,
-                tile: bool | None = None) -> Analysis:
-        """The answer for one image, then the heat-map of `method` (None: no heat-map) for
+                tile: bool | None = None, patient: Patient | None = None) -> Analysis:
+        """The answer for one image (with `patient`'s record when given and the model has a
+        record model), then the heat-map of `method` (None: no heat-map) for
         `target` (None: the decided class); a long image by its tiles (`prepare`), with a
         stitched Grad-CAM map. InputError for a bad image, class or method."""
         if target is not None and target not in self.codes:
@@ -125,7 +139,7 @@ class Predictor:
         watch = drawn == GRAD_CAM and not from_runtime and len(prepared.x) <= TILE_CHUNK
         with self.grad_cam.watch() if watch else torch.inference_mode() as watched:
             logits, features, activation = self._forward(prepared.x, torch_pass=watch)
-            answer = replace(self._answer(prepared, logits, features), image=prepared.image)
+            answer = replace(self._answer(prepared, logits, features, patient=patient), image=prepared.image)
         if drawn is None:
             return answer
         index = self.codes.index(target or answer.decided)
@@ -133,19 +147,21 @@ class Predictor:
                        target=self.codes[index], method=drawn)
 
     @torch.inference_mode()
-    def analyse_many(self, prepared: Sequence[Prepared]) -> list[Analysis]:
+    def analyse_many(self, prepared: Sequence[Prepared],
+                     patients: Sequence[Patient | None] | None = None) -> list[Analysis]:
         """Answers without heat-maps: the whole images in one forward pass, each tiled image in
-        passes of TILE_CHUNK tiles."""
+        passes of TILE_CHUNK tiles; each with its patient's record when `patients` gives one."""
+        patients = list(patients) if patients is not None else [None] * len(prepared)
         whole = [p for p in prepared if p.boxes is None]
         logits, features, _ = self._forward(torch.cat([p.x for p in whole])) if whole else (None, None, None)
         assessed = self.trust.assess(features, range(len(whole)))  # the batch's rows at once
         answers, row = [], 0
-        for p in prepared:
+        for p, patient in zip(prepared, patients):
             if p.boxes is None:
-                answers.append(self._answer(p, logits[row:row + 1], None, assessed[row]))
+                answers.append(self._answer(p, logits[row:row + 1], None, assessed[row], patient))
                 row += 1
             else:
-                answers.append(self._answer(p, *self._forward(p.x)[:2]))
+                answers.append(self._answer(p, *self._forward(p.x)[:2], patient=patient))
         return answers
 
     def _forward(self, x: torch.Tensor, torch_pass: bool = False) -> tuple[torch.Tensor, Features,
@@ -164,27 +180,31 @@ class Predictor:
             return logits, self.trust.features(last=True), None
 
     def _answer(self, prepared: Prepared, logits: torch.Tensor, features: Features,
-                assessment: Assessment | None = None) -> Analysis:
-        """One image's logits and features (one row, or one per tile) → calibrated probabilities,
+                assessment: Assessment | None = None, patient: Patient | None = None) -> Analysis:
+        """One image's logits and features (one row, or one per tile) → with `patient`'s record,
+        its evidence added and the record's rule, else the image's rule → calibrated probabilities,
         the decided class (the only place it is decided), the prediction set, the trust parts'
         findings (`assessment` when a batch assessed its rows already) and the verdict. A tiled
         image answers with its worst tile, checked as that tile."""
-        probs = self.rule.probabilities(logits.detach().float().cpu().numpy())
+        logits = logits.detach().float().cpu().numpy()
+        used = patient if patient is not None and patient.given and self.patient_model is not None else None
+        rule = self.rule if used is None else self.patient_model.rule
+        probs = rule.probabilities(logits if used is None else self.patient_model.fuse(logits, [used]))
         worst = worst_tile(probs)
         probabilities = {code: float(p) for code, p in zip(self.codes, probs[worst])}
-        decided = self.codes[int(self.rule.decide(probs[worst]))]
-        in_set = [c for c, inside in zip(self.codes, self.rule.prediction_set(probs[worst])) if inside]
+        decided = self.codes[int(rule.decide(probs[worst]))]
+        in_set = [c for c, inside in zip(self.codes, rule.prediction_set(probs[worst])) if inside]
         trust = assessment if assessment is not None else self.trust.assess(features, [worst])[0]
         region = prepared.boxes[worst] if prepared.boxes else None
         if not trust.known:
             verdict = refused(self.task, trust.check_score, trust.check_threshold)
         else:
-            verdict = self.task.verdict(probabilities, decided, in_set, self.rule.thresholds, self.task,
+            verdict = self.task.verdict(probabilities, decided, in_set, rule.thresholds, self.task,
                                         None if trust.familiar else self.caution)
             if region is not None:
                 verdict = replace(verdict, detail=f"{verdict.detail} {where(region, len(prepared.boxes))}")
         return Analysis(prepared.image, probabilities, decided, verdict, in_set, region=region,
-                        tiles=len(prepared.boxes or ()), skin_ita=prepared.skin_ita, **vars(trust))
+                        tiles=len(prepared.boxes or ()), skin_ita=prepared.skin_ita, patient=used, **vars(trust))
 
     def _heatmap(self, prepared: Prepared, method: str, index: int, watched: Watched | None,
                  activation: torch.Tensor | None) -> np.ndarray:
@@ -206,6 +226,7 @@ class Predictor:
         space, most similar first; none for an image that fails the input check, or no gallery."""
         return self.trust.cases(self.analyse(image, method=None, tile=tile).similar[:k])
 
-    def predict(self, image: ImageInput) -> dict[str, float]:
-        """Calibrated probability of every class (summing to 1) of the whole image."""
-        return self.analyse(image, method=None, tile=False).probabilities
+    def predict(self, image: ImageInput, patient: Patient | None = None) -> dict[str, float]:
+        """Calibrated probability of every class (summing to 1) of the whole image (with
+        `patient`'s record when given)."""
+        return self.analyse(image, method=None, tile=False, patient=patient).probabilities

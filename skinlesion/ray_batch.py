@@ -33,13 +33,16 @@ class RayMissing(ImportError):
     """--ray without Ray installed."""
 
 
-def ray_problem(log_db: str | None = None, address: str | None = None) -> str:
-    """Why --ray cannot run (empty when it can): Ray missing, a decision log asked for, or an
-    input taken for the address (`--ray photos/ ...`: argparse gives --ray the next word)."""
+def ray_problem(log_db: str | None = None, address: str | None = None, patients: object = None) -> str:
+    """Why --ray cannot run (empty when it can): Ray missing, a decision log or patients' records
+    asked for, or an input taken for the address (`--ray photos/ ...`: argparse gives --ray the
+    next word)."""
     if address and Path(address).exists():
         return f"--ray took {address!r} for a Ray address: put --ray after the images, or write --ray=ADDRESS"
     if log_db:
         return "--log-db is not supported with --ray (the decision log is written by one process)"
+    if patients:
+        return "--patients is not supported with --ray (its actors answer from the images alone)"
     try:
         require_ray()
     except RayMissing as error:

@@ -21,6 +21,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
 CODES = get_task("ham10000").codes
 NEU_CODES = get_task("neu").codes
+EXAMPLES = ROOT / "assets" / "examples"
+RECORD = {"age": 75, "sex": "male", "site": "face"}  # moves the shipped bcc example's answer from df to akiec
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,67 @@ def test_analyse_endpoint_refuses_an_image_of_the_other_task(client, lesion, ste
         assert client.predict(handle_file(image), task=task, api_name="/classify") == label
 
 
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_the_patients_record_changes_the_answer_and_the_map_follows_it(client, bundled_models):
+    """/analyse with a record (the last three arguments): the answer of `Predictor.analyse` with
+    it, a line naming the fields used (never their values), and the heat-map of the class decided
+    with it, as /explain draws it with the same record; without the record, the image's own answer."""
+    from gradio_client import handle_file
+    image, bundled = EXAMPLES / "ham10000" / "bcc.jpg", bundled_models["ham10000"]
+    expected = bundled.analyse(image, method=None, patient=bundled.patient(**RECORD))
+    alone = bundled.analyse(image, method=None)
+    verdict, label, overlay = client.predict(handle_file(image), api_name="/analyse", **RECORD)
+    assert "<div id='patient-record'>With the patient's record: age, sex, site.</div>" in verdict
+    assert label["label"] == expected.decided and probabilities(label) == pytest.approx(expected.probabilities,
+                                                                                        abs=1e-5)
+    plain_verdict, plain_label, plain_overlay = client.predict(handle_file(image), "top", 0.45, "ham10000", "auto",
+                                                               "Grad-CAM", api_name="/analyse")  # as before
+    assert "patient-record" not in plain_verdict and plain_label["label"] == alone.decided
+    assert probabilities(plain_label) == pytest.approx(alone.probabilities, abs=1e-5)
+    assert max(abs(probabilities(label)[c] - probabilities(plain_label)[c]) for c in CODES) > 0.05
+    partial, _, _ = client.predict(handle_file(image), api_name="/analyse", age="75", site="face")
+    assert "With the patient's record: age, site.</div>" in partial
+    classified = client.predict(handle_file(image), api_name="/classify", **RECORD)
+    assert probabilities(classified) == pytest.approx(expected.probabilities, abs=1e-5)
+
+    explained = client.predict(handle_file(image), "top", 0.45, "ham10000", "auto", "Grad-CAM", *RECORD.values(),
+                               api_name="/explain")
+    assert np.array_equal(pixels(explained), pixels(overlay))  # /analyse's map is /explain's
+    decided_map = client.predict(handle_file(image), expected.decided, api_name="/explain")
+    assert np.array_equal(pixels(explained), pixels(decided_map))  # the class decided with the record
+    if expected.decided != alone.decided:
+        assert not np.array_equal(pixels(explained), pixels(plain_overlay))
+    compared = client.predict(handle_file(image), "top", 0.45, "ham10000", *RECORD.values(), api_name="/compare")
+    assert [c["caption"].split(" ⚠")[0] for c in compared] == ["Grad-CAM", "Integrated Gradients", "Occlusion"]
+
+
+def test_a_bad_patients_record_is_a_clear_error_that_repeats_no_value(client):
+    from gradio_client import handle_file
+    image = EXAMPLES / "ham10000" / "bcc.jpg"
+    for field, value, message in (("age", 121, "age must be between 0 and 120 years"),
+                                  ("age", "secret-61", "age must be a number of years"),
+                                  ("sex", "secret-x", "sex must be one of male, female or left blank"),
+                                  ("site", "secret-moon", "unknown body site; choose one of abdomen, acral")):
+        with pytest.raises(Exception, match=f"Cannot use the patient's record: {message}") as error:
+            client.predict(handle_file(image), api_name="/analyse", **{field: value})
+        assert "secret" not in str(error.value) and "121" not in str(error.value)
+    with pytest.raises(Exception, match="Cannot use the patient's record: unknown body site"):
+        client.predict(handle_file(image), "top", 0.45, "ham10000", None, None, "secret-moon", api_name="/compare")
+    assert client.predict(handle_file(image), api_name="/classify", age="", sex="unknown", site=None)["label"]
+
+
+def test_the_steel_model_answers_from_the_image_alone(client, steel):
+    """A model without a record model (steel) ignores a record: the same answer, no record line."""
+    from gradio_client import handle_file
+    verdict, label, _ = client.predict(handle_file(steel), "top", 0.45, "neu", api_name="/analyse", **RECORD)
+    plain_verdict, plain_label, _ = client.predict(handle_file(steel), "top", 0.45, "neu", api_name="/analyse")
+    assert verdict == plain_verdict and "patient-record" not in verdict
+    assert probabilities(label) == pytest.approx(probabilities(plain_label), abs=1e-6)
+
+
 PH2_IMAGE = SHARED_DATA / "dermoscopy_external" / "ph2" / "images" / "IMD003.jpg"  # another dermatoscope
 
 
@@ -195,8 +258,8 @@ def test_batch_endpoint_gives_a_table_and_the_csv(client, lesion, steel, tmp_pat
     with open(csv_path, newline="") as f:
         saved = list(csv.DictReader(f))
     assert list(saved[0]) == ["file", *NEU_CODES, "decided", "verdict", "region", "error", "known", "familiar",
-                              "check_score", "prediction_set", "level", "skin_ita", "skin_tone"]
-    assert saved[0]["skin_tone"] == saved[0]["skin_ita"] == ""  # steel is not skin
+                              "check_score", "prediction_set", "level", "skin_ita", "skin_tone", "patient_record"]
+    assert saved[0]["skin_tone"] == saved[0]["skin_ita"] == saved[0]["patient_record"] == ""  # steel, no record
     single = probabilities(client.predict(handle_file(steel), task="neu", api_name="/classify"))
     assert all(abs(float(saved[0][c]) - single[c]) < 1e-5 for c in NEU_CODES)
     assert saved[0]["known"] == "1" and set(saved[0]["prediction_set"].split()) <= set(NEU_CODES)
@@ -238,8 +301,12 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         expect(page.locator("#probabilities")).not_to_contain_text("%")  # no decided class, no bars
         page.reload()
         page.locator("#input-image input[type=file]").set_input_files(str(lesion))
+        page.get_by_text("The patient (optional)").click()  # the record, closed at first: open it, give the age
+        page.locator("#patient-age input").fill("70")
         page.locator("#analyse").click()
         expect(page.locator("#verdict")).to_be_visible(timeout=60_000)
+        if REAL_HAM.is_dir():  # a real lesion: answered, with the record's fields named
+            expect(page.locator("#patient-record")).to_have_text("With the patient's record: age.")
         expect(page.locator("#gradcam img")).to_be_visible(timeout=60_000)
         if REAL_HAM.is_dir():  # the set beside the probabilities, in full names
             expect(page.locator("#prediction-set")).to_contain_text("90% prediction set: ")
@@ -266,6 +333,7 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
         page.get_by_label("Steel surface", exact=True).check()  # the task switch: everything follows
         expect(page.get_by_text("no defect-free class")).to_be_visible()
         expect(page.locator("#verdict")).to_have_count(0)
+        expect(page.locator("#patient")).to_be_hidden()  # the steel model takes no record
         page.get_by_text("About the classes").click()
         expect(page.locator("#about-classes")).to_contain_text("Rolled-in scale")
         page.locator("#input-image input[type=file]").set_input_files(str(steel))

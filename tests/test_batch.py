@@ -1,5 +1,6 @@
 """Batch analysis (skinlesion/batch.py) and its command line, python -m skinlesion predict."""
 import csv
+import re
 import subprocess
 import sys
 import zipfile
@@ -9,7 +10,9 @@ import pytest
 from conftest import REAL_HAM, REAL_NEU, ROOT, needs_real_ham, needs_real_neu
 from PIL import Image
 
-from skinlesion.batch import BatchError, batch_rows, check_limits, columns, expand, write_csv
+from skinlesion.batch import BatchError, batch_rows, check_limits, columns, expand, read_patients, write_csv
+
+EXAMPLES = ROOT / "assets" / "examples" / "ham10000"  # shipped test-split images, one per class
 
 
 @pytest.fixture
@@ -82,6 +85,46 @@ def test_csv_keeps_the_rows_written_before_an_interruption(predictor, tmp_path, 
     assert list(rows[0]) == columns(predictor)
 
 
+def write_patients(path, *rows, header="file,age,sex,site"):
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_patients_records_are_read_by_file_name_and_a_bad_csv_says_where(bundled_models, predictor, tmp_path):
+    ham = bundled_models["ham10000"]
+    good = write_patients(tmp_path / "p.csv", "a.jpg,63,Male,back", " b.jpg ,,,unknown", "c.jpg,40,,")
+    assert read_patients(good, ham) == {"a.jpg": ham.patient(63, "male", "back"), "b.jpg": None,
+                                        "c.jpg": ham.patient(age=40)}
+    for rows, header, message in (
+            (["a.jpg,1,male,back"], "file,age,sex", r"p\.csv: no column site \(the columns: file, age, sex, site\)"),
+            (["a.jpg,1,male,back", "b.jpg,130,male,back"], None, r"p\.csv line 3: age must be between 0 and 120"),
+            (["a.jpg,1,secret,back"], None, "line 2: sex must be one of male, female"),
+            (["a.jpg,1,male,moon"], None, "line 2: unknown body site"),
+            (["a.jpg,1,male,", "a.jpg,2,male,"], None, "line 3: a second record of the same file"),
+            ([",1,male,"], None, "line 2: no file name")):
+        bad = write_patients(tmp_path / "p.csv", *rows, **({"header": header} if header else {}))
+        with pytest.raises(BatchError, match=message) as error:
+            read_patients(bad, ham)
+        assert "secret" not in str(error.value) and "130" not in str(error.value)
+    with pytest.raises(BatchError, match="cannot read .*missing.csv: No such file"):
+        read_patients(tmp_path / "missing.csv", ham)
+    with pytest.raises(BatchError, match="answers from the image alone"):  # a model without a record model
+        read_patients(good, predictor)
+
+
+def test_rows_with_a_record_are_answered_with_it_and_say_so(bundled_models):
+    ham = bundled_models["ham10000"]
+    items = expand([EXAMPLES / "bcc.jpg", EXAMPLES / "nv.jpg"])
+    record = ham.patient(75, "male", "face")
+    with_record, alone = batch_rows(ham, items, patients={items[0].name: record, "other.jpg": record})
+    expected = ham.analyse(EXAMPLES / "bcc.jpg", method=None, patient=record)
+    assert with_record["patient_record"] == "age sex site" and with_record["decided"] == expected.decided
+    assert [with_record[c] for c in ham.codes] == pytest.approx([expected.probabilities[c] for c in ham.codes],
+                                                                abs=1e-5)
+    assert alone["patient_record"] == "" and alone[ham.codes[0]] == pytest.approx(
+        ham.predict(EXAMPLES / "nv.jpg")[ham.codes[0]], abs=1e-5)
+
+
 def run_predict(*args):
     return subprocess.run([sys.executable, "-m", "skinlesion", "predict", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -127,3 +170,27 @@ def test_command_line_marks_images_of_the_other_task_unknown(tmp_path, bundled_m
         not_steel, steel_row = list(csv.DictReader(f))
     assert not_steel["known"] == "0" and not_steel["verdict"] == get_task("neu").refusal
     assert steel_row["known"] == "1" and steel_row["prediction_set"] == steel_row["decided"] == "scratches"
+
+
+@pytest.mark.slow  # runs the command line in a new process
+def test_command_line_answers_with_the_patients_records_and_refuses_a_bad_csv(tmp_path, bundled_models):
+    ham = bundled_models["ham10000"]
+    bcc, nv, mel = (EXAMPLES / f"{code}.jpg" for code in ("bcc", "nv", "mel"))
+    records = write_patients(tmp_path / "p.csv", f"{bcc},75,male,face", f"{nv},,,", "elsewhere.jpg,40,female,")
+    result = run_predict(bcc, nv, mel, "--patients", records, "--out", tmp_path / "r.csv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with (tmp_path / "r.csv").open(newline="") as f:
+        rows = {r["file"]: r for r in csv.DictReader(f)}
+    expected = ham.analyse(bcc, method=None, patient=ham.patient(75, "male", "face"))
+    assert rows[str(bcc)]["patient_record"] == "age sex site" and rows[str(bcc)]["decided"] == expected.decided
+    assert rows[str(nv)]["patient_record"] == rows[str(mel)]["patient_record"] == ""  # blank record, no record
+    assert "1 with the patient's record" in result.stderr
+    assert "warning: 1 of the 3 records of --patients name no file given here" in result.stderr
+    missing_column = write_patients(tmp_path / "bad.csv", f"{bcc},75,male", header="file,age,sex")
+    bad_value = write_patients(tmp_path / "age.csv", f"{bcc},175,male,face")
+    for csv_file, message in ((missing_column, r"error: --patients: \S*bad\.csv: no column site"),
+                              (tmp_path / "missing.csv", r"error: --patients: cannot read \S*missing\.csv"),
+                              (bad_value, r"error: --patients: \S*age\.csv line 2: age must be between 0 and 120")):
+        refused = run_predict(bcc, "--patients", csv_file, "--out", tmp_path / "x.csv")
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert re.search(message, refused.stderr), refused.stderr

@@ -207,3 +207,10 @@ def test_the_page_says_which_model_explains(ensemble_folder, predictor):
     assert "averages 2 models (efficientnet_b0 at 64 px, efficientnet_b0 at 48 px)" in intro
     assert "mirror images" in intro and "the map and the similar cases come from the first" in intro
     assert "averages" not in TaskView.of(predictor, []).intro
+
+
+def test_the_page_counts_one_models_mirror_views_as_passes(bundled_models):
+    from skinlesion.app.views import TaskView
+    intro = TaskView.of(bundled_models["ham10000"], []).intro  # one Lite0 on three views
+    assert "averages 3 passes of efficientnet_lite0 at 224 px: on the image and its mirror images" in intro
+    assert "1 models" not in intro

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image, PngImagePlugin
 
 from skinlesion.app.uploads import REFUSED, UPLOAD_LIMIT, UploadRefused, data_url_bytes, upload_source, uploaded_file
@@ -185,3 +186,25 @@ def test_answers_and_maps_wait_in_separate_queues(predictor):
     groups = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values() if fn.api_name}
     assert {groups[name] for name in ("classify", "similar", "page_classify")} == {("answer", 1)}
     assert {groups[name] for name in ("analyse", "explain", "compare", "batch", "page_analyse")} == {("explain", 1)}
+
+
+def test_a_patients_record_is_checked_first_and_never_repeated(bundled_models):
+    """A bad record is refused before the image is read, its message without the value, counted
+    as a bad input with no decision logged; a good one reaches the answer only as field names."""
+    import gradio as gr
+
+    from skinlesion.app.handlers import Handlers
+    from skinlesion.ops.record import BAD_INPUT
+    handlers = Handlers({"ham10000": bundled_models["ham10000"]})
+    analyse = handlers.observed("analyse", handlers.analyse)
+    for record in ((130, None, None), ("secret 61", None, None), (None, "secret", None), (None, None, "secret")):
+        with pytest.raises(gr.Error, match="Cannot use the patient's record: ") as error:
+            analyse("not even an upload", "top", 0.45, "ham10000", "auto", None, *record)
+        assert "secret" not in error.value.message and "130" not in error.value.message
+    assert handlers.ops.metrics.registry.get_sample_value(
+        "skinlesion_requests_total", {"endpoint": "analyse", "status": BAD_INPUT}) == 4
+    assert not handlers.ops.window  # no image was read, so no decision
+    image = np.asarray(Image.open(ROOT / "assets" / "examples" / "ham10000" / "bcc.jpg"))
+    verdict = analyse(image, "top", 0.45, "ham10000", "auto", None, 61.5, "female", "back")[0]
+    assert "<div id='patient-record'>With the patient's record: age, sex, site.</div>" in verdict
+    assert len(handlers.ops.window) == 1 and not hasattr(handlers.ops.window[0], "patient")  # decisions hold none

@@ -55,6 +55,9 @@ def test_ray_refuses_the_decision_log_and_an_image_taken_for_its_address(tmp_pat
     result = run_predict(ROOT / "assets/examples/ham10000/nv.jpg", "--ray", "--log-db", f"sqlite:///{tmp_path}/l.db",
                          "--out", tmp_path / "r.csv")
     assert result.returncode == 2 and "--log-db is not supported with --ray" in result.stderr
+    records = run_predict(ROOT / "assets/examples/ham10000/nv.jpg", "--ray", "--patients", tmp_path / "p.csv",
+                          "--out", tmp_path / "r.csv")
+    assert records.returncode == 2 and "--patients is not supported with --ray" in records.stderr
     examples = ROOT / "assets/examples"
     misread = run_predict("--ray", examples / "ham10000", examples / "neu", "--out", tmp_path / "r.csv")  # ADDRESS?
     assert misread.returncode == 2 and "put --ray after the images" in misread.stderr

@@ -38,6 +38,7 @@ from skinlesion.models.card import CARD_FILE, CONFUSION_PNG, METRICS_FILE, RELIA
 from skinlesion.models.card_subgroups import SUBGROUPS_PNG
 from skinlesion.models.ensemble import Ensemble, load_ensemble
 from skinlesion.models.folder import copy_file, write_atomically, write_json, write_text
+from skinlesion.models.record import CONFIG_KEY as PATIENT_KEY
 from skinlesion.models.spec import ModelFolderError, ModelSpec, read_spec, update_config
 from skinlesion.tasks.verdicts import unsure
 from train.metrics import (
@@ -54,13 +55,13 @@ from .device import autocast_dtype, pick_device
 from .explanations import explanation_report
 from .external import by_source, served_figures
 from .gallery import make_gallery
+from .patient import fit_record
 from .report import CURVE_PNG, plot_confusion_matrix, plot_history, plot_reliability, render_report
 from .sources import HELD_OUT, from_source, with_sources
-from .splits import SplitData, folder_arguments, prepare_splits
+from .splits import EVAL_SPLITS, SplitData, folder_arguments, prepare_splits
 from .trust import Checks, Forward, fit_check, forward_all, save_reference
 
 log = logging.getLogger("train.evaluate")
-EVAL_SPLITS = ("val", "test")
 PREDICTIONS_CSV = "predictions.csv"
 
 
@@ -154,8 +155,14 @@ def evaluate(model: torch.nn.Module | Ensemble, spec: ModelSpec, splits: dict[st
     probs = {s: rule.probabilities(logits[s]) for s in EVAL_SPLITS}
     metrics["similar_cases"] = make_gallery(model_dir, spec, splits, forwards["test"].features["pooled"],
                                             rule.decide(probs["test"]), options.data)
+    # what a patient's record adds (train/patient.py), fitted on the same logits under this rule
+    record = fit_record(spec, spec.task.patients(options.data) if options.data is not None else {}, rule,
+                        splits, logits)
+    if record:
+        metrics[PATIENT_KEY] = record[1]
     update_config(model_dir, **rule.to_config(), input_check=checks.familiarity.to_config(),
-                  modality_check=checks.modality.to_config(), unfamiliar=metrics["unfamiliar"])
+                  modality_check=checks.modality.to_config(), unfamiliar=metrics["unfamiliar"],
+                  **{PATIENT_KEY: record[0].to_config() if record else None})
     write_predictions(out / PREDICTIONS_CSV, splits, probs, rule)
     if options.data is not None:  # the folder as served, by age, sex, site and skin tone (train/subgroups.py)
         split = {r.image_id: name for name, part in splits.items() for r in part.records}

@@ -3,7 +3,7 @@
 Every table comes from metrics.json through skinlesion/models/card.py. After evaluating a bundled
 model (or changing the renderer), re-render the bundled models' cards and the tables of
 docs/results.md, docs/explanations.md and docs/trust.md (the blocks between
-`<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, explanations, trust or checks, and
+`<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, patient, explanations, trust or checks, and
 levers: the table `python -m train.ablation` wrote to results/ablation/levers-NAME.json; resolution:
 the one `python -m train.resolution` wrote to results/ablation/resolution-NAME.json) with:
 
@@ -25,6 +25,7 @@ from skinlesion.models.card import (
     explanation_tables,
     f,
     headline_table,
+    patient_table,
     read_metrics,
     render_card,
     render_tables,
@@ -38,7 +39,7 @@ from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
 DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md", "trust.md")]
-BLOCK_KINDS = "results|explanations|trust|checks|levers|resolution"
+BLOCK_KINDS = "results|patient|explanations|trust|checks|levers|resolution"
 RESULTS_BLOCK = re.compile(rf"(<!-- ({BLOCK_KINDS}): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
 LEVERS = Path(__file__).resolve().parents[1] / "results" / "ablation"  # train/ablation.py, train/resolution.py
 
@@ -64,9 +65,11 @@ def render_report(metrics: dict) -> str:
 def with_results(text: str) -> str:
     """`text` with each block replaced from that task's bundled model's metrics.json: `results`
     by the headline table, `explanations` by the explanation tables, `trust` by the trust
-    tables, `checks` by the table of sets answered, refused and unfamiliar; `levers` from the
+    tables, `checks` by the table of sets answered, refused and unfamiliar, `patient` by the
+    table of the answer with the patient's record; `levers` from the
     ablation's rows, `resolution` from the answer sizes' rows."""
-    render = {"results": headline_table, "explanations": lambda m: explanation_tables(m).lstrip("\n"),
+    render = {"results": headline_table, "patient": patient_table,
+              "explanations": lambda m: explanation_tables(m).lstrip("\n"),
               "trust": lambda m: trust_tables(m).lstrip("\n"), "checks": served_table}
 
     def block(match: re.Match) -> str:

@@ -13,6 +13,8 @@ from skinlesion.colour import apply as preprocess
 from skinlesion.data import SPLITS, Record, load_images, read_split, split_records, stratified_subset
 from skinlesion.transforms import resizer
 
+EVAL_SPLITS = ("val", "test")  # the splits a model is measured on (the rule is fitted on the first)
+
 
 @dataclass
 class SplitData:

@@ -1,10 +1,11 @@
 """The events behind the page's buttons and the API's endpoints, over the loaded models.
 
 Handlers receive the request's values unprocessed (the events use preprocess=False): each
-first checks every value against its choices (`Handlers.checked`) and takes only uploaded
-files (uploads.py); then one call of `Predictor.analyse` gives the answer, and the handler
-presents it (overlay, HTML). Whatever is wrong gets its message as a `gr.Error`, which echoes
-at most `ECHO` characters of what the client sent.
+first checks every value against its choices (`Handlers.checked`, and `checked_patient` for the
+patient's record) and takes only uploaded files (uploads.py); then one call of
+`Predictor.analyse` gives the answer, and the handler presents it (overlay, HTML). Whatever is
+wrong gets its message as a `gr.Error`, which echoes at most `ECHO` characters of what the client
+sent, and nothing of a patient's record.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ..explain import GRAD_CAM, METHODS
 from ..images import InputError
 from ..ops import Operations, drift, plots
 from ..ops.drift import parse_since
+from ..patient import Patient
 from ..predictor import Predictor
 from .uploads import UploadRefused, batch_csv_path, held, upload_source, uploaded_files
 from .views import (
@@ -57,6 +59,16 @@ def checked_opacity(opacity: object) -> float:
     if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0 <= opacity <= 1:
         raise gr.Error(f"The opacity must be a number from 0 to 1, not {echo(opacity)}.")
     return float(opacity)
+
+
+def checked_patient(predictor: Predictor, age: object, sex: object, site: object) -> Patient | None:
+    """The patient's record as the page or a client sends it: None when no field is given or the
+    model answers from the image alone (steel: ignored); a gr.Error saying what is wrong, without
+    the value."""
+    try:
+        return predictor.patient(age, sex, site)
+    except InputError as error:
+        raise gr.Error(f"Cannot use the patient's record: {error}.") from None
 
 
 def image_source(payload: object):
@@ -109,15 +121,16 @@ class Handlers:
         return predictor, target, checked_opacity(opacity), tiling
 
     def _analysis(self, predictor: Predictor, image, target: str | None, tile: bool | None,
-                  method: str | None, report: bool = True) -> Analysis:
-        """`Predictor.analyse` of an upload (or an already checked array), errors as gr.Error;
-        reported to operations once per image (`report`)."""
+                  method: str | None, report: bool = True, patient: Patient | None = None) -> Analysis:
+        """`Predictor.analyse` of an upload (or an already checked array), with the checked
+        `patient`'s record, errors as gr.Error; reported to operations once per image (`report`;
+        never the record)."""
         source = image_source(image) if not isinstance(image, np.ndarray) else image
         if source is None:
             raise gr.Error("Upload an image first.")
         start, task = time.perf_counter(), predictor.task.key
         try:
-            analysis = predictor.analyse(source, target=target, method=method, tile=tile)
+            analysis = predictor.analyse(source, target=target, method=method, tile=tile, patient=patient)
         except InputError as error:
             message = f"Cannot analyse this image: {error}"
             if report:
@@ -132,53 +145,66 @@ class Handlers:
             self.ops.image(task, (time.perf_counter() - start) * 1000, analysis, source=source)
         return analysis
 
-    def classify(self, image: dict | None, task: str | None = None,
-                 tile: str = "auto") -> tuple[str | None, dict[str, float] | str] | None:
+    def classify(self, image: dict | None, task: str | None = None, tile: str = "auto", age: float | None = None,
+                 sex: str | None = None, site: str | None = None) -> tuple[str | None, dict[str, float] | str] | None:
         """The decided class and the calibrated probability of every class, for one image (a
-        long one by tiles when tiling is on: the worst tile's); the refusal alone for an image
-        the input check refuses."""
+        long one by tiles when tiling is on: the worst tile's), with the patient's record when
+        one is given; the refusal alone for an image the input check refuses."""
         predictor, _, _, tile = self.checked(task, tile=tile)
+        patient = checked_patient(predictor, age, sex, site)
         if not image:
             return None
-        return label_value(self._analysis(predictor, image, None, tile, None))
+        return label_value(self._analysis(predictor, image, None, tile, None, patient=patient))
 
     def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
+                task: str | None = None, tile: str = "auto", method: str = GRAD_CAM, age: float | None = None,
+                sex: str | None = None, site: str | None = None):
         """Heat-map overlay for one image by `method` ("Grad-CAM", "Integrated Gradients",
-        "Occlusion"): the decided class, or the class given; long images by Grad-CAM tiles when
-        `tile` is "on", or "auto" for a task that tiles (steel)."""
-        predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
-        analysis = self._analysis(predictor, image, target, tile, method or GRAD_CAM)
+        "Occlusion"): the decided class (with the patient's record when one is given, as /analyse
+        decides it), or the class given; long images by Grad-CAM tiles when `tile` is "on", or
+        "auto" for a task that tiles (steel)."""
+        analysis, _, opacity = self._checked_analysis(image, target, opacity, task, tile, method, age, sex, site)
         return overlay(analysis.image, analysis.heatmap, opacity)
 
     def compare(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                task: str | None = None) -> list[tuple[Image.Image, str]]:
+                task: str | None = None, age: float | None = None, sex: str | None = None,
+                site: str | None = None) -> list[tuple[Image.Image, str]]:
         """Every method's overlay for one image, side by side, each captioned with its name and
-        what its sanity check found (the model card's figures)."""
+        what its sanity check found (the model card's figures); the decided class with the
+        patient's record when one is given, as /analyse decides it."""
         predictor, target, opacity, _ = self.checked(task, target, opacity)
-        first = self._analysis(predictor, image, target, False, METHODS[0])  # decodes the upload, once
-        analyses = [first] + [self._analysis(predictor, first.image, target, False, m, report=False)
+        patient = checked_patient(predictor, age, sex, site)
+        first = self._analysis(predictor, image, target, False, METHODS[0], patient=patient)  # decodes once
+        analyses = [first] + [self._analysis(predictor, first.image, target, False, m, report=False, patient=patient)
                               for m in METHODS[1:]]
         flags = self.flags[predictor.task.key]
         return [(overlay(a.image, a.heatmap, opacity), a.method + flags.get(a.method, "")) for a in analyses]
 
     def analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
+                task: str | None = None, tile: str = "auto", method: str = GRAD_CAM, age: float | None = None,
+                sex: str | None = None, site: str | None = None):
         """Verdict, probabilities and heat-map overlay, from one `Predictor.analyse` (a long
-        image by its tiles when tiling is on: the answer is then the worst tile's)."""
-        analysis, predictor, opacity = self._checked_analysis(image, target, opacity, task, tile, method)
+        image by its tiles when tiling is on: the answer is then the worst tile's), with the
+        patient's record when one is given."""
+        analysis, predictor, opacity = self._checked_analysis(image, target, opacity, task, tile, method,
+                                                              age, sex, site)
         return analyse_outputs(analysis, predictor, opacity)
 
     def page_analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
-                     task: str | None = None, tile: str = "auto", method: str = GRAD_CAM):
+                     task: str | None = None, tile: str = "auto", method: str = GRAD_CAM, age: float | None = None,
+                     sex: str | None = None, site: str | None = None):
         """The page's Analyse: `analyse`'s answer, and the similar cases from the same analysis."""
-        analysis, predictor, opacity = self._checked_analysis(image, target, opacity, task, tile, method)
+        analysis, predictor, opacity = self._checked_analysis(image, target, opacity, task, tile, method,
+                                                              age, sex, site)
         return page_outputs(analysis, predictor, opacity)
 
-    def _checked_analysis(self, image, target, opacity, task, tile, method) -> tuple[Analysis, Predictor, float]:
-        """The checked values' analysis, its Predictor and the checked opacity (/analyse, the page)."""
+    def _checked_analysis(self, image, target, opacity, task, tile, method, age, sex,
+                          site) -> tuple[Analysis, Predictor, float]:
+        """The checked values' analysis, its Predictor and the checked opacity (/analyse,
+        /explain, the page)."""
         predictor, target, opacity, tile = self.checked(task, target, opacity, tile, method)
-        return self._analysis(predictor, image, target, tile, method or GRAD_CAM), predictor, opacity
+        patient = checked_patient(predictor, age, sex, site)
+        return self._analysis(predictor, image, target, tile, method or GRAD_CAM, patient=patient), predictor, opacity
 
     def similar(self, image: dict | None, task: str | None = None) -> list[tuple[np.ndarray, str]]:
         """The training images most similar to one image (the model's feature space), each

@@ -6,7 +6,9 @@ model tab, examples) and the model that answers; the components that follow the 
 listed once (`follows_task`). Each page keeps its last image and heat-map in a session State,
 so the opacity slider re-blends without the model. The API's endpoints are the page's own
 handlers: /classify, /explain, /analyse, /compare, /batch (names and argument order are a
-contract: new ones go at the end).
+contract: new ones go at the end). The patient's record (age, sex, body site), optional, is the
+last three values of /classify, /analyse, /explain and /compare and of the page's own events that
+answer.
 """
 from __future__ import annotations
 
@@ -17,11 +19,22 @@ import gradio as gr
 
 from ..batch import MAX_BYTES, MAX_FILES
 from ..explain import GRAD_CAM, METHODS
+from ..patient import MAX_AGE
 from ..tasks import TASKS
 from .gate import QUEUE_SIZE
 from .handlers import BATCH_HEADERS, MONITOR_PLOTS, MONITOR_SPANS, Handlers
 from .server import Page, UploadFiles, UploadImage
-from .views import NOT_ANALYSED, OVERLAY_OPACITY, TILE_CHOICES, TOP_CLASS, UNFAMILIAR, TaskView, display_name
+from .views import (
+    NOT_ANALYSED,
+    NOT_GIVEN,
+    OVERLAY_OPACITY,
+    SEX_CHOICES,
+    TILE_CHOICES,
+    TOP_CLASS,
+    UNFAMILIAR,
+    TaskView,
+    display_name,
+)
 
 TITLE = "skinlesion — explainable image classifier"
 # Model calls at a time in each queue: one on a 2-core CPU, where parallel calls only contend
@@ -120,6 +133,7 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
         with gr.Column():
             c.image = UploadImage(type="filepath", label="Image", elem_id="input-image",
                                   sources=["upload", "webcam", "clipboard"], height=320)
+            record_fields(c, v)
             c.button = gr.Button("Analyse", variant="primary", elem_id="analyse")
             shown = v if v.examples else next((w for w in views.values() if w.examples), None)
             c.gallery = gr.Examples(shown.samples, inputs=c.image, cache_examples=False,
@@ -140,11 +154,11 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
     with gr.Column(visible=False):  # the API's own outputs: the same handlers, answers in class codes
         api = SimpleNamespace(classify=gr.Button(), analyse=gr.Button(), label=DecidedLabel(), verdict=gr.HTML(),
                               cam=gr.Image(type="pil", format="png"), state=gr.State(None, time_to_live=60))
-    analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile, c.method]
-    c.image.change(handlers.classify, inputs=[c.image, c.task, c.tile], outputs=c.label, api_name="page_classify",
+    analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile, c.method, *c.record]
+    classify_inputs = [c.image, c.task, c.tile, *c.record]
+    c.image.change(handlers.classify, inputs=classify_inputs, outputs=c.label, api_name="page_classify",
                    **ANSWER, **PAGE_ONLY)
-    api.classify.click(handlers.classify, inputs=[c.image, c.task, c.tile], outputs=api.label, api_name="classify",
-                       **ANSWER)
+    api.classify.click(handlers.classify, inputs=classify_inputs, outputs=api.label, api_name="classify", **ANSWER)
     c.button.click(handlers.page_analyse, inputs=analyse_inputs,
                    outputs=[c.verdict, c.label, c.cam, c.state, c.similar_summary, c.similar],
                    api_name="page_analyse", **EXPLAIN, **PAGE_ONLY)
@@ -153,9 +167,22 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
     c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **EXPLAIN)
     c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain",
                    **EXPLAIN, **PAGE_ONLY)
-    c.compare_button.click(handlers.compare, inputs=analyse_inputs[:4], outputs=c.compare, api_name="compare",
-                           **EXPLAIN)
+    c.compare_button.click(handlers.compare, inputs=[*analyse_inputs[:4], *c.record], outputs=c.compare,
+                           api_name="compare", **EXPLAIN)
     c.opacity.release(handlers.reblend, inputs=[c.state, c.opacity], outputs=c.cam, api_visibility="private")
+
+
+def record_fields(c: SimpleNamespace, v: TaskView) -> None:
+    """The patient's record, optional and closed at first; shown for a model that has a record
+    model (`TaskView.record`). `c.record`: its fields, in the handlers' order (age, sex, site)."""
+    with gr.Accordion("The patient (optional)", open=False, visible=bool(v.record), elem_id="patient") as c.patient:
+        c.record_note = gr.Markdown(v.record)
+        with gr.Row():
+            c.age = gr.Number(None, label="Age (years)", minimum=0, maximum=MAX_AGE, placeholder=NOT_GIVEN,
+                              elem_id="patient-age")
+            c.sex = gr.Dropdown(SEX_CHOICES, value=NOT_GIVEN, label="Sex", elem_id="patient-sex")
+            c.site = gr.Dropdown(v.sites, value=NOT_GIVEN, label="Body site", elem_id="patient-site")
+    c.record = [c.age, c.sex, c.site]
 
 
 def explanation_row(c: SimpleNamespace, v: TaskView) -> None:
@@ -218,9 +245,9 @@ def similar_api(c: SimpleNamespace, handlers: Handlers) -> None:
 
 
 def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:
-    """Everything that follows the task, listed once; the image and earlier results are cleared.
-    The updates are components made with render=False: made while the page is built (to list
-    the outputs), a component would otherwise also be drawn on the page."""
+    """Everything that follows the task, listed once; the image, the patient's record and earlier
+    results are cleared. The updates are components made with render=False: made while the page
+    is built (to list the outputs), a component would otherwise also be drawn on the page."""
     def follows_task(v: TaskView) -> dict:
         updates = {c.description: v.intro, c.notice: gr.Markdown(v.notice, visible=bool(v.notice), render=False),
                    c.classes: v.classes, c.ethics: v.ethics, c.model_card: v.model_card,
@@ -228,6 +255,8 @@ def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:
                    c.reliability: gr.Image(v.reliability, render=False),
                    c.subgroups: gr.Image(v.subgroups, visible=bool(v.subgroups), render=False),
                    c.target: gr.Dropdown(choices=v.targets, value=TOP_CLASS, render=False),
+                   c.patient: gr.Accordion(visible=bool(v.record), render=False), c.record_note: v.record,
+                   c.age: None, c.sex: NOT_GIVEN, c.site: gr.Dropdown(choices=v.sites, value=NOT_GIVEN, render=False),
                    c.image: None, c.verdict: "", c.label: None, c.cam: None, c.state: None, c.compare: None,
                    c.batch_table: None, c.batch_csv: None, c.similar: None, c.similar_summary: ""}
         if c.gallery:

@@ -1,5 +1,8 @@
 """What the page shows, in words and markup: the texts that follow the selected task
 (`TaskView`), class names, the verdict's HTML, the notices. No model runs here.
+
+The patient's record (age, sex, body site; patient.py) is shown only by the names of the fields
+an answer used, never by their values.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from .. import skintone
 from ..analysis import Analysis
 from ..models.card import CONFUSION_PNG, RELIABILITY_PNG, card_body, is_placeholder, read_metrics
 from ..models.card_subgroups import SUBGROUPS_PNG, measured_note
+from ..patient import SEXES
 from ..predictor import Predictor
 from ..tasks import TASKS, ClassInfo, Verdict
 from ..tasks.base import ASSETS
@@ -23,6 +27,8 @@ from ..trust.gallery import CASES_SHOWN, summary
 TOP_CLASS = "top"  # the class selector's value for "explain the decided class" (API name kept)
 TILE_CHOICES = [(f"Auto (on for {', '.join(t.title.lower() for t in TASKS.values() if t.tile_large_images)})",
                  "auto"), ("On", "on"), ("Off", "off")]
+NOT_GIVEN = "not given"  # the record's blank choice (patient.Patient.parse reads it as no value)
+SEX_CHOICES = [NOT_GIVEN, *SEXES]
 FEW_TRAINING_IMAGES = 100  # fewer training images of an image's skin tone: the page warns
 VERDICT_COLOURS = {"unknown": "#616161", "refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
                    "review": "#e65100", "named": "#1565c0"}
@@ -48,6 +54,9 @@ class TaskView:
     targets: list[tuple[str, str]]  # the "Explain class" choices
     examples: list[str]             # one image per class shipped in assets/examples, and from a local data copy
     example_labels: list[str]       # each example's true class
+    record: str                     # the note over the patient's record; empty: the model answers from the
+                                    # image alone, and the record's fields are hidden
+    sites: list[str]                # the "Body site" choices: NOT_GIVEN, then the sites the record model knows
 
     @property
     def samples(self) -> list[list[str]]:
@@ -74,7 +83,19 @@ class TaskView:
             subgroups=shown.get(SUBGROUPS_PNG),
             targets=[("Decided class", TOP_CLASS)] + [(display_name(c), c.code) for c in task.classes],
             examples=[path for path, _ in examples],
-            example_labels=[f"{display_name(task.info(code))}, true class" for _, code in examples])
+            example_labels=[f"{display_name(task.info(code))}, true class" for _, code in examples],
+            record=record_note(predictor),
+            sites=[NOT_GIVEN, *(predictor.patient_model.sites if predictor.patient_model else ())])
+
+
+def record_note(predictor: Predictor) -> str:
+    """What the patient's record does to the answer, for a model that has a record model."""
+    if predictor.patient_model is None:
+        return ""
+    return (f"The answer then adds what the record says, from a model fitted on the {predictor.task.dataset} "
+            "training records (and a decision rule fitted for answers with a record). Leave a field blank when "
+            "it is not known; leave them all blank to answer from the image alone. Nothing of the record is "
+            "stored or logged.")
 
 
 def answering_note(predictor: Predictor) -> str:
@@ -82,8 +103,12 @@ def answering_note(predictor: Predictor) -> str:
     if predictor.net.single:
         return ""
     answered = predictor.net.describe(predictor.spec.input_size)
+    models = answered["models"]
+    if len(models) == 1:  # one model on the image and its mirror images
+        return (f"The answer averages {answered['passes']} passes of {models[0]}: on the image and its mirror "
+                "images; the map and the similar cases come from the image's own pass. ")
     mirrored = " and their mirror images" if len(answered["views"]) > 1 else ""
-    return (f"The answer averages {len(answered['models'])} models ({', '.join(answered['models'])}) on the "
+    return (f"The answer averages {len(models)} models ({', '.join(models)}) on the "
             f"image{mirrored}; the map and the similar cases come from the first of them. ")
 
 
@@ -149,6 +174,14 @@ def prediction_set_text(analysis: Analysis, predictor: Predictor) -> str:
     return "90% prediction set: " + ", ".join(predictor.task.info(c).name for c in analysis.prediction_set)
 
 
+def record_used(analysis: Analysis) -> str:
+    """Which fields of the patient's record an answer (not a refusal) used: their names, never
+    their values."""
+    if analysis.patient is None or not analysis.known:
+        return ""
+    return f"<div id='patient-record'>With the patient's record: {', '.join(analysis.patient.fields)}.</div>"
+
+
 def method_note(analysis: Analysis) -> str:
     """Which map the overlay shows, for an answer (not a refusal) that has one."""
     if not analysis.known or analysis.method is None:
@@ -186,13 +219,13 @@ def page_outputs(analysis: Analysis, predictor: Predictor, opacity: float) -> tu
 
 
 def answer_html(analysis: Analysis, predictor: Predictor) -> str:
-    """The verdict with the prediction set, the map's method and the estimated skin tone under
-    it (the page and /analyse)."""
+    """The verdict with the prediction set, the fields of the patient's record it used, the map's
+    method and the estimated skin tone under it (the page and /analyse)."""
     return verdict_html(analysis.verdict, f"<div id='prediction-set' data-known='{int(analysis.known)}' "
                                           f"data-familiar='{int(analysis.familiar)}' "
                                           f"style='margin-top:6px;font-weight:600'>"
-                                          f"{prediction_set_text(analysis, predictor)}</div>{method_note(analysis)}"
-                                          f"{skin_tone_html(analysis, predictor)}")
+                                          f"{prediction_set_text(analysis, predictor)}</div>{record_used(analysis)}"
+                                          f"{method_note(analysis)}{skin_tone_html(analysis, predictor)}")
 
 
 @lru_cache(maxsize=None)

@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..data import Record
+from ..patient import Patient
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -69,6 +70,7 @@ class Task:
     verdict: VerdictPolicy        # verdicts.py: the policy, in the task's words
     confirmations: Callable[[Path], dict[str, str]] = lambda root: {}  # image id → how its label was confirmed
     groups: Callable[[Path], dict[str, dict[str, str]]] = lambda root: {}  # image id → {attribute: its group}
+    patients: Callable[[Path], dict[str, Patient]] = lambda root: {}  # image id → its patient's record (patient.py)
     skin: bool = False            # images of skin: the estimated skin tone (skintone.py) is a subgroup too
     unfamiliar: str = "An image unlike the training images"  # its caution's first words (verdicts.caution)
     acquisition_shift: float = 0.0  # how strongly the images may change between devices and still be of the task:

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import IMAGE_SUFFIXES, DataError, Record, offenders
+from ..patient import Patient
 from .base import BENIGN, MALIGNANT, PRE_MALIGNANT, ClassInfo, Task
 from .verdicts import RecallFirst
 
@@ -99,18 +100,21 @@ def ham_confirmations(root: str | Path) -> dict[str, str]:
 AGE_BANDS = ((30, "under 30"), (45, "30–44"), (60, "45–59"), (75, "60–74"), (200, "75 and over"))
 
 
-def ham_groups(root: str | Path) -> dict[str, dict[str, str]]:
-    """Image id → its age band, sex and body site, from the metadata ("unknown" where blank)."""
-    def band(age: str) -> str:
-        try:
-            years = float(age)
-        except ValueError:
-            return "unknown"
-        return next(name for upper, name in AGE_BANDS if years < upper)
-
+def ham_patients(root: str | Path) -> dict[str, Patient]:
+    """Image id → its patient's age, sex and body site, from the metadata (None where blank or
+    "unknown")."""
     with (Path(root) / METADATA_FILE).open(newline="") as f:
-        return {r["image_id"]: {"age": band(r.get("age") or ""), "sex": r.get("sex") or "unknown",
-                                "site": r.get("localization") or "unknown"} for r in csv.DictReader(f)}
+        return {r["image_id"]: Patient.parse(r.get("age"), r.get("sex"), r.get("localization"))
+                for r in csv.DictReader(f)}
+
+
+def ham_groups(root: str | Path) -> dict[str, dict[str, str]]:
+    """Image id → its age band, sex and body site ("unknown" where not recorded)."""
+    def band(years: float | None) -> str:
+        return "unknown" if years is None else next(name for upper, name in AGE_BANDS if years < upper)
+
+    return {image: {"age": band(p.age), "sex": p.sex or "unknown", "site": p.site or "unknown"}
+            for image, p in ham_patients(root).items()}
 
 
 def ham_lesion_mask(root: str | Path, image_id: str, shape: tuple[int, int]) -> np.ndarray | None:
@@ -134,7 +138,7 @@ TASK = Task(
     key="ham10000", title="Dermoscopy", subject="a dermoscopic image of a skin lesion", classes=CLASSES,
     default=True, refusal="This does not look like a dermoscopic image of a skin lesion",
     unfamiliar="An image unlike the training images (another dermatoscope or clinic?)", acquisition_shift=2.0,
-    load=load_ham10000, confirmations=ham_confirmations, groups=ham_groups, skin=True,
+    load=load_ham10000, confirmations=ham_confirmations, groups=ham_groups, patients=ham_patients, skin=True,
     annotation=ham_lesion_mask, annotation_name="lesion masks",
     data_folder="ham10000", dataset="HAM10000", license="cc-by-nc-sa-4.0",
     license_text="CC BY-NC-SA 4.0, inherited from the HAM10000 data (non-commercial, share-alike)",
