@@ -118,6 +118,7 @@ def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
             monitor_tab(c, handlers)
         task_switch(c, views)
         similar_api(c, handlers)
+    demo.optional = frozenset(f._id for f in c.record)  # a request may leave the record out (server.Page)
     # api_open=False: the REST routes that skip the queue (/gradio_api/run/…, /api/…) are closed
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY, api_open=False)
     for event in demo.fns.values():  # every model event reports to operations under its endpoint's name

@@ -59,7 +59,11 @@ def only_uploads(url_or_file_path) -> None:
 class Page(gr.Blocks):
     """gr.Blocks whose requests with too few values get a short error (Gradio's own message
     repeats every value sent — a whole image's base64 — in the reply and in the server's log),
-    and whose queue admits requests through gate.Admission."""
+    and whose queue admits requests through gate.Admission. A request may leave out the values
+    of the `optional` components that end an endpoint's inputs (the patient's record, which came
+    after the endpoints' first clients): they arrive as None, so a client of the shorter
+    endpoint goes on getting its answer."""
+    optional: frozenset[int] = frozenset()  # the ids of the components a request may leave out at the end
 
     def queue(self, *args, **kwargs):
         super().queue(*args, **kwargs)  # a new queue each call (Blocks' own exit calls it too)
@@ -67,8 +71,12 @@ class Page(gr.Blocks):
         return self
 
     def validate_inputs(self, block_fn, inputs: list) -> None:
-        if len(inputs) < len(block_fn.inputs):
-            raise gr.Error(f"This endpoint takes {len(block_fn.inputs)} values; the request sent {len(inputs)}.")
+        required = len(block_fn.inputs)
+        while required and block_fn.inputs[required - 1]._id in self.optional:
+            required -= 1
+        if len(inputs) < required:
+            raise gr.Error(f"This endpoint takes {required} values; the request sent {len(inputs)}.")
+        inputs.extend(None for _ in block_fn.inputs[len(inputs):])  # Blocks reads the same list next
 
 
 class UploadImage(gr.Image):
