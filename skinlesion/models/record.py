@@ -14,8 +14,8 @@ fields alone (one fitted on every subset at once, with fields blanked, measured 
 validation with whole records); a record with no field is no record, and the image's own rule
 answers. An answer that used a record has its own decision rule (temperature, class bias,
 recall-first thresholds, conformal sets), fitted on validation on the fused logits
-(train/patient.py). Written here rather than as a
-pickled scikit-learn model: a model folder holds no code, only numbers config.json can carry.
+(train/patient.py). Written here rather than as a pickled scikit-learn model: a model folder
+holds no code, only numbers config.json can carry.
 """
 from __future__ import annotations
 
@@ -79,12 +79,10 @@ class PatientModel:
         record's evidence added."""
         return np.asarray(logits, dtype=np.float64) + self.weight * self.log_ratio(patients)
 
-    def to_config(self, measured: dict | None = None) -> dict[str, Any]:
-        rule = self.rule.to_config()
+    def to_config(self) -> dict[str, Any]:
         return {"sites": list(self.sites), "log_prior": self.log_prior.tolist(), "weight": self.weight,
                 "regressions": {k: {"coef": np.round(c, 6).tolist(), "intercept": np.round(b, 6).tolist()}
-                                for k, (c, b) in self.regressions.items()}, "rule": rule,
-                **({"measured": measured} if measured else {})}
+                                for k, (c, b) in self.regressions.items()}, "rule": self.rule.to_config()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "PatientModel | None":
