@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -83,6 +84,23 @@ def test_a_shifted_class_mix_alarms(reference):
     found = report(decisions(1000, seed=4, mix=(0.2, 0.3, 0.5)), reference)
     assert levels(found)["class_mix"] == ALARM and found.alarm
     assert levels(found)["check_score"] == OK
+
+
+def test_answers_with_the_patients_record_are_counted_not_judged(reference):
+    """Fused with a record, an answer follows its own rule: a stream where the record moves every
+    answer's class is not class-mix drift, and CBPE reads the image-alone answers only."""
+    plain = decisions(1000, seed=3)
+    fused = [replace(d, decided="c", probabilities={"a": 0.05, "b": 0.05, "c": 0.9}, record=True)
+             for d in decisions(600, seed=9)]
+    found = report(plain + fused, reference)
+    alone = report(plain, reference)
+    assert levels(found)["class_mix"] == OK and found.live_mix == alone.live_mix
+    assert found.accuracy == pytest.approx(alone.accuracy)
+    assert found.with_record == sum(d.outcome in (ANSWERED, UNFAMILIAR) for d in fused) > 0
+    assert f"Answers with the patient's record: {found.with_record}" in found.text()
+    assert found.n == 1600  # every image counted; the checks' scores read them all
+    assert next(s for s in found.statistics if s.key == "check_score").n == 1600
+    assert levels(report([replace(d, record=False) for d in fused] + plain, reference))["class_mix"] == ALARM
 
 
 def test_shifted_scores_alarm(reference):

@@ -133,6 +133,35 @@ def test_purge_deletes_only_old_rows(tmp_path):
     assert sorted(round((now - d.time).total_seconds() / 86400) for d in log.read(url)) == [0, 2]
 
 
+def older_log(url: str) -> None:
+    """The decision log's table as an earlier version made it: without the `record` column, one row in it."""
+    from sqlalchemy import Column, MetaData, Table, create_engine, insert
+    old = Table("decisions", MetaData(), *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                                           for c in log.decisions.columns if c.name != "record"))
+    engine = create_engine(url)
+    old.metadata.create_all(engine)
+    row = log.as_row(Decision("ham10000", "0" * 64, "cli", REFUSED, 1.0))
+    with engine.begin() as connection:
+        connection.execute(insert(old), [{k: v for k, v in row.items() if k != "record"}])
+    engine.dispose()
+
+
+def check_upgrade(url: str, predictor, image) -> None:
+    """An older log gains the column; its rows read as image-alone; an answer with a record says so."""
+    older_log(url)
+    analysis = predictor.analyse(image, method=None, patient=predictor.patient(55, "male", "back"))
+    assert analysis.patient is not None
+    writer = log.DecisionLog(url)
+    writer.put(Decision.of("ham10000", "0" * 64, "classify", 1.0, analysis))
+    writer.put(Decision.of("ham10000", "0" * 64, "classify", 1.0, predictor.analyse(image, method=None)))
+    writer.close()
+    assert [d.record for d in log.read(url)] == [False, True, False]
+
+
+def test_an_older_log_gains_the_record_flag(predictor, tmp_path):
+    check_upgrade(f"sqlite:///{tmp_path / 'log.db'}", predictor, lesion_files(tmp_path, 1)[0])
+
+
 # --- slow: the real app, real database and Prometheus servers ------------------------------------
 
 def send(url: str, lesions: list[Path], steel: Path, bad: Path, tmp_path: Path) -> dict[tuple[str, str], int]:
@@ -239,6 +268,13 @@ def test_postgresql_log_survives_the_database_dying_mid_run(tmp_path, inputs):
         rows = wait_for_rows(pg.url, sum(sent.values()) + sum(again.values()), timeout=90)
     assert len(rows) == sum(sent.values()) + sum(again.values())
     assert not any(p.read_bytes()[200:264] in repr(rows).encode() for p in lesions)
+
+
+@pytest.mark.slow
+def test_an_older_postgresql_log_gains_the_record_flag(tmp_path, predictor):
+    from services import postgres_server
+    with postgres_server(tmp_path / "pg") as pg:
+        check_upgrade(pg.url, predictor, lesion_files(tmp_path, 1)[0])
 
 
 def wait_for_rows(url: str, n: int, timeout: float = 30) -> list[Decision]:

@@ -19,7 +19,9 @@ decisions with it:
 - latency percentiles, and the rates and estimated accuracy per hour or day.
 
 Only images the model looked at (answered, unfamiliar, refused) enter the statistics; bad
-inputs and errors are counted, nothing more. No statistic judges fewer than `MIN_SAMPLE`
+inputs and errors are counted, nothing more. Answers that used the patient's record enter the
+checks' scores and the rates (the image alone decides those) but not the decided-class mix or
+the estimate: they follow their own rule (`answers_of`). No statistic judges fewer than `MIN_SAMPLE`
 images: its value is shown, its level says "not enough data", and it never alarms.
 """
 from __future__ import annotations
@@ -59,7 +61,11 @@ HOURLY_UP_TO = timedelta(days=2)  # a longer window is shown per day
 # -- performance without labels ----------------------------------------------------------------
 
 def answers_of(decisions: Iterable[Decision]) -> list[Decision]:
-    return [d for d in decisions if d.outcome in ANSWERS and d.decided is not None and d.probabilities]
+    """The answers on the image alone: what the reference was measured on. An answer that used
+    the patient's record follows its own rule (skinlesion/models/record.py), so its decided class
+    and probabilities are not comparable with the reference: counted (`with_record`), not judged."""
+    return [d for d in decisions if d.outcome in ANSWERS and d.decided is not None and d.probabilities
+            and not d.record]
 
 
 def estimate_accuracy(decisions: Iterable[Decision]) -> float | None:
@@ -251,6 +257,7 @@ class Report:
     bin: str                         # hour or day
     reference: Reference | None = field(repr=False)
     live_mix: dict[str, float] = field(default_factory=dict)  # decided classes of the answered images
+    with_record: int = 0             # answers that used the patient's record: left out of the mix and CBPE
 
     @property
     def level(self) -> str:
@@ -293,6 +300,9 @@ class Report:
             shown = "" if s.value is None else f"PSI {s.value:.3f}" if s.kind == "psi" else (
                 f"{s.value:.1%} vs {s.reference[0]:.1%}")
             lines.append(f"  {s.title:<25} {shown:<15} {s.level:<16} n={s.n}" + (f"  ({s.detail})" if s.detail else ""))
+        if self.with_record:
+            lines.append(f"Answers with the patient's record: {self.with_record} (left out of the decided-class "
+                         "mix and the estimated accuracy: the reference is the image alone)")
         if self.accuracy is not None:
             lines.append(f"Estimated accuracy {self.accuracy:.3f} (CBPE: from the model's probabilities alone)")
             test = (self.reference.cbpe.get("test") or {}).get("accuracy") if self.reference else None
@@ -385,7 +395,8 @@ def report(decisions: Iterable[Decision], reference: Reference | None, bins: str
                   counts, tuple(drift_statistics(looked, reference)) if reference else (),
                   estimate(answers), reference.cbpe_error() if reference else None,
                   dict(zip(("p50", "p95", "p99"), latency)) if latency else {}, bins_over_time, bin_, reference,
-                  mix((d.decided for d in answers), classes))
+                  mix((d.decided for d in answers), classes),
+                  sum(d.record and d.outcome in ANSWERS for d in looked))
 
 
 def parse_since(text: str) -> timedelta:

@@ -3,8 +3,9 @@ PostgreSQL server, any URL), off unless asked for (SKINLESION_LOG_DB=URL, `--log
 
 A row holds what `Decision` holds (record.py): time, task, model hash, endpoint, the SHA-256
 and size of the image's bytes (never the image), the decided class, every probability, the
-prediction set, the checks' scores and outcome, the latency, the tile count and, for a bad
-input, why. Nothing else: no file name, no address, no session.
+prediction set, the checks' scores and outcome, the latency, the tile count, whether the
+answer used the patient's record (not the record) and, for a bad input, why. Nothing else: no
+file name, no address, no session.
 
 Writes never block or fail an answer: `put` hands the row to a bounded queue and returns; one
 writer thread inserts what has queued, in one transaction. When the database is down the
@@ -24,6 +25,7 @@ from typing import Callable
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -33,8 +35,11 @@ from sqlalchemy import (
     Table,
     create_engine,
     delete,
+    inspect,
     select,
+    text,
 )
+from sqlalchemy.schema import CreateColumn
 
 from .record import Decision
 
@@ -66,7 +71,21 @@ decisions = Table(
     Column("latency_ms", Float, nullable=False),
     Column("tiles", Integer, nullable=False),
     Column("error", String(500), nullable=False),
+    Column("record", Boolean),  # the answer used the patient's record (never the record itself); added later
 )
+
+
+def create_or_upgrade(engine) -> None:
+    """Create the table, or add the columns a log made by an earlier version lacks (each nullable,
+    so the old rows read as before). Written here rather than with Alembic: the only change so far
+    is added columns, one statement each."""
+    metadata.create_all(engine)
+    present = {c["name"] for c in inspect(engine).get_columns(decisions.name)}
+    missing = [c for c in decisions.columns if c.name not in present]
+    with engine.begin() as connection:
+        for column in missing:
+            connection.execute(text(f"ALTER TABLE {decisions.name} ADD COLUMN "
+                                    f"{CreateColumn(column).compile(dialect=engine.dialect)}"))
 
 
 def engine_for(url: str):
@@ -80,7 +99,7 @@ def as_row(d: Decision) -> dict:
             "prediction_set": " ".join(d.prediction_set), "level": d.level, "check_score": d.check_score,
             "check_threshold": d.check_threshold, "familiarity_score": d.familiarity_score,
             "familiarity_threshold": d.familiarity_threshold, "latency_ms": d.latency_ms, "tiles": d.tiles,
-            "error": d.error}
+            "error": d.error, "record": d.record}
 
 
 def as_decision(row) -> Decision:
@@ -88,7 +107,7 @@ def as_decision(row) -> Decision:
     return Decision(row.task, row.model, row.endpoint, row.outcome, row.latency_ms, row.probabilities or {},
                     row.decided, tuple(row.prediction_set.split()) if row.prediction_set else (), row.level,
                     row.check_score, row.check_threshold, row.familiarity_score, row.familiarity_threshold,
-                    row.tiles, row.error, row.sha256, row.bytes, when)
+                    row.tiles, row.error, row.sha256, row.bytes, when, bool(row.record))
 
 
 def read(url: str, since: datetime | None = None, task: str | None = None) -> list[Decision]:
@@ -116,7 +135,7 @@ def purge(url: str, days: float) -> int:
     """`delete_older` on the log at `url` (`python -m skinlesion purge`)."""
     engine = engine_for(url)
     try:
-        metadata.create_all(engine)
+        create_or_upgrade(engine)
         with engine.begin() as connection:
             return delete_older(connection, days)
     finally:
@@ -193,7 +212,7 @@ class DecisionLog:
 
     def _write(self) -> None:
         if not self.ready:
-            metadata.create_all(self.engine)
+            create_or_upgrade(self.engine)
             self.ready = True
         if self.days and time.monotonic() - self.purged > PURGE_EVERY:
             self.purged = time.monotonic()

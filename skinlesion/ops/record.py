@@ -60,6 +60,7 @@ class Decision:
     sha256: str | None = None           # of the image's bytes: the decision log only
     bytes: int | None = None            # the image's size in bytes
     time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    record: bool = False                # the answer used the patient's record (its own rule: drift.answers_of)
 
     @classmethod
     def of(cls, task: str, model: str, endpoint: str, latency_ms: float, analysis: Analysis | None = None,
@@ -77,7 +78,7 @@ class Decision:
                    analysis.decided if analysis.known else None, tuple(analysis.prediction_set),
                    analysis.verdict.level, analysis.check_score, analysis.check_threshold,
                    analysis.familiarity_score, analysis.familiarity_threshold, analysis.tiles,
-                   sha256=digest, bytes=size)
+                   sha256=digest, bytes=size, record=analysis.patient is not None)
 
     @property
     def anonymous(self) -> "Decision":
