@@ -59,13 +59,18 @@ def tempered_average(outputs: Sequence[np.ndarray], temperatures: Sequence[float
     return average([torch.log_softmax(torch.as_tensor(o) / t, -1) for o, t in zip(outputs, temperatures)]).numpy()
 
 
+def run_name(folder: Path) -> str:
+    """runs/<name>/model → <name>; any other folder by its own name (the folder ships, paths do not)."""
+    return folder.parent.name if folder.name == "model" else folder.name
+
+
 def assemble(primary: Path, members: list[Path], out: Path) -> list[str]:
     """OUT: a copy of the primary folder, each member's weights and config in OUT/members/<name>."""
     if out.resolve() != primary.resolve():
         shutil.copytree(primary, out, dirs_exist_ok=True)
     names = []
     for member in members:
-        name = member.parent.name if member.name == "model" else member.name  # runs/<name>/model
+        name = run_name(member)
         target = out / MEMBERS / name
         target.mkdir(parents=True, exist_ok=True)
         for file in (WEIGHTS_FILE, CONFIG_FILE):

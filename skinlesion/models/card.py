@@ -302,6 +302,13 @@ def _recipe(spec: ModelSpec) -> str:
                      f"{' + '.join(teacher['models'])}, averaged): the loss weighs the labels "
                      f"{t.get('distill_weight')} and the teacher's calibrated probabilities the rest, both softened "
                      f"by τ = {t.get('distill_temperature')}")
+    soup = t.get("soup")
+    if soup:  # train/soup.py's record: the weights are an average, the settings above the best ingredient's
+        kept = [i for i in soup["ingredients"] if i["kept"]]
+        parts.append(f"the weights are the average of {len(kept)} fine-tunings of one model (a {soup['method']} "
+                     f"model soup, chosen on validation balanced accuracy {soup['val_balanced_accuracy']:.3f}): "
+                     + ", ".join(f"`{i['folder']}` (sha256 {i['sha256'][:12]}…)" for i in kept)
+                     + "; the settings above are the best one's")
     return "".join(f"\n- {p}" for p in parts)
 
 
