@@ -50,6 +50,7 @@ def test_ingredients_must_share_a_start_and_a_network(tmp_path):
         check([read_spec(f) for f in (start, other_net)], [start, other_net])
 
 
+@pytest.mark.slow  # the command line in a new process: data, two scores, the folder written
 def test_a_uniform_soup_answers_with_the_averaged_weights(tiny_run, tmp_path):
     """The command line: the folder it writes holds the mean of the ingredients and says how it was made."""
     data, first = tiny_run.parent / "ham", tiny_run / "model"
