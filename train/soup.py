@@ -15,7 +15,7 @@ balanced accuracy on validation under a decision rule fitted there (skinlesion/d
 the views the folder will answer with (`--views`). Nothing is read from test.
 
 Writes a single-model folder: the averaged weights (batch-norm statistics averaged as the rest)
-and config.json with the first ingredient's training record plus `soup` (each ingredient's
+and config.json with the best kept ingredient's training record plus `soup` (each ingredient's
 folder, sha256 and score, whether it was kept). The rule, checks and sets are fitted afterwards,
 as for any model (train.ensemble for the views, then train.evaluate).
 """
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = [load_model_folder(folder) for folder in args.ingredients]
         check([spec for _, spec in loaded], args.ingredients)
-    except (SoupError, ValueError) as error:  # ModelFolderError is a ValueError
+    except ValueError as error:  # SoupError, ModelFolderError
         log.error("%s", error)
         return 2
     device = pick_device(args.device)

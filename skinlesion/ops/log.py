@@ -82,6 +82,8 @@ def create_or_upgrade(engine) -> None:
     metadata.create_all(engine)
     present = {c["name"] for c in inspect(engine).get_columns(decisions.name)}
     missing = [c for c in decisions.columns if c.name not in present]
+    if not missing:
+        return
     with engine.begin() as connection:
         for column in missing:
             connection.execute(text(f"ALTER TABLE {decisions.name} ADD COLUMN "
