@@ -93,6 +93,9 @@ def test_metrics_count_each_decision_by_outcome(predictor, tmp_path):
     with ops.request("classify"):
         ops.image("ham10000", 12.0, predictor.analyse(lesion, method=None), source=lesion)
     ops.image("ham10000", 1.0, error="Cannot analyse this image: not an image", endpoint="classify")
+    with_record = predictor.analyse(lesion, method=None, patient=predictor.patient(55, "male", "back"))
+    with ops.request("analyse"):
+        ops.image("ham10000", 12.0, with_record, source=lesion, endpoint="analyse")
     from prometheus_client import generate_latest
     values = samples(generate_latest(ops.metrics.registry).decode())
     assert values[("skinlesion_requests_total", (("endpoint", "classify"), ("status", "ok")))] == 1
@@ -100,7 +103,10 @@ def test_metrics_count_each_decision_by_outcome(predictor, tmp_path):
     assert images_counted(values, "classify", ANSWERED) + images_counted(values, "classify", UNFAMILIAR) == 1
     assert values[("skinlesion_model_info", (("architecture", "efficientnet_lite0"), ("sha256", ops.models["ham10000"]),
                                              ("task", "ham10000")))] == 1
-    assert values[("skinlesion_prediction_set_size_count", (("task", "ham10000"),))] == 1
+    assert values[("skinlesion_prediction_set_size_count", (("task", "ham10000"),))] == 2
+    record = {dict(labels)["endpoint"]: v for (name, labels), v in values.items()
+              if name == "skinlesion_record_answers_total"}
+    assert record == {"analyse": 1}  # the answer with a record, not the one without
 
 
 def test_a_dead_database_never_blocks_an_answer_and_full_queues_drop_counted(tmp_path):

@@ -7,6 +7,8 @@ distributions of the decisions (record.py), never anything that identifies a per
     skinlesion_images_total{task, endpoint, outcome}   analysed images: answered, unfamiliar, refused,
                                                        bad_input, error (a batch counts each file)
     skinlesion_verdicts_total{task, level}             the verdicts' levels (refer, uncertain, clear, …)
+    skinlesion_record_answers_total{task, endpoint}    answers that used the patient's record (age, sex,
+                                                       site; their own rule): never the record itself
     skinlesion_prediction_set_size{task}               classes in the 90% set (histogram)
     skinlesion_check_margin{task, check}               score − threshold of the modality and the
                                                        familiarity check (histogram; > 0 fails)
@@ -38,6 +40,8 @@ class Metrics:
         self.images = Counter("skinlesion_images", "Analysed images by outcome", ["task", "endpoint", "outcome"],
                               registry=r)
         self.verdicts = Counter("skinlesion_verdicts", "Verdict levels", ["task", "level"], registry=r)
+        self.record = Counter("skinlesion_record_answers", "Answers that used the patient's record",
+                              ["task", "endpoint"], registry=r)
         self.set_size = Histogram("skinlesion_prediction_set_size", "Classes in the 90% prediction set", ["task"],
                                   buckets=SET_BUCKETS, registry=r)
         self.margin = Histogram("skinlesion_check_margin", "Input-check score minus its threshold (> 0 fails)",
@@ -58,6 +62,8 @@ class Metrics:
         self.images.labels(d.task, d.endpoint, d.outcome).inc()
         if d.level:
             self.verdicts.labels(d.task, d.level).inc()
+        if d.record:
+            self.record.labels(d.task, d.endpoint).inc()
         if d.probabilities and d.decided:
             self.set_size.labels(d.task).observe(len(d.prediction_set))
         for check, score, threshold in (("modality", d.check_score, d.check_threshold),
