@@ -385,6 +385,19 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
                 time.sleep(0.5)
             assert page_images == {"page_classify": 1, "page_analyse": 0}
             assert values[("skinlesion_requests_total", (("endpoint", "page_analyse"), ("status", "ok")))] == 1
+            # The patient's age entered: the label answered again with it, a request and no new image.
+            page.get_by_text("The patient (optional)").click()
+            page.locator("#patient-age input").fill("70")
+            page.locator("#patient-age input").press("Enter")
+            deadline, done = time.monotonic() + 60, ("skinlesion_requests_total",
+                                                     (("endpoint", "page_record"), ("status", "ok")))
+            while read_metrics(url).get(done, 0) < 1 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            values = read_metrics(url)
+            assert values.get(done, 0) >= 1
+            assert sum(v for (name, _), v in values.items() if name == "skinlesion_images_total") \
+                == sum(sent.values()) + 1
+            expect(page.locator("#probabilities")).to_contain_text("%")
             page.get_by_role("tab", name="Monitor").click()
             summary = page.locator("#monitor-summary")
             expect(summary).to_contain_text(f"{sum(sent.values()) + 1} images", timeout=60_000)

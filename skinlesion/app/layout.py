@@ -45,9 +45,10 @@ CONCURRENCY = int(os.environ.get("SKINLESION_CONCURRENCY", 1))
 ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
 EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
 PAGE_ONLY = {"api_visibility": "private"}
-# The page's events that analyse its image again (for the heat-map): page_classify reported the
-# image when it was set, so these count as requests but add no image to the metrics or the log.
-PAGE_REPEATS = ("page_analyse", "page_explain")
+# The page's events that analyse its image again (for the heat-map, or for the label when the
+# patient's record changes): page_classify reported the image when it was set, so these count as
+# requests but add no image to the metrics or the log.
+PAGE_REPEATS = ("page_analyse", "page_explain", "page_record")
 STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after the analysis, for the opacity slider
 
 
@@ -159,6 +160,10 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
     classify_inputs = [c.image, c.task, c.tile, *c.record]
     c.image.change(handlers.classify, inputs=classify_inputs, outputs=c.label, api_name="page_classify",
                    **ANSWER, **PAGE_ONLY)
+    # the label follows the record too: a sex or site picked, an age entered (on Enter or leaving the
+    # field, not at each keystroke)
+    gr.on([c.age.submit, c.age.blur, c.sex.input, c.site.input], handlers.classify, inputs=classify_inputs,
+          outputs=c.label, api_name="page_record", **ANSWER, **PAGE_ONLY)
     api.classify.click(handlers.classify, inputs=classify_inputs, outputs=api.label, api_name="classify", **ANSWER)
     c.button.click(handlers.page_analyse, inputs=analyse_inputs,
                    outputs=[c.verdict, c.label, c.cam, c.state, c.similar_summary, c.similar],
