@@ -170,6 +170,20 @@ def test_train_ensemble_then_evaluate_fits_the_rule_on_the_ensemble(tiny_run, tm
         assert analysis.probabilities["nv"] == pytest.approx(float(row["p_nv"]), abs=1e-4)
 
 
+def test_ablation_times_a_row_as_it_would_ship():
+    """A row without the table's primary is timed with its own first model as the primary, at
+    that model's size: no resizing from the table primary's input."""
+    from types import SimpleNamespace
+
+    from train.ablation import shipped_as
+    nets = [(Ensemble([torch.nn.Identity()]), SimpleNamespace(input_size=size, mean=mean, std=mean))
+            for size, mean in ((224, (0.5,) * 3), (160, (0.4,) * 3), (192, (0.3,) * 3))]
+    net, size = shipped_as([1, 2], ("plain", "hflip"), nets, [1.0, 2.0, 3.0])
+    assert size == 160 and net.sizes == [None, 192] and net.temperatures == [2.0, 3.0]
+    assert net.views == ("plain", "hflip") and net.normalisations == [None, (((0.4,) * 3,) * 2, ((0.3,) * 3,) * 2)]
+    assert shipped_as([0], ("plain",), nets, [1.0, 2.0, 3.0])[1] == 224
+
+
 @pytest.mark.slow
 def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run, tmp_path):
     out = tmp_path / "levers.md"

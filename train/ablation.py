@@ -12,7 +12,8 @@ rule (skinlesion/decision.py: temperature, class bias, recall-first thresholds) 
 validation. Columns: validation balanced accuracy (what a choice may look at); on test, balanced
 accuracy, macro AUC, each high-risk class's sensitivity and specificity at its stored threshold
 (the task's: Task.high_risk_codes), ECE; the
-network's forward pass p50 on one image (ms, this machine, no input check or heat-map); the
+network's forward pass p50 on one image as the row would ship (its first model the primary, at that
+model's input size; ms, this machine, no input check or heat-map); the
 training minutes of the models (from each run's metrics.json history when the folder is
 runs/<name>/model). Nothing is chosen on test. Each row's difference from the first row (or from
 the row `--against` names, e.g. what ships) comes with its 95% interval (`with_intervals`).
@@ -122,6 +123,17 @@ def with_intervals(rows: list[dict], decided: list[dict[str, np.ndarray]], label
     return rows
 
 
+def shipped_as(group: list[int], view_set: tuple[str, ...], nets: list, temperatures: list[float]
+               ) -> tuple[Ensemble, int]:
+    """The group's models as a folder with its first model as the primary would answer (its input
+    size; the others resized and renormalised from it), and that size: what the forward p50 times."""
+    first = nets[group[0]][1]
+    specs = [nets[m][1] for m in group]
+    return Ensemble([nets[m][0].primary for m in group], [temperatures[m] for m in group],
+                    [None] + [s.input_size for s in specs[1:]], view_set,
+                    [None] + [((first.mean, first.std), (s.mean, s.std)) for s in specs[1:]]), first.input_size
+
+
 def measure(folders: list[Path], data: Path, device: torch.device, names: list[str] | None = None,
             against: str | None = None) -> list[dict]:
     nets = [load_ensemble(folder) for folder in folders]
@@ -156,9 +168,7 @@ def measure(folders: list[Path], data: Path, device: torch.device, names: list[s
         row, answers = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes),
                              spec.task.high_risk_codes, [temperatures[p // views] for p in passes])
         decided.append(answers)
-        net = Ensemble([models[m] for m in group], [temperatures[m] for m in group],
-                       [sizes[m] for m in group], view_set, [normalisations[m] for m in group])
-        row["p50_ms"] = forward_p50(net, spec.input_size)
+        row["p50_ms"] = forward_p50(*shipped_as(group, view_set, nets, temperatures))
         known = [minutes[m] for m in group]
         row["train_minutes"] = sum(known) if None not in known else None
         rows.append(row)
