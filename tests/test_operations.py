@@ -385,7 +385,9 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
                 time.sleep(0.5)
             assert page_images == {"page_classify": 1, "page_analyse": 0}
             assert values[("skinlesion_requests_total", (("endpoint", "page_analyse"), ("status", "ok")))] == 1
-            # The patient's age entered: the label answered again with it, a request and no new image.
+            # The patient's age entered: the label, the verdict and the map answered again with it (a
+            # request, no new image), the verdict naming the record it used.
+            expect(page.locator("#patient-record")).to_have_count(0)
             page.get_by_text("The patient (optional)").click()
             page.locator("#patient-age input").fill("70")
             page.locator("#patient-age input").press("Enter")
@@ -398,6 +400,10 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
             assert sum(v for (name, _), v in values.items() if name == "skinlesion_images_total") \
                 == sum(sent.values()) + 1
             expect(page.locator("#probabilities")).to_contain_text("%")
+            if (REAL_HAM / "images").is_dir():  # a real lesion: answered, so the verdict names the record
+                expect(page.locator("#patient-record")).to_have_text("With the patient's record: age.",
+                                                                      timeout=60_000)
+            expect(page.locator("#gradcam img")).to_be_visible()
             page.get_by_role("tab", name="Monitor").click()
             summary = page.locator("#monitor-summary")
             expect(summary).to_contain_text(f"{sum(sent.values()) + 1} images", timeout=60_000)

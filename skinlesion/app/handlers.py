@@ -198,6 +198,17 @@ class Handlers:
                                                               age, sex, site)
         return page_outputs(analysis, predictor, opacity)
 
+    def page_record(self, verdict: str | None, image: dict | None, target: str | None = TOP_CLASS,
+                    opacity: float = OVERLAY_OPACITY, task: str | None = None, tile: str = "auto",
+                    method: str = GRAD_CAM, age: float | None = None, sex: str | None = None,
+                    site: str | None = None):
+        """The page when the patient's record changes: the label answered again with it and, when
+        the page shows a verdict, the whole analysis again (`page_analyse`), so that the verdict,
+        the label and the map never answer for different records."""
+        if verdict and image:
+            return self.page_analyse(image, target, opacity, task, tile, method, age, sex, site)
+        return gr.skip(), self.classify(image, task, tile, age, sex, site), *(gr.skip(),) * 4
+
     def _checked_analysis(self, image, target, opacity, task, tile, method, age, sex,
                           site) -> tuple[Analysis, Predictor, float]:
         """The checked values' analysis, its Predictor and the checked opacity (/analyse,

@@ -160,16 +160,16 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
     classify_inputs = [c.image, c.task, c.tile, *c.record]
     c.image.change(handlers.classify, inputs=classify_inputs, outputs=c.label, api_name="page_classify",
                    **ANSWER, **PAGE_ONLY)
-    # the label follows the record too: a sex or site picked, an age entered (on Enter or leaving the
-    # field, not at each keystroke)
-    gr.on([c.age.submit, c.age.blur, c.sex.input, c.site.input], handlers.classify, inputs=classify_inputs,
-          outputs=c.label, api_name="page_record", **ANSWER, **PAGE_ONLY)
     api.classify.click(handlers.classify, inputs=classify_inputs, outputs=api.label, api_name="classify", **ANSWER)
-    c.button.click(handlers.page_analyse, inputs=analyse_inputs,
-                   outputs=[c.verdict, c.label, c.cam, c.state, c.similar_summary, c.similar],
+    page_answer = [c.verdict, c.label, c.cam, c.state, c.similar_summary, c.similar]
+    c.button.click(handlers.page_analyse, inputs=analyse_inputs, outputs=page_answer,
                    api_name="page_analyse", **EXPLAIN, **PAGE_ONLY)
     api.analyse.click(handlers.analyse, inputs=analyse_inputs, outputs=[api.verdict, api.label, api.cam, api.state],
                       api_name="analyse", **EXPLAIN)
+    # the answer follows the record too: a sex or site picked, an age entered (on Enter or leaving the
+    # field, not at each keystroke); the label, and the verdict and map once the page shows them
+    gr.on([c.age.submit, c.age.blur, c.sex.input, c.site.input], handlers.page_record,
+          inputs=[c.verdict, *analyse_inputs], outputs=page_answer, api_name="page_record", **EXPLAIN, **PAGE_ONLY)
     c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **EXPLAIN)
     c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain",
                    **EXPLAIN, **PAGE_ONLY)
