@@ -170,6 +170,20 @@ def test_train_ensemble_then_evaluate_fits_the_rule_on_the_ensemble(tiny_run, tm
         assert analysis.probabilities["nv"] == pytest.approx(float(row["p_nv"]), abs=1e-4)
 
 
+def test_the_views_are_the_eight_symmetries_of_the_square():
+    """Each view is one of the square's symmetries (numpy's own rotations and mirrors), none twice."""
+    from skinlesion.models.ensemble import VIEWS
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(1, 2, 5, 5)
+    a = x[0].numpy()
+    expected = {"plain": a, "hflip": a[..., ::-1], "vflip": a[:, ::-1], "rot180": np.rot90(a, 2, (1, 2)),
+                "transpose": a.transpose(0, 2, 1), "rot90": np.rot90(a, 1, (1, 2)), "rot270": np.rot90(a, -1, (1, 2)),
+                "antitranspose": np.rot90(a, 2, (1, 2)).transpose(0, 2, 1)}
+    assert set(VIEWS) == set(expected)
+    for name, view in VIEWS.items():
+        assert np.array_equal(view(x)[0].numpy(), expected[name]), name
+    assert len({view(x).numpy().tobytes() for view in VIEWS.values()}) == 8
+
+
 def test_ablation_times_a_row_as_it_would_ship():
     """A row without the table's primary is timed with its own first model as the primary, at
     that model's size: no resizing from the table primary's input."""

@@ -20,13 +20,13 @@ from skinlesion.tasks import TASKS
 from train.onnx import MAP_TOLERANCE, TOLERANCE, parity, parity_images
 
 
-def folder_with_views(tmp_path, task: str = "neu"):
-    """A copy of the task's bundled folder answering on three views (plain, mirrored both ways)."""
+def folder_with_views(tmp_path, task: str = "neu", views: tuple[str, ...] = ("plain", "hflip", "vflip")):
+    """A copy of the task's bundled folder answering on `views` (by default plain, mirrored both ways)."""
     folder = tmp_path / "views"
     shutil.copytree(ROOT / "assets" / "models" / task, folder, ignore=shutil.ignore_patterns(ONNX_FILE))
     config = json.loads((folder / "config.json").read_text())
     config.pop(ONNX_KEY, None)
-    config["ensemble"] = {"temperature": 1.0, "views": ["plain", "hflip", "vflip"], "members": []}
+    config["ensemble"] = {"temperature": 1.0, "views": list(views), "members": []}
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -65,6 +65,15 @@ def test_mirror_views_frozen_answer_as_eager_with_the_plain_views_features(tmp_p
         assert torch.allclose(rows, expected[name], atol=1e-3, rtol=1e-3), name
     a, b = frozen.analyse(images[0], method=None), eager.analyse(images[0], method=None)
     assert a.similar and [n.index for n in a.similar] == [n.index for n in b.similar]
+
+
+def test_the_squares_eight_symmetries_frozen_answer_as_eager(tmp_path):
+    from skinlesion.models.ensemble import VIEWS
+    folder = folder_with_views(tmp_path, views=tuple(VIEWS))
+    frozen, eager = Predictor.from_pretrained(folder), Predictor.from_pretrained(folder, engine="eager")
+    assert frozen.net.passes == 8 and frozen.runtime.graph() is not None
+    found = parity(eager, frozen, parity_images(eager, None, limit=4))
+    assert found["max_probability_difference"] <= TOLERANCE and found["decided_known_familiar_identical"], found
 
 
 @pytest.mark.parametrize("views", [False, True])

@@ -89,9 +89,17 @@ def test_the_command_line_gives_the_same_csv_on_either_engine(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_onnx_exports_checks_and_records_a_folder(tmp_path):
-    folder = tmp_path / "neu"
-    shutil.copytree(ROOT / "assets" / "models" / "neu", folder, ignore=shutil.ignore_patterns(ONNX_FILE))
+@pytest.mark.parametrize("views", [False, True])
+def test_train_onnx_exports_checks_and_records_a_folder(views, tmp_path):
+    """The plain folder, and one answering on the square's eight symmetries (rotations included)."""
+    if views:
+        from test_frozen import folder_with_views
+
+        from skinlesion.models.ensemble import VIEWS
+        folder = folder_with_views(tmp_path, views=tuple(VIEWS))
+    else:
+        folder = tmp_path / "neu"
+        shutil.copytree(ROOT / "assets" / "models" / "neu", folder, ignore=shutil.ignore_patterns(ONNX_FILE))
     done = subprocess.run([sys.executable, "-m", "train.onnx", str(folder)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     entry = json.loads((folder / "config.json").read_text())[ONNX_KEY]

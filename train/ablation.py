@@ -28,12 +28,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from skinlesion.decision import DecisionRule, fit_temperature
-from skinlesion.models.ensemble import Ensemble, load_ensemble
+from skinlesion.models.ensemble import VIEWS, Ensemble, load_ensemble
 from skinlesion.models.markdown import f, table
 from train.metrics import (
     balanced_accuracy,
@@ -50,7 +51,7 @@ from .ensemble import member_outputs, tempered_average
 from .splits import prepare_splits
 
 log = logging.getLogger("train.ablation")
-VIEW_SETS = (("plain",), ("plain", "hflip"), ("plain", "hflip", "vflip"))
+VIEWS_MEASURED = ("plain", "hflip", "vflip")  # --views' default: each row on its first 1, 2, 3 views
 TIMED_RUNS = 30
 
 
@@ -135,7 +136,8 @@ def shipped_as(group: list[int], view_set: tuple[str, ...], nets: list, temperat
 
 
 def measure(folders: list[Path], data: Path, device: torch.device, names: list[str] | None = None,
-            against: str | None = None) -> list[dict]:
+            against: str | None = None, views: Sequence[str] = VIEWS_MEASURED) -> list[dict]:
+    view_sets = [tuple(views[:k]) for k in range(1, len(views) + 1)]  # each row on the first k views
     nets = [load_ensemble(folder) for folder in folders]
     spec = nets[0][1]
     models = [net.primary for net, _ in nets]
@@ -146,7 +148,7 @@ def measure(folders: list[Path], data: Path, device: torch.device, names: list[s
     combinations = [list(g) for k in range(1, len(models) + 1) for g in itertools.combinations(range(len(models)), k)]
     plan = [(group, view_set, " + ".join(names[m] for m in group)
              + ("" if len(view_set) == 1 else " · " + "+".join(view_set[1:])))
-            for group in combinations for view_set in VIEW_SETS]  # a row per models × views
+            for group in combinations for view_set in view_sets]  # a row per models × views
     levers = [label for *_, label in plan]
     if against is not None and against not in levers:
         raise SystemExit(f"python -m train.ablation: --against {against!r} is none of the rows: {', '.join(levers)}")
@@ -156,17 +158,16 @@ def measure(folders: list[Path], data: Path, device: torch.device, names: list[s
                             preprocessing=spec.preprocessing)
     labels = {s: splits[s].labels for s in ("val", "test")}
     groups = {s: [r.group for r in splits[s].records] for s in labels}
-    everything = Ensemble(models, sizes=sizes, views=VIEW_SETS[-1], normalisations=normalisations).to(device)
+    everything = Ensemble(models, sizes=sizes, views=views, normalisations=normalisations).to(device)
     raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
-    views = len(VIEW_SETS[-1])
-    temperatures = [fit_temperature(raw["val"][m * views], labels["val"]) for m in range(len(models))]
+    temperatures = [fit_temperature(raw["val"][m * len(views)], labels["val"]) for m in range(len(models))]
     minutes = [training_minutes(folder) for folder in folders]
     rows, decided = [], []
     for group, view_set, label in plan:
-        passes = [m * views + VIEW_SETS[-1].index(v) for m in group for v in view_set]
+        passes = [m * len(views) + views.index(v) for m in group for v in view_set]
         log.info("%s", label)
         row, answers = lever(label, {s: raw[s][passes] for s in labels}, labels, list(spec.codes),
-                             spec.task.high_risk_codes, [temperatures[p // views] for p in passes])
+                             spec.task.high_risk_codes, [temperatures[p // len(views)] for p in passes])
         decided.append(answers)
         row["p50_ms"] = forward_p50(*shipped_as(group, view_set, nets, temperatures))
         known = [minutes[m] for m in group]
@@ -217,12 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="Markdown table to write (and .json beside it)")
     p.add_argument("--against", metavar="LEVER", help="the row every difference is taken from, by its name "
                    "(default: the first; e.g. 'student · hflip+vflip' for what ships)")
+    p.add_argument("--views", nargs="+", default=list(VIEWS_MEASURED), choices=list(VIEWS),
+                   help="the views, starting with plain: each model and combination on its first 1, 2, … of them")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if args.names and len(args.names) != len(args.models):
         p.error("--names: one name per model folder")
-    rows = measure(args.models, args.data, pick_device(args.device), args.names, args.against)
+    if args.views[0] != "plain" or len(set(args.views)) != len(args.views):
+        p.error("--views must start with plain and name each view once")
+    rows = measure(args.models, args.data, pick_device(args.device), args.names, args.against, tuple(args.views))
     rendered = render(rows)
     print(rendered)
     if args.out:

@@ -38,6 +38,13 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "plain": lambda x: x,
     "hflip": lambda x: x.flip(-1),   # mirror left-right
     "vflip": lambda x: x.flip(-2),   # mirror top-bottom
+    # the rest of the square's symmetries (the dihedral group: a lesion has no up or left), as
+    # flips and transposes, which ONNX exports (torch.rot90 it does not)
+    "rot180": lambda x: x.flip(-2, -1),
+    "transpose": lambda x: x.transpose(-2, -1),                    # mirror about the main diagonal
+    "rot90": lambda x: x.flip(-1).transpose(-2, -1),               # a quarter turn anticlockwise
+    "rot270": lambda x: x.flip(-2).transpose(-2, -1),              # a quarter turn clockwise
+    "antitranspose": lambda x: x.flip(-2, -1).transpose(-2, -1),  # mirror about the other diagonal
 }
 
 
