@@ -127,7 +127,8 @@ def with_intervals(rows: list[dict], decided: list[dict[str, np.ndarray]], label
 def shipped_as(group: list[int], view_set: tuple[str, ...], nets: list, temperatures: list[float]
                ) -> tuple[Ensemble, int]:
     """The group's models as a folder with its first model as the primary would answer (its input
-    size; the others resized and renormalised from it), and that size: what the forward p50 times."""
+    size; the others resized and renormalised from it), and that size: what the forward p50 times,
+    and (all the models, every view) what the rows' passes are taken from."""
     first = nets[group[0]][1]
     specs = [nets[m][1] for m in group]
     return Ensemble([nets[m][0].primary for m in group], [temperatures[m] for m in group],
@@ -152,13 +153,12 @@ def measure(folders: list[Path], data: Path, device: torch.device, names: list[s
     levers = [label for *_, label in plan]
     if against is not None and against not in levers:
         raise SystemExit(f"python -m train.ablation: --against {against!r} is none of the rows: {', '.join(levers)}")
-    sizes = [None] + [s.input_size for _, s in nets[1:]]
-    normalisations = [None] + [((spec.mean, spec.std), (s.mean, s.std)) for _, s in nets[1:]]
     splits = prepare_splits(spec.task.load(data), spec.input_size, spec.training.get("seed", 0), None, spec.codes,
                             preprocessing=spec.preprocessing)
     labels = {s: splits[s].labels for s in ("val", "test")}
     groups = {s: [r.group for r in splits[s].records] for s in labels}
-    everything = Ensemble(models, sizes=sizes, views=views, normalisations=normalisations).to(device)
+    everything, _ = shipped_as(list(range(len(models))), tuple(views), nets, [1.0] * len(models))
+    everything = everything.to(device)
     raw = {s: member_outputs(everything, spec, splits[s].images, device) for s in labels}  # model-major
     temperatures = [fit_temperature(raw["val"][m * len(views)], labels["val"]) for m in range(len(models))]
     minutes = [training_minutes(folder) for folder in folders]

@@ -45,8 +45,8 @@ CONCURRENCY = int(os.environ.get("SKINLESION_CONCURRENCY", 1))
 ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
 EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
 PAGE_ONLY = {"api_visibility": "private"}
-# The page's events that analyse its image again (for the heat-map, or for the label when the
-# patient's record changes): page_classify reported the image when it was set, so these count as
+# The page's events that analyse its image again (for the heat-map, or with the patient's record
+# when it changes): page_classify reported the image when it was set, so these count as
 # requests but add no image to the metrics or the log.
 PAGE_REPEATS = ("page_analyse", "page_explain", "page_record")
 STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after the analysis, for the opacity slider
