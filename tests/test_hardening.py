@@ -185,7 +185,7 @@ def test_answers_and_maps_wait_in_separate_queues(predictor):
     demo = build_demo(Handlers({"ham10000": predictor}), {"ham10000": TaskView.of(predictor, [])})
     groups = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values() if fn.api_name}
     assert {groups[name] for name in ("classify", "similar", "page_classify")} == {("answer", 1)}
-    maps = ("analyse", "explain", "compare", "batch", "page_analyse", "page_record")
+    maps = ("analyse", "explain", "compare", "batch", "page_analyse", "page_record", "page_image")
     assert {groups[name] for name in maps} == {("explain", 1)}
 
 

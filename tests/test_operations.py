@@ -3,6 +3,7 @@ scraped by a real Prometheus server, /healthz, the decision log in SQLite and in
 PostgreSQL server (killed mid-run), the command line's log and monitor, the Monitor tab."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 import urllib.request
@@ -403,10 +404,24 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
             if (REAL_HAM / "images").is_dir():  # a real lesion: answered, so the verdict names the record
                 expect(page.locator("#patient-record")).to_have_text("With the patient's record: age.",
                                                                       timeout=60_000)
-            expect(page.locator("#gradcam img")).to_be_visible()
+            map_shown = page.locator("#gradcam img")
+            expect(map_shown).to_be_visible()
+            # Another image set: its label, and (a verdict being shown) its verdict and map too, with
+            # no Analyse pressed: a request, adding no image of its own.
+            earlier = map_shown.get_attribute("src")
+            page.locator("#input-image input[type=file]").set_input_files(str(lesions[0]))
+            expect(map_shown).not_to_have_attribute("src", earlier, timeout=60_000)
+            values = read_metrics(url)
+            assert values.get(("skinlesion_requests_total", (("endpoint", "page_image"), ("status", "ok"))), 0) == 2
+            assert values[("skinlesion_requests_total", (("endpoint", "page_analyse"), ("status", "ok")))] == 1
+            images = collections.Counter()
+            for (name, labels), v in values.items():
+                if name == "skinlesion_images_total":
+                    images[dict(labels)["endpoint"]] += v
+            assert images["page_image"] == 0 and images["page_classify"] >= 2
             page.get_by_role("tab", name="Monitor").click()
             summary = page.locator("#monitor-summary")
-            expect(summary).to_contain_text(f"{sum(sent.values()) + 1} images", timeout=60_000)
+            expect(summary).to_contain_text(f"{sum(images.values()):.0f} images", timeout=60_000)
             expect(summary).to_contain_text("not enough data")
             for name in ("class_mix", "scores", "rates", "accuracy", "latency"):
                 expect(page.locator(f"#monitor-{name} img")).to_be_visible(timeout=30_000)

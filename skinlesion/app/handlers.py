@@ -205,9 +205,23 @@ class Handlers:
         """The page when the patient's record changes: the label answered again with it and, when
         the page shows a verdict, the whole analysis again (`page_analyse`), so that the verdict,
         the label and the map never answer for different records."""
-        if verdict and image:
+        if verdict and image is not None:
             return self.page_analyse(image, target, opacity, task, tile, method, age, sex, site)
         return gr.skip(), self.classify(image, task, tile, age, sex, site), *(gr.skip(),) * 4
+
+    def page_image(self, verdict: str | None, image: dict | None, target: str | None = TOP_CLASS,
+                   opacity: float = OVERLAY_OPACITY, task: str | None = None, tile: str = "auto",
+                   method: str = GRAD_CAM, age: float | None = None, sex: str | None = None,
+                   site: str | None = None):
+        """The page when the person sets its image, once it shows a verdict: the new image's whole analysis
+        (`page_analyse`), so that the verdict, the map and the similar cases never answer for
+        another image than the label (which follows every image: `classify`); a removed image
+        takes them away. Before any verdict, nothing: an Analyse pressed at once is not undone."""
+        if not verdict:
+            return (gr.skip(),) * 6
+        if image is None:
+            return "", gr.skip(), None, None, "", None
+        return self.page_analyse(image, target, opacity, task, tile, method, age, sex, site)
 
     def _checked_analysis(self, image, target, opacity, task, tile, method, age, sex,
                           site) -> tuple[Analysis, Predictor, float]:

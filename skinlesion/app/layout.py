@@ -45,10 +45,10 @@ CONCURRENCY = int(os.environ.get("SKINLESION_CONCURRENCY", 1))
 ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
 EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
 PAGE_ONLY = {"api_visibility": "private"}
-# The page's events that analyse its image again (for the heat-map, or with the patient's record
-# when it changes): page_classify reported the image when it was set, so these count as
-# requests but add no image to the metrics or the log.
-PAGE_REPEATS = ("page_analyse", "page_explain", "page_record")
+# The page's events that analyse its image again (for the heat-map, with the patient's record when
+# it changes, or whole when a new image replaces one with a verdict): page_classify reported the
+# image when it was set, so these count as requests but add no image to the metrics or the log.
+PAGE_REPEATS = ("page_analyse", "page_explain", "page_record", "page_image")
 STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after the analysis, for the opacity slider
 
 
@@ -170,6 +170,11 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
     # field, not at each keystroke); the label, and the verdict and map once the page shows them
     gr.on([c.age.submit, c.age.blur, c.sex.input, c.site.input], handlers.page_record,
           inputs=[c.verdict, *analyse_inputs], outputs=page_answer, api_name="page_record", **EXPLAIN, **PAGE_ONLY)
+    # ... and the image: one the user sets (an upload, paste or capture; or clears) once a verdict
+    # is shown is analysed whole (its label as above). `input`, not `change`: Gradio fires change
+    # twice when an image replaces another, and a second analysis would be wasted work
+    c.image.input(handlers.page_image, inputs=[c.verdict, *analyse_inputs], outputs=page_answer,
+                  api_name="page_image", **EXPLAIN, **PAGE_ONLY)
     c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **EXPLAIN)
     c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain",
                    **EXPLAIN, **PAGE_ONLY)
