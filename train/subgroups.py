@@ -22,7 +22,6 @@ mask-based one.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import sys
@@ -42,6 +41,7 @@ from skinlesion.skintone import GROUPS, group, skin_ita
 from skinlesion.tasks.dermoscopy import AGE_BANDS
 
 from .metrics import BOOTSTRAP, balanced_accuracy, interval
+from .splits import folder_arguments
 
 log = logging.getLogger("train.subgroups")
 SPLITS = ("val", "test")
@@ -218,11 +218,7 @@ def report(predictor: Predictor, data: Path, split: dict[str, str], out: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.subgroups", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="model folder")
-    p.add_argument("--data", type=Path, required=True, help="the task's data folder")
-    p.add_argument("--split", type=Path, help="split.csv of the training run (default: remake it)")
+    p = folder_arguments("python -m train.subgroups", __doc__)
     p.add_argument("--out", type=Path, default=Path("runs/subgroups"), help="where predictions.csv goes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

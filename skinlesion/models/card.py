@@ -309,6 +309,12 @@ def _recipe(spec: ModelSpec) -> str:
                      f"model soup, chosen on validation balanced accuracy {soup['val_balanced_accuracy']:.3f}): "
                      + ", ".join(f"`{i['folder']}` (sha256 {i['sha256'][:12]}…)" for i in kept)
                      + "; the settings above are the best one's")
+    head = t.get("head")
+    if head:  # train/head.py's record: the network is the folder's, its classifier trained again
+        parts.append(f"the classifier trained again on the frozen features of the folder `{head['folder']}` "
+                     f"(sha256 {head['sha256'][:12]}…): its training images as they are and {head['passes']} "
+                     f"augmented passes, {head['class_weights']} class weights, {head['epochs']} epochs; the "
+                     "settings above are that folder's")
     return "".join(f"\n- {p}" for p in parts)
 
 
