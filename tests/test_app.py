@@ -443,23 +443,3 @@ def show_similar_cases_in_the_page(url: str) -> None:
         expect(page.locator("#prediction-set")).to_contain_text("90% prediction set")
         browser.close()
 
-
-def test_a_new_image_takes_the_verdict_map_and_similar_cases_with_it(bundled_models):
-    """The page's image changed (page_image): before any verdict nothing is done (an Analyse
-    pressed at once is not undone); once one is shown, the new image's whole analysis, as Analyse
-    gives it; a removed image takes the verdict, map and similar cases away."""
-    import gradio as gr
-
-    from skinlesion.app.handlers import Handlers
-    handlers = Handlers({"ham10000": bundled_models["ham10000"]})
-    first, second = (np.asarray(Image.open(EXAMPLES / "ham10000" / name)) for name in ("bcc.jpg", "nv.jpg"))
-    settings = ("top", 0.45, "ham10000", "auto", "Grad-CAM")
-    assert all(isinstance(o, type(gr.skip())) for o in handlers.page_image("", second, *settings))
-    shown = handlers.page_analyse(first, *settings)[0]
-    answer = handlers.page_image(shown, second, *settings)
-    expected = handlers.page_analyse(second, *settings)
-    assert answer[0] == expected[0] != shown and answer[1] == expected[1] and answer[4] == expected[4]
-    assert [caption for _, caption in answer[5]] == [caption for _, caption in expected[5]] != []
-    assert answer[2].size == expected[2].size
-    removed = handlers.page_image(shown, None, *settings)
-    assert removed[0] == "" and removed[2] is None and removed[3] is None and removed[5] is None

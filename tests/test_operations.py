@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import shutil
 import time
 import urllib.request
 import zipfile
@@ -418,7 +419,7 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
             for (name, labels), v in values.items():
                 if name == "skinlesion_images_total":
                     images[dict(labels)["endpoint"]] += v
-            assert images["page_image"] == 0 and images["page_classify"] >= 2
+            assert images["page_image"] == 0 and images["page_classify"] == 2  # the replacing image once
             page.get_by_role("tab", name="Monitor").click()
             summary = page.locator("#monitor-summary")
             expect(summary).to_contain_text(f"{sum(images.values()):.0f} images", timeout=60_000)
@@ -427,3 +428,53 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
                 expect(page.locator(f"#monitor-{name} img")).to_be_visible(timeout=30_000)
             page.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
             browser.close()
+
+
+def test_a_new_image_takes_the_verdict_map_and_similar_cases_with_it(bundled_models):
+    """The page's image changed (page_image): before any verdict nothing is done (an Analyse
+    pressed at once is not undone); once one is shown, the new image's whole analysis, as Analyse
+    gives it; a removed image takes the verdict, map and similar cases away."""
+    import gradio as gr
+
+    from skinlesion.app.handlers import Handlers
+    handlers = Handlers({"ham10000": bundled_models["ham10000"]})
+    examples = ROOT / "assets" / "examples" / "ham10000"
+    first, second = (np.asarray(Image.open(examples / name)) for name in ("bcc.jpg", "nv.jpg"))
+    settings = ("top", 0.45, "ham10000", "auto", "Grad-CAM")
+    assert all(isinstance(o, type(gr.skip())) for o in handlers.page_image("", second, *settings))
+    shown = handlers.page_analyse(first, *settings)[0]
+    answer = handlers.page_image(shown, second, *settings)
+    expected = handlers.page_analyse(second, *settings)
+    assert answer[0] == expected[0] != shown and answer[1] == expected[1] and answer[4] == expected[4]
+    assert [caption for _, caption in answer[5]] == [caption for _, caption in expected[5]] != []
+    assert answer[2].size == expected[2].size
+    removed = handlers.page_image(shown, None, *settings)
+    assert removed[0] == "" and removed[2] is None and removed[3] is None and removed[5] is None
+
+
+def test_the_pages_image_is_reported_once_when_gradio_sends_it_again(bundled_models, tmp_path, monkeypatch):
+    """Gradio fires the image's change twice when an image replaces another (page_classify): the
+    upload a page reported last is answered again but counted once; another image, another page,
+    or the same image after the page was cleared, are counted."""
+    from types import SimpleNamespace
+
+    from skinlesion.app import handlers as module
+    handlers = module.Handlers({"ham10000": bundled_models["ham10000"]})
+    classify = handlers.observed("page_classify", handlers.page_classify)
+    monkeypatch.setattr(module, "upload_source", lambda payload: Path(payload["path"]) if payload else None)
+    upload = {}
+    for name in ("bcc.jpg", "nv.jpg"):
+        shutil.copy(ROOT / "assets" / "examples" / "ham10000" / name, tmp_path / name)
+        upload[name] = {"path": str(tmp_path / name)}
+    one, two = SimpleNamespace(session_hash="one"), SimpleNamespace(session_hash="two")
+
+    def counted() -> float:
+        return sum(s.value for m in handlers.ops.metrics.registry.collect() for s in m.samples
+                   if s.name == "skinlesion_images_total" and s.labels["endpoint"] == "page_classify")
+
+    steps = [(upload["bcc.jpg"], one, 1), (upload["bcc.jpg"], one, 1), (upload["nv.jpg"], one, 2),
+             (upload["nv.jpg"], two, 3), (None, one, 3), (upload["nv.jpg"], one, 4)]
+    for image, page, expected in steps:
+        label = classify(image, "ham10000", "auto", request=page)
+        assert (label is None) == (image is None) and counted() == expected
+    assert len(handlers.ops.window) == 4

@@ -10,7 +10,9 @@ sent, and nothing of a patient's record.
 from __future__ import annotations
 
 import functools
+import threading
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 
 import gradio as gr
@@ -46,6 +48,7 @@ MONITOR_PLOTS = {"class_mix": "Decided classes against the reference", "scores":
                  "latency": "Latency"}  # drift.figures' names → the tab's plot titles
 TILING = {"auto": None, "on": True, "off": False}  # views.TILE_CHOICES → Predictor's `tile` (None: the task's default)
 ECHO = 40  # characters of a client's value an error message repeats
+PAGES_REMEMBERED = 10_000  # the pages whose last image page_classify remembers, the oldest forgotten first
 
 
 def echo(value: object) -> str:
@@ -90,6 +93,8 @@ class Handlers:
         self.flags = {task: sanity_flags(p) for task, p in predictors.items()}  # read once, not per request
         self.ops = ops or Operations(predictors)  # metrics, the decision log, the Monitor tab's window
         self.references = {task: drift.Reference.load(p.folder) for task, p in predictors.items() if p.folder}
+        self.shown: OrderedDict[str, str] = OrderedDict()  # page (session) → the upload it last reported
+        self.shown_lock = threading.Lock()
 
     def observed(self, endpoint: str, handler, images: bool = True):
         """`handler` reporting each request to operations (its time and status, and its endpoint
@@ -155,6 +160,27 @@ class Handlers:
         if not image:
             return None
         return label_value(self._analysis(predictor, image, None, tile, None, patient=patient))
+
+    def page_classify(self, image: dict | None, task: str | None = None, tile: str = "auto",
+                      age: float | None = None, sex: str | None = None, site: str | None = None,
+                      request: gr.Request | None = None):
+        """The page's label when its image changes (`classify`), its image reported once: Gradio
+        fires the change event twice when an image replaces another, so the upload a page (its
+        session) reported last is answered again but not counted or logged again."""
+        page = getattr(request, "session_hash", None)
+        upload = image.get("path") if isinstance(image, dict) else None
+        with self.shown_lock:
+            again = page is not None and upload is not None and self.shown.get(page) == upload
+            if page is not None:
+                self.shown.pop(page, None)
+                if upload is not None:
+                    self.shown[page] = upload
+                    while len(self.shown) > PAGES_REMEMBERED:
+                        self.shown.popitem(last=False)
+        if again:
+            with self.ops.repeated():
+                return self.classify(image, task, tile, age, sex, site)
+        return self.classify(image, task, tile, age, sex, site)
 
     def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
                 task: str | None = None, tile: str = "auto", method: str = GRAD_CAM, age: float | None = None,

@@ -158,7 +158,7 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
                               cam=gr.Image(type="pil", format="png"), state=gr.State(None, time_to_live=60))
     analyse_inputs = [c.image, c.target, c.opacity, c.task, c.tile, c.method, *c.record]
     classify_inputs = [c.image, c.task, c.tile, *c.record]
-    c.image.change(handlers.classify, inputs=classify_inputs, outputs=c.label, api_name="page_classify",
+    c.image.change(handlers.page_classify, inputs=classify_inputs, outputs=c.label, api_name="page_classify",
                    **ANSWER, **PAGE_ONLY)
     api.classify.click(handlers.classify, inputs=classify_inputs, outputs=api.label, api_name="classify", **ANSWER)
     page_answer = [c.verdict, c.label, c.cam, c.state, c.similar_summary, c.similar]

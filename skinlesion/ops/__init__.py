@@ -87,6 +87,16 @@ class Operations:
             REPORTS.reset(reports)
             self.metrics.request(endpoint, status, time.perf_counter() - start)
 
+    @contextmanager
+    def repeated(self) -> Iterator[None]:
+        """Inside a request: the images it analyses were reported already (the page's own image
+        sent again), so they are not counted or logged twice."""
+        reports = REPORTS.set(False)
+        try:
+            yield
+        finally:
+            REPORTS.reset(reports)
+
     def image(self, task: str, latency_ms: float, analysis: Analysis | None = None, error: str = "",
               failed: bool = False, source=None, endpoint: str | None = None) -> Decision:
         """Report one analysed image (or one that could not be: `error`, `failed`); `source`, its
