@@ -442,4 +442,3 @@ def show_similar_cases_in_the_page(url: str) -> None:
         expect(page.locator("#similar-summary")).to_contain_text("most similar training images")
         expect(page.locator("#prediction-set")).to_contain_text("90% prediction set")
         browser.close()
-

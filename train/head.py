@@ -8,15 +8,16 @@ that the rare classes may get more of the decision at no cost per image.
     python -m train.ensemble --primary runs/head/model --views plain hflip vflip ... (then train.evaluate)
 
 The features are the pooled ones the classifier reads (timm's pre-logits) of the folder's own
-training split (the task's split from the folder's seed, with --extra-data's training part as
-the run had it; or the run's `--split` file): the images as they are, and `--passes` more times through the run's own
-augmentation (its strength and acquisition shift from config.json), so the head sees what the
-network saw in training, not only the images it has learnt to separate. The head starts from the
-folder's (the network's features were learnt for it) and learns for `--epochs` with AdamW on the
-cross-entropy under the given class weights and label smoothing. Nothing is chosen on validation
-or test here: the folder is measured as any other (train.ablation; or train.ensemble then
-train.evaluate fit its rule). Writes a single-model folder: the weights with the new head, and
-config.json with the source's training record plus `head` (the source, its sha256, the settings).
+training split (the task's split from the folder's seed, or the run's `--split` file, with
+--extra-data's training part as the run had it): the images as they are, and `--passes` more
+times through the run's own augmentation (its strength and acquisition shift from config.json),
+so the head sees what the network saw in training, not only the images it has learnt to
+separate. The head starts from the folder's (the network's features were learnt for it) and
+learns for `--epochs` with AdamW on the cross-entropy under the given class weights and label
+smoothing. Nothing is chosen on validation or test here: the folder is measured as any other
+(train.ablation; or train.ensemble then train.evaluate fit its rule). Writes a single-model
+folder: the weights with the new head, and config.json with the source's training record plus
+`head` (the source, its sha256, the settings).
 """
 from __future__ import annotations
 

@@ -177,10 +177,8 @@ class Handlers:
                     self.shown[page] = upload
                     while len(self.shown) > PAGES_REMEMBERED:
                         self.shown.popitem(last=False)
-        if again:
-            with self.ops.repeated():
-                return self.classify(image, task, tile, age, sex, site)
-        return self.classify(image, task, tile, age, sex, site)
+        with self.ops.reporting(not again):
+            return self.classify(image, task, tile, age, sex, site)
 
     def explain(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
                 task: str | None = None, tile: str = "auto", method: str = GRAD_CAM, age: float | None = None,

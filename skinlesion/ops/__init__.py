@@ -73,9 +73,9 @@ class Operations:
         `images` False: the images it analyses were reported by an earlier request (the page's
         own image, analysed again for its heat-map), so they are not counted or logged twice."""
         token, start, status = ENDPOINT.set(endpoint), time.perf_counter(), "ok"
-        reports = REPORTS.set(images)
         try:
-            yield
+            with self.reporting(images):
+                yield
         except bad_input:
             status = "bad_input"
             raise
@@ -84,14 +84,13 @@ class Operations:
             raise
         finally:
             ENDPOINT.reset(token)
-            REPORTS.reset(reports)
             self.metrics.request(endpoint, status, time.perf_counter() - start)
 
     @contextmanager
-    def repeated(self) -> Iterator[None]:
-        """Inside a request: the images it analyses were reported already (the page's own image
-        sent again), so they are not counted or logged twice."""
-        reports = REPORTS.set(False)
+    def reporting(self, images: bool) -> Iterator[None]:
+        """Whether the images analysed inside are reported; False: an earlier request reported
+        them already (the page's own image sent again), so they are not counted or logged twice."""
+        reports = REPORTS.set(images)
         try:
             yield
         finally:
