@@ -325,9 +325,9 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
             darker = tmp_path / "darker.png"
             Image.fromarray((np.asarray(Image.open(lesion).convert("RGB")) * (0.8, 0.65, 0.55)).astype(np.uint8)
                             ).save(darker)
-            page.locator("#input-image input[type=file]").set_input_files(str(darker))
-            page.locator("#analyse").click()
+            page.locator("#input-image input[type=file]").set_input_files(str(darker))  # analysed at once
             expect(page.locator("#skin-tone")).to_contain_text("Estimated skin tone: brown", timeout=60_000)
+            expect(page.locator("#compare-gallery img")).to_have_count(0)  # drawn for the earlier image
             expect(page.locator("#skin-tone-warning")).to_contain_text("accuracy on such skin is unknown")
 
         page.get_by_label("Steel surface", exact=True).check()  # the task switch: everything follows
@@ -441,4 +441,10 @@ def show_similar_cases_in_the_page(url: str) -> None:
         expect(page.locator("#similar img")).to_have_count(6, timeout=60_000)
         expect(page.locator("#similar-summary")).to_contain_text("most similar training images")
         expect(page.locator("#prediction-set")).to_contain_text("90% prediction set")
+        # another example clicked, a verdict being shown: its verdict, map and similar cases, no Analyse pressed
+        shown = {name: page.locator(name).inner_html() for name in ("#verdict", "#gradcam", "#similar")}
+        page.get_by_text("Vascular lesion (vasc), true class").click()
+        for name, before in shown.items():
+            expect(page.locator(name)).not_to_have_js_property("innerHTML", before, timeout=60_000)
+        expect(page.locator("#similar img")).to_have_count(6, timeout=60_000)
         browser.close()

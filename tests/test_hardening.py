@@ -182,10 +182,11 @@ def test_answers_and_maps_wait_in_separate_queues(predictor):
     from skinlesion.app.handlers import Handlers
     from skinlesion.app.layout import build_demo
     from skinlesion.app.views import TaskView
-    demo = build_demo(Handlers({"ham10000": predictor}), {"ham10000": TaskView.of(predictor, [])})
+    example = ROOT / "assets" / "examples" / "ham10000" / "nv.jpg"
+    demo = build_demo(Handlers({"ham10000": predictor}), {"ham10000": TaskView.of(predictor, [(str(example), "nv")])})
     groups = {fn.api_name: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values() if fn.api_name}
     assert {groups[name] for name in ("classify", "similar", "page_classify")} == {("answer", 1)}
-    maps = ("analyse", "explain", "compare", "batch", "page_analyse", "page_record", "page_image")
+    maps = ("analyse", "explain", "compare", "batch", "page_analyse", "page_record", "page_image", "page_example")
     assert {groups[name] for name in maps} == {("explain", 1)}
 
 

@@ -430,26 +430,59 @@ def test_the_monitor_tab_shows_its_plots_in_a_real_browser(tmp_path, inputs):
             browser.close()
 
 
-def test_a_new_image_takes_the_verdict_map_and_similar_cases_with_it(bundled_models):
+def test_a_new_image_takes_the_verdict_map_and_similar_cases_with_it(bundled_models, monkeypatch):
     """The page's image changed (page_image): before any verdict nothing is done (an Analyse
     pressed at once is not undone); once one is shown, the new image's whole analysis, as Analyse
-    gives it; a removed image takes the verdict, map and similar cases away."""
+    gives it; a removed image takes the verdict, map and similar cases away. The methods side by
+    side (the last output) go in every case, and when the patient's record changes."""
     import gradio as gr
 
-    from skinlesion.app.handlers import Handlers
-    handlers = Handlers({"ham10000": bundled_models["ham10000"]})
+    from skinlesion.app import handlers as module
+    handlers = module.Handlers({"ham10000": bundled_models["ham10000"]})
     examples = ROOT / "assets" / "examples" / "ham10000"
     first, second = (np.asarray(Image.open(examples / name)) for name in ("bcc.jpg", "nv.jpg"))
     settings = ("top", 0.45, "ham10000", "auto", "Grad-CAM")
-    assert all(isinstance(o, type(gr.skip())) for o in handlers.page_image("", second, *settings))
+    before = handlers.page_image("", second, *settings)
+    assert len(before) == 7 and all(isinstance(o, type(gr.skip())) for o in before[:6]) and before[6] is None
     shown = handlers.page_analyse(first, *settings)[0]
     answer = handlers.page_image(shown, second, *settings)
     expected = handlers.page_analyse(second, *settings)
     assert answer[0] == expected[0] != shown and answer[1] == expected[1] and answer[4] == expected[4]
     assert [caption for _, caption in answer[5]] == [caption for _, caption in expected[5]] != []
-    assert answer[2].size == expected[2].size
+    assert answer[2].size == expected[2].size and answer[6] is None
     removed = handlers.page_image(shown, None, *settings)
     assert removed[0] == "" and removed[2] is None and removed[3] is None and removed[5] is None
+    assert removed[6] is None
+    # a record changed: the label (and the verdict once shown) answered again with it, the methods gone
+    monkeypatch.setattr(module, "upload_source", lambda payload: Path(payload["path"]) if payload else None)
+    upload = {"path": str(examples / "bcc.jpg")}
+    for verdict in ("", shown):
+        record = handlers.page_record(verdict, upload, *settings, 70, None, None)
+        assert len(record) == 7 and record[1] == handlers.classify(upload, "ham10000", "auto", 70)
+        assert record[6] is None
+        assert isinstance(record[0], type(gr.skip())) if not verdict else "patient-record" in record[0]
+
+
+def test_an_example_clicked_is_analysed_as_an_image_set(bundled_models, tmp_path):
+    """The examples set the page's image without an input event: page_example, chained after the
+    example is loaded, runs page_image with its inputs and outputs, in the maps' queue, and counts
+    as a request that adds no image."""
+    from skinlesion.app.handlers import Handlers
+    from skinlesion.app.layout import PAGE_REPEATS, build_demo
+    from skinlesion.app.views import TaskView
+    predictor = bundled_models["ham10000"]
+    sample = tmp_path / "nv.jpg"
+    shutil.copy(ROOT / "assets" / "examples" / "ham10000" / "nv.jpg", sample)
+    handlers = Handlers({"ham10000": predictor})
+    demo = build_demo(handlers, {"ham10000": TaskView.of(predictor, [(str(sample), "nv")])})
+    fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    example, image = fns["page_example"], fns["page_image"]
+    loaded = demo.fns[example.trigger_after]
+    assert [t[1] for t in loaded.targets] == ["click"] and loaded.outputs == [i for i in image.inputs
+                                                                              if i in loaded.outputs]
+    assert example.inputs == image.inputs and example.outputs == image.outputs
+    assert (example.concurrency_id, example.concurrency_limit) == ("explain", 1)
+    assert example.fn.__wrapped__ == handlers.page_image and "page_example" in PAGE_REPEATS
 
 
 def test_the_pages_image_is_reported_once_when_gradio_sends_it_again(bundled_models, tmp_path, monkeypatch):

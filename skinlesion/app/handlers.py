@@ -228,24 +228,27 @@ class Handlers:
                     site: str | None = None):
         """The page when the patient's record changes: the label answered again with it and, when
         the page shows a verdict, the whole analysis again (`page_analyse`), so that the verdict,
-        the label and the map never answer for different records."""
+        the label and the map never answer for different records; the methods side by side,
+        drawn for the class decided under the earlier record, are taken away."""
         if verdict and image is not None:
-            return self.page_analyse(image, target, opacity, task, tile, method, age, sex, site)
-        return gr.skip(), self.classify(image, task, tile, age, sex, site), *(gr.skip(),) * 4
+            return *self.page_analyse(image, target, opacity, task, tile, method, age, sex, site), None
+        return gr.skip(), self.classify(image, task, tile, age, sex, site), *(gr.skip(),) * 4, None
 
     def page_image(self, verdict: str | None, image: dict | None, target: str | None = TOP_CLASS,
                    opacity: float = OVERLAY_OPACITY, task: str | None = None, tile: str = "auto",
                    method: str = GRAD_CAM, age: float | None = None, sex: str | None = None,
                    site: str | None = None):
-        """The page when the person sets its image, once it shows a verdict: the new image's whole analysis
-        (`page_analyse`), so that the verdict, the map and the similar cases never answer for
-        another image than the label (which follows every image: `classify`); a removed image
-        takes them away. Before any verdict, nothing: an Analyse pressed at once is not undone."""
+        """The page when the person sets its image (an upload, paste, capture or example): once it
+        shows a verdict, the new image's whole analysis (`page_analyse`), so that the verdict, the
+        map and the similar cases never answer for another image than the label (which follows
+        every image: `classify`); a removed image takes them away. Before any verdict, nothing of
+        them: an Analyse pressed at once is not undone. The methods side by side, drawn for the
+        earlier image, are taken away in every case."""
         if not verdict:
-            return (gr.skip(),) * 6
+            return *(gr.skip(),) * 6, None
         if image is None:
-            return "", gr.skip(), None, None, "", None
-        return self.page_analyse(image, target, opacity, task, tile, method, age, sex, site)
+            return "", gr.skip(), None, None, "", None, None
+        return *self.page_analyse(image, target, opacity, task, tile, method, age, sex, site), None
 
     def _checked_analysis(self, image, target, opacity, task, tile, method, age, sex,
                           site) -> tuple[Analysis, Predictor, float]:

@@ -46,9 +46,9 @@ ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preproc
 EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
 PAGE_ONLY = {"api_visibility": "private"}
 # The page's events that analyse its image again (for the heat-map, with the patient's record when
-# it changes, or whole when a new image replaces one with a verdict): page_classify reported the
+# it changes, or whole when a new image or example replaces one with a verdict): page_classify reported the
 # image when it was set, so these count as requests but add no image to the metrics or the log.
-PAGE_REPEATS = ("page_analyse", "page_explain", "page_record", "page_image")
+PAGE_REPEATS = ("page_analyse", "page_explain", "page_record", "page_image", "page_example")
 STATE_SECONDS = 300  # the page keeps its last (image, heat-map) this long after the analysis, for the opacity slider
 
 
@@ -168,13 +168,19 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
                       api_name="analyse", **EXPLAIN)
     # the answer follows the record too: a sex or site picked, an age entered (on Enter or leaving the
     # field, not at each keystroke); the label, and the verdict and map once the page shows them
+    # (the methods side by side, drawn for an earlier record or image, are taken away)
     gr.on([c.age.submit, c.age.blur, c.sex.input, c.site.input], handlers.page_record,
-          inputs=[c.verdict, *analyse_inputs], outputs=page_answer, api_name="page_record", **EXPLAIN, **PAGE_ONLY)
+          inputs=[c.verdict, *analyse_inputs], outputs=[*page_answer, c.compare], api_name="page_record",
+          **EXPLAIN, **PAGE_ONLY)
     # ... and the image: one the user sets (an upload, paste or capture; or clears) once a verdict
     # is shown is analysed whole (its label as above). `input`, not `change`: Gradio fires change
     # twice when an image replaces another, and a second analysis would be wasted work
-    c.image.input(handlers.page_image, inputs=[c.verdict, *analyse_inputs], outputs=page_answer,
+    c.image.input(handlers.page_image, inputs=[c.verdict, *analyse_inputs], outputs=[*page_answer, c.compare],
                   api_name="page_image", **EXPLAIN, **PAGE_ONLY)
+    if c.gallery:  # an example clicked sets the image without an input event: the same, once it is set
+        c.gallery.load_input_event.then(handlers.page_image, inputs=[c.verdict, *analyse_inputs],
+                                        outputs=[*page_answer, c.compare], api_name="page_example",
+                                        **EXPLAIN, **PAGE_ONLY)
     c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **EXPLAIN)
     c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain",
                    **EXPLAIN, **PAGE_ONLY)
