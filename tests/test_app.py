@@ -329,6 +329,14 @@ def test_page_in_a_real_browser(server, lesion, steel, tmp_path):
             expect(page.locator("#skin-tone")).to_contain_text("Estimated skin tone: brown", timeout=60_000)
             expect(page.locator("#compare-gallery img")).to_have_count(0)  # drawn for the earlier image
             expect(page.locator("#skin-tone-warning")).to_contain_text("accuracy on such skin is unknown")
+            # another page: an image set while its first Analyse is still answering is analysed in its turn
+            fresh = browser.new_page(viewport={"width": 1280, "height": 1000})
+            fresh.goto(url)
+            fresh.locator("#input-image input[type=file]").set_input_files(str(lesion))
+            fresh.locator("#analyse").click()
+            fresh.locator("#input-image input[type=file]").set_input_files(str(darker))
+            expect(fresh.locator("#skin-tone")).to_contain_text("Estimated skin tone: brown", timeout=60_000)
+            fresh.close()
 
         page.get_by_label("Steel surface", exact=True).check()  # the task switch: everything follows
         expect(page.get_by_text("no defect-free class")).to_be_visible()

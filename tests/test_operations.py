@@ -463,6 +463,42 @@ def test_a_new_image_takes_the_verdict_map_and_similar_cases_with_it(bundled_mod
         assert isinstance(record[0], type(gr.skip())) if not verdict else "patient-record" in record[0]
 
 
+def test_a_verdict_that_answered_after_the_event_was_sent_is_followed(bundled_models, monkeypatch):
+    """An image or record set while the page's Analyse is still queued reaches the server with the
+    page's verdict as it was then (none): the server remembers that it has since answered the page
+    with a verdict, so the new image (or record) is analysed whole all the same, and never left
+    beside the earlier image's verdict. Another page, a removed image, an image that cannot be
+    analysed and a task switch each leave no verdict remembered."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from skinlesion.app import handlers as module
+    handlers = module.Handlers({"ham10000": bundled_models["ham10000"]})
+    monkeypatch.setattr(module, "upload_source", lambda payload: Path(payload["path"]) if payload else None)
+    examples = ROOT / "assets" / "examples" / "ham10000"
+    first, second = ({"path": str(examples / name)} for name in ("bcc.jpg", "nv.jpg"))
+    settings = ("top", 0.45, "ham10000", "auto", "Grad-CAM")
+    page, other = SimpleNamespace(session_hash="page"), SimpleNamespace(session_hash="other")
+    skipped = type(gr.skip())
+    assert isinstance(handlers.page_image("", second, *settings, request=page)[0], skipped)
+    earlier = handlers.page_analyse(first, *settings, request=page)[0]  # Analyse answered after the upload was sent
+    answer = handlers.page_image("", second, *settings, request=page)
+    assert answer[0] == handlers.page_analyse(second, *settings)[0] != earlier
+    assert isinstance(handlers.page_image("", second, *settings, request=other)[0], skipped)
+    record = handlers.page_record("", second, *settings, 70, None, None, request=page)
+    assert "patient-record" in record[0]
+    assert handlers.page_image("", None, *settings, request=page)[0] == ""  # removed: nothing remembered
+    assert isinstance(handlers.page_image("", second, *settings, request=page)[0], skipped)
+    handlers.page_analyse(first, *settings, request=page)
+    unreadable = handlers.page_image("", {"path": str(ROOT / "README.md")}, *settings, request=page)
+    assert unreadable[0] == "" and unreadable[2] is None  # cannot be analysed: the earlier verdict goes
+    assert isinstance(handlers.page_record("", second, *settings, 70, None, None, request=page)[0], skipped)
+    handlers.page_analyse(first, *settings, request=page)
+    handlers.page_task(page)
+    assert isinstance(handlers.page_image("", second, *settings, request=page)[0], skipped)
+
+
 def test_an_example_clicked_is_analysed_as_an_image_set(bundled_models, tmp_path):
     """The examples set the page's image without an input event: page_example, chained after the
     example is loaded, runs page_image with its inputs and outputs, in the maps' queue, and counts

@@ -48,13 +48,43 @@ MONITOR_PLOTS = {"class_mix": "Decided classes against the reference", "scores":
                  "latency": "Latency"}  # drift.figures' names → the tab's plot titles
 TILING = {"auto": None, "on": True, "off": False}  # views.TILE_CHOICES → Predictor's `tile` (None: the task's default)
 ECHO = 40  # characters of a client's value an error message repeats
-PAGES_REMEMBERED = 10_000  # the pages whose last image page_classify remembers, the oldest forgotten first
+PAGES_REMEMBERED = 10_000  # the pages a PageMemory remembers, the oldest forgotten first
 
 
 def echo(value: object) -> str:
     """A client's value as an error message repeats it: its repr, cut to ECHO characters."""
     text = repr(value)
     return text if len(text) <= ECHO else text[:ECHO] + "…"
+
+
+class PageMemory:
+    """One value for each page (its session, `gr.Request.session_hash`): at most PAGES_REMEMBERED
+    pages, the oldest forgotten first, under a lock (events of many pages run in threads)."""
+
+    def __init__(self):
+        self.values: OrderedDict[str, object] = OrderedDict()
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def page(request: gr.Request | None) -> str | None:
+        return getattr(request, "session_hash", None)
+
+    def swap(self, request: gr.Request | None, value: object) -> object:
+        """Remember `value` for the request's page (None: forget it); what was remembered before."""
+        page = self.page(request)
+        if page is None:
+            return None
+        with self.lock:
+            before = self.values.pop(page, None)
+            if value is not None:
+                self.values[page] = value
+                while len(self.values) > PAGES_REMEMBERED:
+                    self.values.popitem(last=False)
+            return before
+
+    def get(self, request: gr.Request | None) -> object:
+        with self.lock:
+            return self.values.get(self.page(request))
 
 
 def checked_opacity(opacity: object) -> float:
@@ -85,7 +115,8 @@ def image_source(payload: object):
 
 class Handlers:
     """The events of the page and the API, over the loaded models (task key → Predictor, the
-    default task first). The models are the only state shared between requests."""
+    default task first). Besides the models, the only state shared between requests is two
+    facts about each page (`PageMemory`): the upload it reported last and whether it shows a verdict."""
 
     def __init__(self, predictors: dict[str, Predictor], ops: Operations | None = None):
         self.predictors = predictors
@@ -93,8 +124,10 @@ class Handlers:
         self.flags = {task: sanity_flags(p) for task, p in predictors.items()}  # read once, not per request
         self.ops = ops or Operations(predictors)  # metrics, the decision log, the Monitor tab's window
         self.references = {task: drift.Reference.load(p.folder) for task, p in predictors.items() if p.folder}
-        self.shown: OrderedDict[str, str] = OrderedDict()  # page (session) → the upload it last reported
-        self.shown_lock = threading.Lock()
+        self.reported = PageMemory()  # each page's upload that page_classify reported last
+        # the pages shown a verdict (True), as the server answered them: a page's own `verdict` value
+        # is the one it had when the event was triggered, before an analysis still queued answered
+        self.verdicts = PageMemory()
 
     def observed(self, endpoint: str, handler, images: bool = True):
         """`handler` reporting each request to operations (its time and status, and its endpoint
@@ -167,16 +200,9 @@ class Handlers:
         """The page's label when its image changes (`classify`), its image reported once: Gradio
         fires the change event twice when an image replaces another, so the upload a page (its
         session) reported last is answered again but not counted or logged again."""
-        page = getattr(request, "session_hash", None)
         upload = image.get("path") if isinstance(image, dict) else None
-        with self.shown_lock:
-            again = page is not None and upload is not None and self.shown.get(page) == upload
-            if page is not None:
-                self.shown.pop(page, None)
-                if upload is not None:
-                    self.shown[page] = upload
-                    while len(self.shown) > PAGES_REMEMBERED:
-                        self.shown.popitem(last=False)
+        before = self.reported.swap(request, upload)  # a cleared image forgets it
+        again = upload is not None and before == upload
         with self.ops.reporting(not again):
             return self.classify(image, task, tile, age, sex, site)
 
@@ -216,39 +242,52 @@ class Handlers:
 
     def page_analyse(self, image: dict | None, target: str | None = TOP_CLASS, opacity: float = OVERLAY_OPACITY,
                      task: str | None = None, tile: str = "auto", method: str = GRAD_CAM, age: float | None = None,
-                     sex: str | None = None, site: str | None = None):
-        """The page's Analyse: `analyse`'s answer, and the similar cases from the same analysis."""
+                     sex: str | None = None, site: str | None = None, request: gr.Request | None = None):
+        """The page's Analyse: `analyse`'s answer, and the similar cases from the same analysis;
+        the page is remembered as showing a verdict."""
         analysis, predictor, opacity = self._checked_analysis(image, target, opacity, task, tile, method,
                                                               age, sex, site)
-        return page_outputs(analysis, predictor, opacity)
+        answer = page_outputs(analysis, predictor, opacity)
+        self.verdicts.swap(request, True)
+        return answer
 
     def page_record(self, verdict: str | None, image: dict | None, target: str | None = TOP_CLASS,
                     opacity: float = OVERLAY_OPACITY, task: str | None = None, tile: str = "auto",
                     method: str = GRAD_CAM, age: float | None = None, sex: str | None = None,
-                    site: str | None = None):
+                    site: str | None = None, request: gr.Request | None = None):
         """The page when the patient's record changes: the label answered again with it and, when
-        the page shows a verdict, the whole analysis again (`page_analyse`), so that the verdict,
-        the label and the map never answer for different records; the methods side by side,
-        drawn for the class decided under the earlier record, are taken away."""
-        if verdict and image is not None:
-            return *self.page_analyse(image, target, opacity, task, tile, method, age, sex, site), None
+        the page shows a verdict (or an analysis queued before this event has answered it since),
+        the whole analysis again (`page_analyse`), so that the verdict, the label and the map never
+        answer for different records; the methods side by side, drawn for the class decided under
+        the earlier record, are taken away."""
+        if (verdict or self.verdicts.get(request)) and image is not None:
+            return *self.page_analyse(image, target, opacity, task, tile, method, age, sex, site, request), None
         return gr.skip(), self.classify(image, task, tile, age, sex, site), *(gr.skip(),) * 4, None
 
     def page_image(self, verdict: str | None, image: dict | None, target: str | None = TOP_CLASS,
                    opacity: float = OVERLAY_OPACITY, task: str | None = None, tile: str = "auto",
                    method: str = GRAD_CAM, age: float | None = None, sex: str | None = None,
-                   site: str | None = None):
+                   site: str | None = None, request: gr.Request | None = None):
         """The page when the person sets its image (an upload, paste, capture or example): once it
-        shows a verdict, the new image's whole analysis (`page_analyse`), so that the verdict, the
-        map and the similar cases never answer for another image than the label (which follows
-        every image: `classify`); a removed image takes them away. Before any verdict, nothing of
-        them: an Analyse pressed at once is not undone. The methods side by side, drawn for the
-        earlier image, are taken away in every case."""
-        if not verdict:
+        shows a verdict (or an analysis queued before this event has answered it since), the new
+        image's whole analysis (`page_analyse`), so that the verdict, the map and the similar cases
+        never answer for another image than the label (which follows every image: `classify`); a
+        removed image, or one that cannot be analysed (the label says why), takes them away. Before
+        any verdict, nothing of them: an Analyse pressed at once is not undone. The methods side by
+        side, drawn for the earlier image, are taken away in every case."""
+        if not (verdict or self.verdicts.get(request)):
             return *(gr.skip(),) * 6, None
-        if image is None:
-            return "", gr.skip(), None, None, "", None, None
-        return *self.page_analyse(image, target, opacity, task, tile, method, age, sex, site), None
+        if image is not None:
+            try:
+                return *self.page_analyse(image, target, opacity, task, tile, method, age, sex, site, request), None
+            except gr.Error:
+                pass
+        self.verdicts.swap(request, None)
+        return "", gr.skip(), None, None, "", None, None
+
+    def page_task(self, request: gr.Request | None = None) -> None:
+        """The page switched to another task, its verdict cleared: no longer remembered as shown."""
+        self.verdicts.swap(request, None)
 
     def _checked_analysis(self, image, target, opacity, task, tile, method, age, sex,
                           site) -> tuple[Analysis, Predictor, float]:

@@ -117,7 +117,7 @@ def build_demo(handlers: Handlers, views: dict[str, TaskView]) -> gr.Blocks:
                                    elem_id="subgroups", visible=bool(first.subgroups))
         with gr.Tab("Monitor", elem_id="monitor-tab") as c.monitor_tab:
             monitor_tab(c, handlers)
-        task_switch(c, views)
+        task_switch(c, views, handlers)
         similar_api(c, handlers)
     demo.optional = frozenset(f._id for f in c.record)  # a request may leave the record out (server.Page)
     # api_open=False: the REST routes that skip the queue (/gradio_api/run/…, /api/…) are closed
@@ -261,10 +261,11 @@ def similar_api(c: SimpleNamespace, handlers: Handlers) -> None:
     button.click(handlers.similar, inputs=[c.image, c.task], outputs=gallery, api_name="similar", **ANSWER)
 
 
-def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:
+def task_switch(c: SimpleNamespace, views: dict[str, TaskView], handlers: Handlers) -> None:
     """Everything that follows the task, listed once; the image, the patient's record and earlier
-    results are cleared. The updates are components made with render=False: made while the page
-    is built (to list the outputs), a component would otherwise also be drawn on the page."""
+    results are cleared (`Handlers.page_task`: the page no longer shows a verdict). The updates are
+    components made with render=False: made while the page is built (to list the outputs), a
+    component would otherwise also be drawn on the page."""
     def follows_task(v: TaskView) -> dict:
         updates = {c.description: v.intro, c.notice: gr.Markdown(v.notice, visible=bool(v.notice), render=False),
                    c.classes: v.classes, c.ethics: v.ethics, c.model_card: v.model_card,
@@ -281,5 +282,9 @@ def task_switch(c: SimpleNamespace, views: dict[str, TaskView]) -> None:
                                                     visible=bool(v.examples), render=False)
         return updates
 
-    c.task.change(lambda task: follows_task(views[task]), inputs=c.task,
-                  outputs=list(follows_task(next(iter(views.values())))), api_visibility="private")
+    def switch(task: str, request: gr.Request):
+        handlers.page_task(request)
+        return follows_task(views[task])
+
+    c.task.change(switch, inputs=c.task, outputs=list(follows_task(next(iter(views.values())))),
+                  api_visibility="private")
