@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -68,9 +69,11 @@ def with_results(text: str) -> str:
     tables, `checks` by the table of sets answered, refused and unfamiliar, `patient` by the
     table of the answer with the patient's record; `levers` from the
     ablation's rows, `resolution` from the answer sizes' rows."""
-    render = {"results": headline_table, "patient": patient_table,
-              "explanations": lambda m: explanation_tables(m).lstrip("\n"),
-              "trust": lambda m: trust_tables(m).lstrip("\n"), "checks": served_table}
+    # each renderer takes the metrics and the model folder's path from docs/ (for its figures)
+    render = {"results": lambda m, _: headline_table(m), "patient": lambda m, _: patient_table(m),
+              "explanations": lambda m, _: explanation_tables(m).lstrip("\n"),
+              "trust": lambda m, folder: trust_tables(m, folder).lstrip("\n"),
+              "checks": lambda m, _: served_table(m)}
 
     def block(match: re.Match) -> str:
         if match[2] == "levers":
@@ -83,8 +86,10 @@ def with_results(text: str) -> str:
             path = LEVERS / f"resolution-{match[3]}.json"
             record = json.loads(path.read_text()) if path.is_file() else None
             return match[1] + (sizes(record["rows"], record["chosen"]) if record else f"(no {path.name})\n") + match[5]
-        metrics = read_metrics(TASKS[match[3]].model_folder)
-        return match[1] + (render[match[2]](metrics) if metrics else "(no metrics.json)\n") + match[5]
+        folder = TASKS[match[3]].model_folder
+        metrics = read_metrics(folder)
+        at = Path(os.path.relpath(folder, DOCS[0].parent)).as_posix() + "/"
+        return match[1] + (render[match[2]](metrics, at) if metrics else "(no metrics.json)\n") + match[5]
     return RESULTS_BLOCK.sub(block, text)
 
 

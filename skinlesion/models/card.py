@@ -83,8 +83,9 @@ def _operating_points(metrics: dict) -> str:
                      "test specificity", "test sensitivity / specificity as the decided class"], rows))
 
 
-def trust_tables(metrics: dict) -> str:
-    """The input checks, the 90% prediction sets, the unsure answer and the reliability diagram."""
+def trust_tables(metrics: dict, folder: str = "") -> str:
+    """The input checks, the 90% prediction sets, the unsure answer and the reliability diagram
+    (its figure linked as `folder` + its name: the model folder, relative to the page)."""
     parts = [checks_tables(metrics)]
     check = metrics.get("input_check")
     if check:
@@ -128,7 +129,7 @@ def trust_tables(metrics: dict) -> str:
         parts += ["\n### Reliability (test split; top probability against the accuracy of the top class)\n",
                   table(["top probability", "images / accuracy before temperature",
                          "images / accuracy after temperature"], rows),
-                  f"\n![reliability diagram]({RELIABILITY_PNG})\n"]
+                  f"\n![reliability diagram]({folder}{RELIABILITY_PNG})\n"]
     return "".join(parts)
 
 
