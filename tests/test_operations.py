@@ -547,3 +547,23 @@ def test_the_pages_image_is_reported_once_when_gradio_sends_it_again(bundled_mod
         label = classify(image, "ham10000", "auto", request=page)
         assert (label is None) == (image is None) and counted() == expected
     assert len(handlers.ops.window) == 4
+
+
+def test_the_page_says_whether_its_answers_are_logged(tmp_path, monkeypatch):
+    """The privacy note in "Data & ethics" follows the decision log: "nothing is logged" without
+    it, what a row keeps (and never keeps) with it, on every task."""
+    import skinlesion.app
+    from skinlesion.app.views import LOGGED, NOT_LOGGED
+    monkeypatch.delenv("SKINLESION_DATA", raising=False)
+    monkeypatch.setattr(skinlesion.app, "private_temp_dir", lambda: None)  # the server's own, not needed
+    for url, shown, hidden in ((None, NOT_LOGGED, LOGGED), (f"sqlite:///{tmp_path / 'log.db'}", LOGGED, NOT_LOGGED)):
+        if url:
+            monkeypatch.setenv("SKINLESION_LOG_DB", url)
+        else:
+            monkeypatch.delenv("SKINLESION_LOG_DB", raising=False)
+        app = skinlesion.app.create_app()
+        try:
+            ethics = [b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "ethics"][0]
+            assert shown in ethics.value and hidden not in ethics.value
+        finally:
+            app.ops.close()

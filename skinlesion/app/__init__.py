@@ -49,7 +49,8 @@ def create_app() -> App:
     data_root = os.environ.get(DATA_ENV, str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None) or None
     ops = Operations.from_env(predictors)  # metrics; the decision log when SKINLESION_LOG_DB is set
     handlers = Handlers(predictors, ops)
-    views = {key: TaskView.of(p, example_images(p, data_root)) for key, p in predictors.items()}
+    views = {key: TaskView.of(p, example_images(p, data_root), logged=ops.log is not None)
+             for key, p in predictors.items()}
     shown = [path for v in views.values() for path in [v.confusion_matrix, v.reliability, v.subgroups, *v.examples]
              if path]
     return App(build_demo(handlers, views), [str(Path(path).resolve()) for path in shown], ops)

@@ -33,11 +33,14 @@ FEW_TRAINING_IMAGES = 100  # fewer training images of an image's skin tone: the 
 VERDICT_COLOURS = {"unknown": "#616161", "refer": "#b71c1c", "uncertain": "#e65100", "clear": "#2e7d32",
                    "review": "#e65100", "named": "#1565c0"}
 PRIVACY = """
-**Privacy.** Images are processed in memory. Nothing is flagged, logged or kept: the
-temporary copies the web server needs to show an image, and a batch's CSV, are deleted within
-about three minutes, and all of them when the app stops. The app reads only what is uploaded
-to it.
+**Privacy.** Images are processed in memory and nothing is flagged. {logged} The temporary
+copies the web server needs to show an image, and a batch's CSV, are deleted within about three
+minutes, and all of them when the app stops. The app reads only what is uploaded to it.
 """
+NOT_LOGGED = "Nothing is logged or kept."
+LOGGED = ("Whoever runs this app keeps a log of its answers: for each image, the time, the answer (decided "
+          "class, probabilities, prediction set, the checks' outcome) and a fingerprint of the image (SHA-256) — "
+          "never the image, its name, who sent it or the patient's record.")
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class TaskView:
         return [[e] for e in self.examples]
 
     @classmethod
-    def of(cls, predictor: Predictor, examples: list[tuple[str, str]]) -> "TaskView":
+    def of(cls, predictor: Predictor, examples: list[tuple[str, str]], logged: bool = False) -> "TaskView":
+        """The page for `predictor`'s task; `logged`: the decision log is on (the privacy note says so)."""
         task = predictor.task
         metrics = read_metrics(predictor.folder) if predictor.folder else None
         plots = ({name: predictor.folder / name for name in (CONFUSION_PNG, RELIABILITY_PNG, SUBGROUPS_PNG)}
@@ -75,7 +79,7 @@ class TaskView:
                    f"{answering_note(predictor)}**{task.disclaimer}**"),
             notice=placeholder_notice(metrics),
             classes=class_table_markdown(predictor),
-            ethics=task.ethics + measured_note(metrics) + PRIVACY,
+            ethics=task.ethics + measured_note(metrics) + PRIVACY.format(logged=LOGGED if logged else NOT_LOGGED),
             model_card=("\n".join(line for line in card_body(predictor.spec, metrics).splitlines()
                                   if not line.startswith("![")) if metrics  # the images are shown below it
                         else "No measured results (metrics.json) in the model folder."),
