@@ -499,19 +499,24 @@ def test_a_verdict_that_answered_after_the_event_was_sent_is_followed(bundled_mo
     assert isinstance(handlers.page_image("", second, *settings, request=page)[0], skipped)
 
 
-def test_an_example_clicked_is_analysed_as_an_image_set(bundled_models, tmp_path):
-    """The examples set the page's image without an input event: page_example, chained after the
-    example is loaded, runs page_image with its inputs and outputs, in the maps' queue, and counts
-    as a request that adds no image."""
+def page_demo(predictor, tmp_path):
+    """The page over `predictor` with one example: (its Handlers, the demo, its events by api_name)."""
     from skinlesion.app.handlers import Handlers
-    from skinlesion.app.layout import PAGE_REPEATS, build_demo
+    from skinlesion.app.layout import build_demo
     from skinlesion.app.views import TaskView
-    predictor = bundled_models["ham10000"]
     sample = tmp_path / "nv.jpg"
     shutil.copy(ROOT / "assets" / "examples" / "ham10000" / "nv.jpg", sample)
     handlers = Handlers({"ham10000": predictor})
     demo = build_demo(handlers, {"ham10000": TaskView.of(predictor, [(str(sample), "nv")])})
-    fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    return handlers, demo, {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+
+
+def test_an_example_clicked_is_analysed_as_an_image_set(bundled_models, tmp_path):
+    """The examples set the page's image without an input event: page_example, chained after the
+    example is loaded, runs page_image with its inputs and outputs, in the maps' queue, and counts
+    as a request that adds no image."""
+    from skinlesion.app.layout import PAGE_REPEATS
+    handlers, demo, fns = page_demo(bundled_models["ham10000"], tmp_path)
     example, image = fns["page_example"], fns["page_image"]
     loaded = demo.fns[example.trigger_after]
     assert [t[1] for t in loaded.targets] == ["click"] and loaded.outputs == [i for i in image.inputs
@@ -519,6 +524,18 @@ def test_an_example_clicked_is_analysed_as_an_image_set(bundled_models, tmp_path
     assert example.inputs == image.inputs and example.outputs == image.outputs
     assert (example.concurrency_id, example.concurrency_limit) == ("explain", 1)
     assert example.fn.__wrapped__ == handlers.page_image and "page_example" in PAGE_REPEATS
+
+
+def test_a_value_set_while_its_event_is_pending_is_answered_in_its_turn(bundled_models, tmp_path):
+    """An image, example, record, class, method or opacity set while the event of the one before is
+    still pending runs once that one is done (Gradio's default for input, blur, submit, release
+    and then events drops it, leaving the page answering for the value before)."""
+    _, demo, fns = page_demo(bundled_models["ham10000"], tmp_path)
+    follows = [fn for fn in demo.fns.values() if fn.api_name in ("page_image", "page_example", "page_record",
+                                                                  "explain", "page_explain")
+               or getattr(fn.fn, "__name__", "") == "reblend"]
+    assert len(follows) == 6 and {fn.trigger_mode for fn in follows} == {"always_last"}
+    assert fns["page_analyse"].trigger_mode == "once"  # Analyse pressed twice runs once
 
 
 def test_the_pages_image_is_reported_once_when_gradio_sends_it_again(bundled_models, tmp_path, monkeypatch):

@@ -45,6 +45,11 @@ CONCURRENCY = int(os.environ.get("SKINLESION_CONCURRENCY", 1))
 ANSWER = {"concurrency_id": "answer", "concurrency_limit": CONCURRENCY, "preprocess": False}
 EXPLAIN = {**ANSWER, "concurrency_id": "explain"}
 PAGE_ONLY = {"api_visibility": "private"}
+# The events whose answer must follow the value set last (an image, a record, a class, a method, an
+# opacity): Gradio's default for them ("once") drops a trigger while the event's previous run is
+# still pending, which would leave the page answering for the value before; "always_last" runs the
+# last one once the pending run is done.
+LATEST = {"trigger_mode": "always_last"}
 # The page's events that analyse its image again (for the heat-map, with the patient's record when
 # it changes, or whole when a new image or example replaces one with a verdict): page_classify reported the
 # image when it was set, so these count as requests but add no image to the metrics or the log.
@@ -171,22 +176,23 @@ def classify_tab(c: SimpleNamespace, handlers: Handlers, views: dict[str, TaskVi
     # (the methods side by side, drawn for an earlier record or image, are taken away)
     gr.on([c.age.submit, c.age.blur, c.sex.input, c.site.input], handlers.page_record,
           inputs=[c.verdict, *analyse_inputs], outputs=[*page_answer, c.compare], api_name="page_record",
-          **EXPLAIN, **PAGE_ONLY)
+          **EXPLAIN, **PAGE_ONLY, **LATEST)
     # ... and the image: one the user sets (an upload, paste or capture; or clears) once a verdict
     # is shown is analysed whole (its label as above). `input`, not `change`: Gradio fires change
     # twice when an image replaces another, and a second analysis would be wasted work
     c.image.input(handlers.page_image, inputs=[c.verdict, *analyse_inputs], outputs=[*page_answer, c.compare],
-                  api_name="page_image", **EXPLAIN, **PAGE_ONLY)
+                  api_name="page_image", **EXPLAIN, **PAGE_ONLY, **LATEST)
     if c.gallery:  # an example clicked sets the image without an input event: the same, once it is set
         c.gallery.load_input_event.then(handlers.page_image, inputs=[c.verdict, *analyse_inputs],
                                         outputs=[*page_answer, c.compare], api_name="page_example",
-                                        **EXPLAIN, **PAGE_ONLY)
-    c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **EXPLAIN)
+                                        **EXPLAIN, **PAGE_ONLY, **LATEST)
+    c.target.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="explain", **EXPLAIN, **LATEST)
     c.method.input(handlers.explain, inputs=analyse_inputs, outputs=c.cam, api_name="page_explain",
-                   **EXPLAIN, **PAGE_ONLY)
+                   **EXPLAIN, **PAGE_ONLY, **LATEST)
     c.compare_button.click(handlers.compare, inputs=[*analyse_inputs[:4], *c.record], outputs=c.compare,
                            api_name="compare", **EXPLAIN)
-    c.opacity.release(handlers.reblend, inputs=[c.state, c.opacity], outputs=c.cam, api_visibility="private")
+    c.opacity.release(handlers.reblend, inputs=[c.state, c.opacity], outputs=c.cam, api_visibility="private",
+                      **LATEST)
 
 
 def record_fields(c: SimpleNamespace, v: TaskView) -> None:
