@@ -568,11 +568,15 @@ def test_the_pages_image_is_reported_once_when_gradio_sends_it_again(bundled_mod
 
 def test_the_page_says_whether_its_answers_are_logged(tmp_path, monkeypatch):
     """The privacy note in "Data & ethics" follows the decision log: "nothing is logged" without
-    it, what a row keeps (and never keeps) with it, on every task."""
+    it, what a row keeps (and never keeps) with it, in every task's view (the page shows the first)."""
     import skinlesion.app
     from skinlesion.app.views import LOGGED, NOT_LOGGED
     monkeypatch.delenv("SKINLESION_DATA", raising=False)
     monkeypatch.setattr(skinlesion.app, "private_temp_dir", lambda: None)  # the server's own, not needed
+    built = []  # the views each page was built with: the task switch fills "Data & ethics" from them
+    build = skinlesion.app.build_demo
+    monkeypatch.setattr(skinlesion.app, "build_demo",
+                        lambda handlers, views: built.append(views) or build(handlers, views))
     for url, shown, hidden in ((None, NOT_LOGGED, LOGGED), (f"sqlite:///{tmp_path / 'log.db'}", LOGGED, NOT_LOGGED)):
         if url:
             monkeypatch.setenv("SKINLESION_LOG_DB", url)
@@ -581,6 +585,9 @@ def test_the_page_says_whether_its_answers_are_logged(tmp_path, monkeypatch):
         app = skinlesion.app.create_app()
         try:
             ethics = [b for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "ethics"][0]
-            assert shown in ethics.value and hidden not in ethics.value
+            notes = {task: view.ethics.strip() for task, view in built[-1].items()}
+            assert len(notes) == 2 and ethics.value in notes.values()
+            for note in notes.values():
+                assert shown in note and hidden not in note
         finally:
             app.ops.close()
