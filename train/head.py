@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from skinlesion.data import read_split, split_records
+from skinlesion.models.ensemble import VIEWS
 from skinlesion.models.network import WEIGHTS_FILE, load_model_folder, save_model_folder
 from skinlesion.models.spec import ModelSpec
 from skinlesion.ops.record import sha256
@@ -46,11 +47,12 @@ BATCH = 64
 
 
 @torch.no_grad()
-def features(model: torch.nn.Module, spec: ModelSpec, images: Sequence[np.ndarray], device: torch.device
-             ) -> torch.Tensor:
-    """The pooled features the classifier reads, for RGB images at the model's input size."""
+def features(model: torch.nn.Module, spec: ModelSpec, images: Sequence[np.ndarray], device: torch.device,
+             view: str = "plain") -> torch.Tensor:
+    """The pooled features the classifier reads, for RGB images at the model's input size, seen
+    through one of the ensemble's mirror views."""
     model = model.to(device, memory_format=torch.channels_last).eval()
-    parts = [model.forward_head(model.forward_features(model_input(images[i:i + BATCH], spec, device)),
+    parts = [model.forward_head(model.forward_features(VIEWS[view](model_input(images[i:i + BATCH], spec, device))),
                                 pre_logits=True).float().cpu() for i in range(0, len(images), BATCH)]
     return torch.cat(parts)
 
@@ -64,14 +66,15 @@ def augmented(images: Sequence[np.ndarray], spec: ModelSpec, seed: int) -> list[
     return [transform(image=rgb)["image"].permute(1, 2, 0).numpy() for rgb in images]
 
 
-def fit_head(head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, epochs: int,
-             lr: float, smoothing: float, seed: int) -> torch.nn.Linear:
-    """`head` trained in place on (features, labels): AdamW, batches of 256, weighted cross-entropy.
+def fit_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, epochs: int,
+             lr: float, smoothing: float, seed: int, groups: list[dict] | None = None) -> torch.nn.Module:
+    """`head` trained in place on (features, labels): AdamW, batches of 256, weighted cross-entropy
+    (`groups`: AdamW's parameter groups, where parts of the head learn at other rates).
     Written here rather than with scikit-learn's LogisticRegression because it starts from the
     network's own head and weighs the classes as training does (train/loop.class_weights)."""
     generator = torch.Generator().manual_seed(seed)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
-    optimiser = torch.optim.AdamW(head.parameters(), lr=lr)
+    optimiser = torch.optim.AdamW(groups or head.parameters(), lr=lr)
     with torch.enable_grad():
         for _ in range(epochs):
             order = torch.randperm(len(y), generator=generator)

@@ -1,0 +1,176 @@
+"""The patient's record learnt together with the image's features (a joint head), measured against
+the record as the product adds it (its log-likelihood ratio on the image's logits:
+skinlesion/models/record.py), on the same network and views.
+
+    python -m train.joint --model assets/models/ham10000 --data ../shared/data/ham10000 \\
+        --out results/ablation/levers-ham10000-record.md
+
+The image's logits and the record's evidence meet late in what ships: two models fitted apart
+and added at a weight chosen on validation, which assumes the record and the image independent
+given the class. A joint head can learn where they are not (a site where one class looks like
+another, an age where a pattern means more): the network's last linear layer, widened by the
+record's columns (`encode`: age, sex, site), trained on the training split's pooled features (the
+images as they are and `--passes` times through the run's augmentation, as train/head.py) with
+each image's record beside them. The image's part starts from the network's head and learns at
+`--lr`; the record's part starts at zero and learns at `--record-lr` (its inputs are a handful of
+0–1 columns: at the image part's rate it would barely move in a few epochs). The same head
+trained the same way without the record is measured too, so that the record's share and the
+head's own retraining are told apart. Only HAM10000's images carry a record: the head learns on
+its training split alone.
+
+Rows, each under its own rule fitted on validation (train/ablation.lever; the network's views
+averaged as the folder answers): the image alone; the image with the record added as the product
+adds it (fitted here as train/patient.py fits it); the head trained again without the record,
+alone and with the record added the same way; the joint head. Differences from the product's
+record row with their paired lesion-bootstrap 95% intervals. Nothing is chosen on test.
+Measured, not served: the folder is not changed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skinlesion.data import DataError, read_split, split_records
+from skinlesion.decision import DecisionRule, fit_temperature
+from skinlesion.models.ensemble import load_ensemble
+from skinlesion.models.record import encode
+from skinlesion.models.spec import ModelFolderError
+from skinlesion.patient import Patient
+
+from .ablation import forward_p50, lever, render, with_intervals
+from .device import pick_device
+from .ensemble import tempered_average
+from .head import augmented, features, fit_head
+from .loop import class_weights
+from .patient import fit_record
+from .splits import EVAL_SPLITS, folder_arguments, prepare_splits
+
+log = logging.getLogger("train.joint")
+
+
+class JointHead(torch.nn.Module):
+    """The network's classifier on the pooled features plus a linear map of the record's columns
+    (the last `record_columns` of each row), which starts at zero: at first it answers as the
+    network does."""
+
+    def __init__(self, image: torch.nn.Linear, record_columns: int):
+        super().__init__()
+        self.width = image.in_features
+        self.image = torch.nn.Linear(image.in_features, image.out_features)
+        self.image.load_state_dict(image.state_dict())
+        self.record = torch.nn.Linear(record_columns, image.out_features, bias=False)
+        torch.nn.init.zeros_(self.record.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.image(x[:, :self.width]) + self.record(x[:, self.width:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = folder_arguments("python -m train.joint", __doc__)
+    p.add_argument("--out", type=Path, required=True, help="the Markdown table to write (and .json beside it)")
+    p.add_argument("--passes", type=int, default=6, help="augmented passes over the training split")
+    p.add_argument("--class-weights", choices=["inverse", "inverse-sqrt", "none"],
+                   help="default: the run's own")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=3e-4, help="the image part's rate (train/head.py's)")
+    p.add_argument("--record-lr", type=float, default=1e-2, help="the record part's rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.passes < 0 or args.epochs < 1:
+        p.error("--passes must be 0 or more and --epochs 1 or more")
+    started = time.perf_counter()
+    try:
+        net, spec = load_ensemble(args.model)
+        known = spec.task.patients(args.data)
+        records = spec.task.load(args.data)
+        split = read_split(args.split) if args.split else split_records(records, spec.training.get("seed", 0))
+    except (ModelFolderError, DataError, OSError) as error:
+        raise SystemExit(f"python -m train.joint: {error}") from None
+    if not known:
+        raise SystemExit(f"python -m train.joint: task {spec.task.key!r} has no patient records in {args.data}")
+    model, views, codes, high_risk = net.primary, net.views, list(spec.codes), spec.task.high_risk_codes
+    device = pick_device(args.device)
+    splits = prepare_splits(records, spec.input_size, spec.training.get("seed", 0), None, spec.codes, split,
+                            preprocessing=spec.preprocessing, names=("train", *EVAL_SPLITS))
+    patients = {s: [known.get(r.image_id, Patient()) for r in splits[s].records] for s in splits}
+    sites = tuple(sorted({q.site for q in patients["train"]} - {None}))
+    columns = {s: torch.as_tensor(encode(patients[s], sites), dtype=torch.float32) for s in splits}
+    labels = {s: splits[s].labels for s in EVAL_SPLITS}
+    groups = {s: [r.group for r in splits[s].records] for s in EVAL_SPLITS}
+
+    train = splits["train"]
+    log.info("%d training images with their records; %d augmented passes", len(train.labels), args.passes)
+    x = torch.cat([features(model, spec, train.images, device)]
+                  + [features(model, spec, augmented(train.images, spec, args.seed + k), device)
+                     for k in range(args.passes)])
+    y = torch.as_tensor(np.tile(train.labels, args.passes + 1))
+    seen = {s: [features(model, spec, splits[s].images, device, v) for v in views] for s in EVAL_SPLITS}
+    scheme = args.class_weights or spec.training.get("class_weights", "inverse")
+    weights = class_weights(train.labels, spec.num_classes, scheme)
+    classifier = model.get_classifier().cpu().float()
+    alone = torch.nn.Linear(classifier.in_features, classifier.out_features)
+    alone.load_state_dict(classifier.state_dict())
+    fit_head(alone, x, y, weights, args.epochs, args.lr, 0.0, args.seed)
+    joint = JointHead(classifier, columns["train"].shape[1])
+    fit_head(joint, torch.cat([x, columns["train"].repeat(args.passes + 1, 1)], 1), y, weights, args.epochs,
+             args.lr, 0.0, args.seed, groups=[{"params": joint.image.parameters()},
+                                              {"params": joint.record.parameters(), "lr": args.record_lr}])
+    minutes = (time.perf_counter() - started) / 60
+
+    with torch.no_grad():
+        def passes(head: torch.nn.Module, with_record: bool) -> dict[str, np.ndarray]:
+            """Each split's logits of `head` on every view: views × images × classes."""
+            return {s: np.stack([head(torch.cat([f, columns[s]], 1) if with_record else f).numpy()
+                                 for f in seen[s]]) for s in EVAL_SPLITS}
+        image, retrained, learnt = passes(classifier, False), passes(alone, False), passes(joint, True)
+
+    def row(name: str, outputs: dict[str, np.ndarray], tempered: bool = True) -> tuple[dict, dict]:
+        """train/ablation's row: the views at the head's temperature (fitted on validation's plain
+        view, as the ablation fits each model's), averaged, under a rule fitted on validation."""
+        t = fit_temperature(outputs["val"][0], labels["val"]) if tempered else 1.0
+        found, decided = lever(name, outputs, labels, codes, high_risk, [t] * len(outputs["val"]))
+        return {**found, "p50_ms": p50, "train_minutes": None}, decided
+
+    def added(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """The record added to a head's averaged views as the product adds it (train/patient.py's
+        fit: the regressions, the weight chosen on validation), and that weight."""
+        t = fit_temperature(outputs["val"][0], labels["val"])
+        served = {s: tempered_average(outputs[s], [t] * len(views)) for s in EVAL_SPLITS}
+        fitted = fit_record(spec, known, DecisionRule.fit(served["val"], labels["val"], codes, high_risk)[0],
+                            splits, served)
+        if fitted is None:
+            raise SystemExit("python -m train.joint: the training split's records do not hold every class")
+        record_model, _ = fitted
+        return {s: record_model.fuse(served[s], patients[s])[None] for s in EVAL_SPLITS}, record_model.weight
+
+    p50 = forward_p50(net, spec.input_size)
+    shown = " · " + "+".join(views[1:]) if len(views) > 1 else ""
+    (fused, weight), (refused, reweight) = added(image), added(retrained)
+    results = [row(f"image alone{shown}", image),
+               row(f"image{shown} + record, added (w = {weight:g}; what ships)", fused, tempered=False),
+               row(f"head trained again{shown}", retrained),
+               row(f"head trained again{shown} + record, added (w = {reweight:g})", refused, tempered=False),
+               row(f"joint head (image + record){shown}", learnt)]
+    for found, _ in results[2:]:
+        found["train_minutes"] = minutes
+    rows = with_intervals([r for r, _ in results], [d for _, d in results], labels, groups, against=1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows))
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")  # train.report's `levers` block
+    print(render(rows))
+    log.info("the record's columns in the joint head, largest weight %.3f; wrote %s",
+             float(joint.record.weight.abs().max()), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())
