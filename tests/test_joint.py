@@ -42,12 +42,10 @@ def test_the_joint_head_is_measured_beside_the_record_as_it_ships(tiny_run, tmp_
                        module="train.joint")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split(" | ")[0].removeprefix("| ") for line in out.read_text().splitlines()[2:]]
-    assert rows[0] == "image alone" and rows[1].startswith("image + record, added (w = ")
-    assert rows[2] == "head trained again" and rows[3].startswith("head trained again + record, added (w = ")
-    assert rows[4] == "joint head (image + record)"
+    assert rows == ["image", "image + record (ships)", "head again", "head again + record", "joint head"]
     assert "— |" in out.read_text().splitlines()[3]  # the record as it ships is the reference row
     rows = json.loads(out.with_suffix(".json").read_text())  # what train.report renders into docs/results.md
-    assert [r["lever"] for r in rows][4] == "joint head (image + record)"
+    assert [r["lever"] for r in rows][4] == "joint head"
     assert rows[1]["val_ba_delta"] == 0 and all(0 <= r["test_ba"] <= 1 for r in rows)
     assert (source / "config.json").read_text() == before  # measured, not served
 

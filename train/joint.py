@@ -19,9 +19,10 @@ head's own retraining are told apart. Only HAM10000's images carry a record: the
 its training split alone.
 
 Rows, each under its own rule fitted on validation (train/ablation.lever; the network's views
-averaged as the folder answers): the image alone; the image with the record added as the product
-adds it (fitted here as train/patient.py fits it); the head trained again without the record,
-alone and with the record added the same way; the joint head. Differences from the product's
+averaged as the folder answers): the image alone ("image"); the image with the record added as
+the product adds it ("+ record (ships)", fitted here as train/patient.py fits it); the head
+trained again without the record, alone and with the record added the same way ("head again");
+the joint head. Differences from the product's
 record row with their paired lesion-bootstrap 95% intervals. Nothing is chosen on test.
 Measured, not served: the folder is not changed.
 """
@@ -154,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     p50 = forward_p50(net, spec.input_size)
     shown = " · " + "+".join(views[1:]) if len(views) > 1 else ""
     (fused, weight), (refused, reweight) = added(image), added(retrained)
-    results = [row(f"image alone{shown}", image),
-               row(f"image{shown} + record, added (w = {weight:g}; what ships)", fused, tempered=False),
-               row(f"head trained again{shown}", retrained),
-               row(f"head trained again{shown} + record, added (w = {reweight:g})", refused, tempered=False),
-               row(f"joint head (image + record){shown}", learnt)]
+    results = [row(f"image{shown}", image),
+               row(f"image{shown} + record (ships)", fused, tempered=False),
+               row(f"head again{shown}", retrained),
+               row(f"head again{shown} + record", refused, tempered=False),
+               row(f"joint head{shown}", learnt)]
+    log.info("the record's weight, added late: %g to the image's logits, %g to the head trained again's",
+             weight, reweight)
     for found, _ in results[2:]:
         found["train_minutes"] = minutes
     rows = with_intervals([r for r, _ in results], [d for _, d in results], labels, groups, against=1)
