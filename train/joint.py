@@ -22,12 +22,12 @@ Rows, each under its own rule fitted on validation (train/ablation.lever; the ne
 averaged as the folder answers): the image alone ("image"); the image with the record added as
 the product adds it ("+ record (ships)", fitted here as train/patient.py fits it); the head
 trained again without the record, alone and with the record added the same way ("head again");
-the joint head. Differences from the product's
-record row with their paired lesion-bootstrap 95% intervals. Nothing is chosen on test.
-Measured, not served: the folder is not changed.
+the joint head. Differences from the product's record row with their paired lesion-bootstrap
+95% intervals. Nothing is chosen on test. Measured, not served: the folder is not changed.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -63,8 +63,7 @@ class JointHead(torch.nn.Module):
     def __init__(self, image: torch.nn.Linear, record_columns: int):
         super().__init__()
         self.width = image.in_features
-        self.image = torch.nn.Linear(image.in_features, image.out_features)
-        self.image.load_state_dict(image.state_dict())
+        self.image = copy.deepcopy(image)
         self.record = torch.nn.Linear(record_columns, image.out_features, bias=False)
         torch.nn.init.zeros_(self.record.weight)
 
@@ -117,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     scheme = args.class_weights or spec.training.get("class_weights", "inverse")
     weights = class_weights(train.labels, spec.num_classes, scheme)
     classifier = model.get_classifier().cpu().float()
-    alone = torch.nn.Linear(classifier.in_features, classifier.out_features)
-    alone.load_state_dict(classifier.state_dict())
-    fit_head(alone, x, y, weights, args.epochs, args.lr, 0.0, args.seed)
+    alone = fit_head(copy.deepcopy(classifier), x, y, weights, args.epochs, args.lr, 0.0, args.seed)
     joint = JointHead(classifier, columns["train"].shape[1])
     fit_head(joint, torch.cat([x, columns["train"].repeat(args.passes + 1, 1)], 1), y, weights, args.epochs,
              args.lr, 0.0, args.seed, groups=[{"params": joint.image.parameters()},
