@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import albumentations as A
 import numpy as np
 import torch
 
@@ -57,11 +58,16 @@ def features(model: torch.nn.Module, spec: ModelSpec, images: Sequence[np.ndarra
     return torch.cat(parts)
 
 
+def run_transform(spec: ModelSpec) -> A.Compose:
+    """The folder's run's training augmentation (its strength and acquisition shift from config.json)."""
+    t = spec.training
+    return train_transform(spec.input_size, Augmentation(strength=t.get("aug_strength", 1.0),
+                                                         shift=t.get("aug_shift", 0.0)))
+
+
 def augmented(images: Sequence[np.ndarray], spec: ModelSpec, seed: int) -> list[np.ndarray]:
     """Each image once through the run's training augmentation, back to an RGB array."""
-    t = spec.training
-    transform = train_transform(spec.input_size, Augmentation(strength=t.get("aug_strength", 1.0),
-                                                              shift=t.get("aug_shift", 0.0)))
+    transform = run_transform(spec)
     transform.set_random_seed(seed)
     return [transform(image=rgb)["image"].permute(1, 2, 0).numpy() for rgb in images]
 

@@ -32,6 +32,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,9 @@ import torch
 
 from skinlesion.data import DataError, read_split, split_records
 from skinlesion.decision import DecisionRule, fit_temperature
-from skinlesion.models.ensemble import load_ensemble
+from skinlesion.models.ensemble import Ensemble, load_ensemble
 from skinlesion.models.record import encode
-from skinlesion.models.spec import ModelFolderError
+from skinlesion.models.spec import ModelFolderError, ModelSpec
 from skinlesion.patient import Patient
 
 from .ablation import forward_p50, lever, render, with_intervals
@@ -50,7 +51,7 @@ from .ensemble import tempered_average
 from .head import augmented, features, fit_head
 from .loop import class_weights
 from .patient import fit_record
-from .splits import EVAL_SPLITS, folder_arguments, prepare_splits
+from .splits import EVAL_SPLITS, SplitData, folder_arguments, prepare_splits
 
 log = logging.getLogger("train.joint")
 
@@ -71,6 +72,73 @@ class JointHead(torch.nn.Module):
         return self.image(x[:, :self.width]) + self.record(x[:, self.width:])
 
 
+@dataclass
+class WithRecords:
+    """A model folder, its task's splits (train, validation, test) and each image's record."""
+    net: Ensemble
+    spec: ModelSpec
+    known: dict[str, Patient]                 # image id → record (HAM10000's metadata)
+    splits: dict[str, SplitData]
+    patients: dict[str, list[Patient]]        # split → each image's record, in the split's order
+
+    @classmethod
+    def load(cls, prog: str, model: Path, data: Path, split_file: Path | None) -> "WithRecords":
+        """The folder and its data, or a one-line SystemExit naming what is missing."""
+        try:
+            net, spec = load_ensemble(model)
+            known = spec.task.patients(data)
+            records = spec.task.load(data)
+            split = read_split(split_file) if split_file else split_records(records, spec.training.get("seed", 0))
+        except (ModelFolderError, DataError, OSError) as error:
+            raise SystemExit(f"{prog}: {error}") from None
+        if not known:
+            raise SystemExit(f"{prog}: task {spec.task.key!r} has no patient records in {data}")
+        splits = prepare_splits(records, spec.input_size, spec.training.get("seed", 0), None, spec.codes, split,
+                                preprocessing=spec.preprocessing, names=("train", *EVAL_SPLITS))
+        return cls(net, spec, known, splits,
+                   {s: [known.get(r.image_id, Patient()) for r in splits[s].records] for s in splits})
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        return {s: self.splits[s].labels for s in EVAL_SPLITS}
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        return {s: [r.group for r in self.splits[s].records] for s in EVAL_SPLITS}
+
+    def row(self, name: str, outputs: dict[str, np.ndarray], p50: float, tempered: bool = True) -> tuple[dict, dict]:
+        """train/ablation's row: the views (views × images × classes) at their temperature (fitted
+        on validation's plain view, as the ablation fits each model's), averaged, under a rule
+        fitted on validation."""
+        t = fit_temperature(outputs["val"][0], self.labels["val"]) if tempered else 1.0
+        found, decided = lever(name, outputs, self.labels, list(self.spec.codes), self.spec.task.high_risk_codes,
+                               [t] * len(outputs["val"]))
+        return {**found, "p50_ms": p50, "train_minutes": None}, decided
+
+    def record_added(self, outputs: dict[str, np.ndarray], prog: str) -> tuple[dict[str, np.ndarray], float]:
+        """The record added to the averaged views as the product adds it (train/patient.py's fit:
+        the regressions, the weight chosen on validation), and that weight."""
+        labels, codes = self.labels, list(self.spec.codes)
+        t = fit_temperature(outputs["val"][0], labels["val"])
+        served = {s: tempered_average(outputs[s], [t] * len(outputs[s])) for s in EVAL_SPLITS}
+        fitted = fit_record(self.spec, self.known, DecisionRule.fit(served["val"], labels["val"], codes,
+                                                                    self.spec.task.high_risk_codes)[0],
+                            self.splits, served)
+        if fitted is None:
+            raise SystemExit(f"{prog}: the training split's records do not hold every class")
+        record_model, _ = fitted
+        return ({s: record_model.fuse(served[s], self.patients[s])[None] for s in EVAL_SPLITS},
+                record_model.weight)
+
+
+def write_rows(rows: list[dict], out: Path) -> None:
+    """The table (.md) and its rows (.json beside it: train.report's `levers` block)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(rows))
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(render(rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = folder_arguments("python -m train.joint", __doc__)
     p.add_argument("--out", type=Path, required=True, help="the Markdown table to write (and .json beside it)")
@@ -87,24 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.passes < 0 or args.epochs < 1:
         p.error("--passes must be 0 or more and --epochs 1 or more")
     started = time.perf_counter()
-    try:
-        net, spec = load_ensemble(args.model)
-        known = spec.task.patients(args.data)
-        records = spec.task.load(args.data)
-        split = read_split(args.split) if args.split else split_records(records, spec.training.get("seed", 0))
-    except (ModelFolderError, DataError, OSError) as error:
-        raise SystemExit(f"python -m train.joint: {error}") from None
-    if not known:
-        raise SystemExit(f"python -m train.joint: task {spec.task.key!r} has no patient records in {args.data}")
-    model, views, codes, high_risk = net.primary, net.views, list(spec.codes), spec.task.high_risk_codes
+    prog = "python -m train.joint"
+    data = WithRecords.load(prog, args.model, args.data, args.split)
+    net, spec, splits = data.net, data.spec, data.splits
+    model, views = net.primary, net.views
     device = pick_device(args.device)
-    splits = prepare_splits(records, spec.input_size, spec.training.get("seed", 0), None, spec.codes, split,
-                            preprocessing=spec.preprocessing, names=("train", *EVAL_SPLITS))
-    patients = {s: [known.get(r.image_id, Patient()) for r in splits[s].records] for s in splits}
-    sites = tuple(sorted({q.site for q in patients["train"]} - {None}))
-    columns = {s: torch.as_tensor(encode(patients[s], sites), dtype=torch.float32) for s in splits}
-    labels = {s: splits[s].labels for s in EVAL_SPLITS}
-    groups = {s: [r.group for r in splits[s].records] for s in EVAL_SPLITS}
+    sites = tuple(sorted({q.site for q in data.patients["train"]} - {None}))
+    columns = {s: torch.as_tensor(encode(data.patients[s], sites), dtype=torch.float32) for s in splits}
 
     train = splits["train"]
     log.info("%d training images with their records; %d augmented passes", len(train.labels), args.passes)
@@ -130,42 +187,20 @@ def main(argv: list[str] | None = None) -> int:
                                  for f in seen[s]]) for s in EVAL_SPLITS}
         image, retrained, learnt = passes(classifier, False), passes(alone, False), passes(joint, True)
 
-    def row(name: str, outputs: dict[str, np.ndarray], tempered: bool = True) -> tuple[dict, dict]:
-        """train/ablation's row: the views at the head's temperature (fitted on validation's plain
-        view, as the ablation fits each model's), averaged, under a rule fitted on validation."""
-        t = fit_temperature(outputs["val"][0], labels["val"]) if tempered else 1.0
-        found, decided = lever(name, outputs, labels, codes, high_risk, [t] * len(outputs["val"]))
-        return {**found, "p50_ms": p50, "train_minutes": None}, decided
-
-    def added(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-        """The record added to a head's averaged views as the product adds it (train/patient.py's
-        fit: the regressions, the weight chosen on validation), and that weight."""
-        t = fit_temperature(outputs["val"][0], labels["val"])
-        served = {s: tempered_average(outputs[s], [t] * len(views)) for s in EVAL_SPLITS}
-        fitted = fit_record(spec, known, DecisionRule.fit(served["val"], labels["val"], codes, high_risk)[0],
-                            splits, served)
-        if fitted is None:
-            raise SystemExit("python -m train.joint: the training split's records do not hold every class")
-        record_model, _ = fitted
-        return {s: record_model.fuse(served[s], patients[s])[None] for s in EVAL_SPLITS}, record_model.weight
-
     p50 = forward_p50(net, spec.input_size)
     shown = " · " + "+".join(views[1:]) if len(views) > 1 else ""
-    (fused, weight), (refused, reweight) = added(image), added(retrained)
-    results = [row(f"image{shown}", image),
-               row(f"image{shown} + record (ships)", fused, tempered=False),
-               row(f"head again{shown}", retrained),
-               row(f"head again{shown} + record", refused, tempered=False),
-               row(f"joint head{shown}", learnt)]
+    (fused, weight), (refused, reweight) = data.record_added(image, prog), data.record_added(retrained, prog)
+    results = [data.row(f"image{shown}", image, p50),
+               data.row(f"image{shown} + record (ships)", fused, p50, tempered=False),
+               data.row(f"head again{shown}", retrained, p50),
+               data.row(f"head again{shown} + record", refused, p50, tempered=False),
+               data.row(f"joint head{shown}", learnt, p50)]
     log.info("the record's weight, added late: %g to the image's logits, %g to the head trained again's",
              weight, reweight)
     for found, _ in results[2:]:
         found["train_minutes"] = minutes
-    rows = with_intervals([r for r, _ in results], [d for _, d in results], labels, groups, against=1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows))
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")  # train.report's `levers` block
-    print(render(rows))
+    write_rows(with_intervals([r for r, _ in results], [d for _, d in results], data.labels, data.groups,
+                              against=1), args.out)
     log.info("the record's columns in the joint head, largest weight %.3f; wrote %s",
              float(joint.record.weight.abs().max()), args.out)
     return 0
