@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import run_train
 
+from train import joint, recordnet
 from train.head import fit_head
 from train.joint import JointHead
 
@@ -50,8 +51,15 @@ def test_the_joint_head_is_measured_beside_the_record_as_it_ships(tiny_run, tmp_
     assert (source / "config.json").read_text() == before  # measured, not served
 
 
-def test_a_missing_folder_or_data_is_named_not_a_traceback(tmp_path):
+@pytest.mark.parametrize("command", [joint, recordnet], ids=["joint", "recordnet"])
+def test_a_missing_folder_or_data_is_named_in_one_line(command, tmp_path):
+    """Both commands read the folder and its records alike (train.joint.WithRecords): what is
+    missing ends the command with one line naming it (SystemExit's message: no traceback)."""
     for args, said in ((["--model", tmp_path / "none", "--data", tmp_path], "model folder not found"),
                        (["--model", "assets/models/ham10000", "--data", tmp_path / "none"], "No such file")):
-        result = run_train(*args, "--out", tmp_path / "t.md", module="train.joint")
-        assert result.returncode == 1 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
+        with pytest.raises(SystemExit) as ended:
+            command.main([*map(str, args), "--out", str(tmp_path / "t.md")])
+        message = str(ended.value.code)
+        assert said in message and message.startswith(f"python -m train.{command.__name__.split('.')[-1]}: ")
+        assert "\n" not in message
+    assert not (tmp_path / "t.md").exists()
