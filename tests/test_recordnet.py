@@ -57,12 +57,12 @@ def test_the_record_network_is_measured_beside_the_record_as_it_ships(tiny_run, 
     assert (source / "config.json").read_text() == before  # measured, not served
 
 
-def test_a_folder_without_a_record_model_is_named_in_one_line(model_folder, tmp_path):
-    """The teacher is the folder's own answer with the record: a folder with none cannot teach."""
-    from conftest import make_ham_folder
-    data = make_ham_folder(tmp_path / "ham", per_class=20)
+def test_a_folder_without_a_record_model_is_named_at_once(model_folder, tmp_path):
+    """The teacher is the folder's own answer with the record: a folder with none cannot teach,
+    which is said before the data is read (here there is none to read)."""
     with pytest.raises(SystemExit) as ended:
-        recordnet.main(["--model", str(model_folder), "--data", str(data), "--out", str(tmp_path / "t.md")])
+        recordnet.main(["--model", str(model_folder), "--data", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "t.md")])
     assert str(ended.value.code) == (f"python -m train.recordnet: {model_folder} has no record model "
                                      "(python -m train.patient fits one)")
     assert not (tmp_path / "t.md").exists()

@@ -41,7 +41,7 @@ import torch
 from skinlesion.data import DataError, read_split, split_records
 from skinlesion.decision import DecisionRule, fit_temperature
 from skinlesion.models.ensemble import Ensemble, load_ensemble
-from skinlesion.models.record import encode
+from skinlesion.models.record import PatientModel, encode
 from skinlesion.models.spec import ModelFolderError, ModelSpec
 from skinlesion.patient import Patient
 
@@ -82,10 +82,14 @@ class WithRecords:
     patients: dict[str, list[Patient]]        # split → each image's record, in the split's order
 
     @classmethod
-    def load(cls, prog: str, model: Path, data: Path, split_file: Path | None) -> "WithRecords":
-        """The folder and its data, or a one-line SystemExit naming what is missing."""
+    def load(cls, prog: str, model: Path, data: Path, split_file: Path | None,
+             record_model: bool = False) -> "WithRecords":
+        """The folder and its data, or a one-line SystemExit naming what is missing (with
+        `record_model`, the folder's own record model too: before any image is decoded)."""
         try:
             net, spec = load_ensemble(model)
+            if record_model and PatientModel.from_config(spec.config) is None:
+                raise SystemExit(f"{prog}: {model} has no record model (python -m train.patient fits one)")
             known = spec.task.patients(data)
             records = spec.task.load(data)
             split = read_split(split_file) if split_file else split_records(records, spec.training.get("seed", 0))

@@ -138,10 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1 or not 0 <= args.field_drop <= 1 or not 0 <= args.distill_weight <= 1:
         p.error("--epochs must be 1 or more, --field-drop and --distill-weight between 0 and 1")
     started = time.perf_counter()
-    data = WithRecords.load(PROG, args.model, args.data, args.split)
+    data = WithRecords.load(PROG, args.model, args.data, args.split, record_model=True)
     record_model = PatientModel.from_config(data.spec.config)
-    if record_model is None:
-        raise SystemExit(f"{PROG}: {args.model} has no record model (python -m train.patient fits one)")
     spec, splits, views, device = data.spec, data.splits, data.net.views, pick_device(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
