@@ -129,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--field-drop", type=float, default=0.3, help="each field's chance of being blanked")
     p.add_argument("--distill-weight", type=float, default=0.5, help="the labels' weight beside the teacher's")
     p.add_argument("--distill-temperature", type=float, default=2.0)
-    p.add_argument("--max-train", type=int, help="train on this many training images (a quick look)")
     p.add_argument("--weights", type=Path, help="where to keep the kept epoch's weights (state dict)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -146,10 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     model = RecordNetwork(data.net.primary, len(encode([Patient()], record_model.sites)[0])).to(device)
     teacher = Teacher(args.model, spec.task, spec.preprocessing, model.pretrained_cfg, device, channels_last=False)
     train = splits["train"]
-    count = min(args.max_train or len(train.labels), len(train.labels))
-    dataset = Indexed(train.images[:count], train.labels[:count], run_transform(spec))
+    dataset = Indexed(train.images, train.labels, run_transform(spec))
     dataset.transform.set_random_seed(args.seed)
-    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=count > BATCH,
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=len(dataset) > BATCH,
                         generator=torch.Generator().manual_seed(args.seed))
     hard = torch.nn.CrossEntropyLoss(
         weight=class_weights(train.labels, spec.num_classes, spec.training.get("class_weights", "inverse")).to(device),
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     total, warmup = args.epochs * len(loader), round(args.warmup_epochs * len(loader))
     full = {s: torch.as_tensor(encode(data.patients[s], record_model.sites), dtype=torch.float32) for s in splits}
     log.info("%d training images with their records, %d epochs of %d batches; teacher: %s with its record",
-             count, args.epochs, len(loader), args.model)
+             len(dataset), args.epochs, len(loader), args.model)
     step, best, kept, history = 0, -1.0, None, []
     cfg = model.pretrained_cfg
     for epoch in range(1, args.epochs + 1):
