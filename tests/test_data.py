@@ -210,3 +210,27 @@ def test_neu_reader_rejects_unknown_file_names(tmp_path):
         load_neu(tmp_path)
     with pytest.raises(DataError, match="NEU image folder not found"):
         load_neu(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("layout", ["flat", "official"])
+def test_a_downscaled_copy_keeps_the_records_and_layout_at_a_fraction_of_the_pixels(tmp_path, layout):
+    from skinlesion.tasks.dermoscopy import METADATA_FILE
+    from train.downscale import downscale
+    data = make_ham_folder(tmp_path / "ham", per_class=2, layout=layout, size=(40, 30))
+    (data / "masks").mkdir()
+    mask = np.zeros((30, 40), np.uint8)
+    mask[10:20, 12:28] = 255
+    Image.fromarray(mask).save(data / "masks" / "ISIC_9000000_segmentation.png")
+    out = tmp_path / "half"
+    assert downscale(data, 2, out) == 14
+    assert (out / METADATA_FILE).read_bytes() == (data / METADATA_FILE).read_bytes()
+    def read(root):
+        return [(r.image_id, r.group, r.label, r.path.relative_to(root)) for r in load_ham10000(root)]
+    assert read(out) == read(data)
+    images = sorted(p.relative_to(data) for p in data.rglob("*.jpg"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*.jpg")) == images
+    assert all(Image.open(out / p).size == (20, 15) for p in images)
+    small = np.asarray(Image.open(out / "masks" / "ISIC_9000000_segmentation.png"))
+    assert small.shape == (15, 20) and set(np.unique(small)) == {0, 255} and (small == 255).sum() == 5 * 8
+    with pytest.raises(SystemExit, match="no HAM10000_metadata.csv"):
+        downscale(tmp_path / "nothing", 2, tmp_path / "x")

@@ -209,6 +209,38 @@ def render(rows: list[dict]) -> str:
                           for r in rows])
 
 
+def networks(lever: str) -> str:
+    """The networks a row runs, its name before the views: 'student + soup · hflip+vflip' -> 'student + soup'."""
+    return lever.split(" · ")[0]
+
+
+def lever_row(rows: list[dict], reference: str) -> dict:
+    """A table's own lever at one network's cost: its best row on validation among those that run one
+    network other than the reference row's (any views, with or without the record); where every row
+    runs the reference's network (views, answer sizes), its best row other than the reference (of a
+    table of one row, that row)."""
+    others = [r for r in rows if r["lever"] != reference]
+    own = [r for r in others if " + " not in networks(r["lever"]) and networks(r["lever"]) != networks(reference)]
+    return max(own or others or rows, key=lambda r: r["val_ba"])
+
+
+def render_summary(sections: list[tuple[str, str, list[dict], str]]) -> str:
+    """One row per table: (its title, a link to it, its rows, its reference row's name) -> the lever's
+    row (`lever_row`) beside the reference's validation figure."""
+    def cells(title: str, link: str, rows: list[dict], reference: str) -> list[str]:
+        r = lever_row(rows, reference)
+        ref = next(x for x in rows if x["lever"] == reference)
+        delta = ("—" if r is ref else difference(r, "val") if "val_ba_delta" in r
+                 else f"{r['val_ba'] - ref['val_ba']:+.3f}")
+        mel = f"{f(r['mel_sensitivity'])} / {f(r['mel_specificity'])}" if "mel_sensitivity" in r else "n/a"
+        return [f"[{title}]({link})", r["lever"], f(r["val_ba"]), f"{reference}: {f(ref['val_ba'])}", delta,
+                f(r["test_ba"]), f(r["test_auc"]), mel, f"{r['p50_ms']:.0f}",
+                "n/a" if r.get("train_minutes") is None else f"{r['train_minutes']:.0f}"]
+    return table(["lever", "its row at one network's cost", "val BA", "reference: val BA", "val BA − reference (95%)",
+                  "test BA", "test macro AUC", "mel sensitivity / specificity", "forward p50 (ms)", "training (min)"],
+                 [cells(*s) for s in sections])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

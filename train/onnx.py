@@ -30,7 +30,11 @@ FIXTURES = ROOT / "tests" / "fixtures"
 BATCHES = (1, 8, 32)
 TOLERANCE = 1e-4  # largest allowed change of a calibrated probability
 IMAGES = 64       # real images checked at each batch size
-MAP_TOLERANCE = 1e-3  # largest allowed change of a Grad-CAM map (0..1)
+# largest allowed change of a Grad-CAM map (0..1): under one of the 256 levels the overlay draws
+# (skinlesion/app/views.heat_levels), so no drawn pixel moves by more than one level. A map's
+# weighted channels can nearly cancel, which magnifies float32 rounding: one test image's map moves
+# by 1.2e-3 between the eager and the frozen pass on torch 2.14, where the probabilities move by 1e-6.
+MAP_TOLERANCE = 1 / 255
 MAPS = 8          # images whose Grad-CAM maps are compared
 log = logging.getLogger("train.onnx")
 

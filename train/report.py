@@ -2,10 +2,11 @@
 
 Every table comes from metrics.json through skinlesion/models/card.py. After evaluating a bundled
 model (or changing the renderer), re-render the bundled models' cards and the tables of
-docs/results.md, docs/explanations.md and docs/trust.md (the blocks between
+docs/results.md, docs/levers.md, docs/explanations.md and docs/trust.md (the blocks between
 `<!-- KIND: TASK -->` and `<!-- /KIND -->`, KIND being results, patient, explanations, trust or checks, and
 levers: the table `python -m train.ablation` wrote to results/ablation/levers-NAME.json; resolution:
-the one `python -m train.resolution` wrote to results/ablation/resolution-NAME.json) with:
+the one `python -m train.resolution` wrote to results/ablation/resolution-NAME.json; summary: a row
+for each of those tables in the doc it names, `<!-- summary: levers.md -->`) with:
 
     python -m train.report
 """
@@ -39,8 +40,9 @@ from skinlesion.models.spec import read_spec
 from skinlesion.tasks import TASKS
 
 CURVE_PNG = "validation_curve.png"
-DOCS = [Path(__file__).resolve().parents[1] / "docs" / name for name in ("results.md", "explanations.md", "trust.md")]
-BLOCK_KINDS = "results|patient|explanations|trust|checks|levers|resolution"
+DOCS = [Path(__file__).resolve().parents[1] / "docs" / name
+        for name in ("results.md", "levers.md", "explanations.md", "trust.md")]
+BLOCK_KINDS = "results|patient|explanations|trust|checks|levers|resolution|summary"
 RESULTS_BLOCK = re.compile(rf"(<!-- ({BLOCK_KINDS}): (\S+) -->\n)(.*?)(<!-- /\2 -->)", re.S)
 LEVERS = Path(__file__).resolve().parents[1] / "results" / "ablation"  # train/ablation.py, train/resolution.py
 
@@ -68,7 +70,8 @@ def with_results(text: str) -> str:
     by the headline table, `explanations` by the explanation tables, `trust` by the trust
     tables, `checks` by the table of sets answered, refused and unfamiliar, `patient` by the
     table of the answer with the patient's record; `levers` from the
-    ablation's rows, `resolution` from the answer sizes' rows."""
+    ablation's rows, `resolution` from the answer sizes' rows, `summary` from the tables of the doc
+    it names (`lever_sections`)."""
     # each renderer takes the metrics and the model folder's path from docs/ (for its figures)
     render = {"results": lambda m, _: headline_table(m), "patient": lambda m, _: patient_table(m),
               "explanations": lambda m, _: explanation_tables(m).lstrip("\n"),
@@ -81,6 +84,9 @@ def with_results(text: str) -> str:
             rows = LEVERS / f"levers-{match[3]}.json"
             body = levers(json.loads(rows.read_text())) if rows.is_file() else f"(no {rows.name})\n"
             return match[1] + body + match[5]
+        if match[2] == "summary":
+            from .ablation import render_summary
+            return match[1] + render_summary(lever_sections(DOCS[0].parent / match[3])) + match[5]
         if match[2] == "resolution":
             from .resolution import render as sizes
             path = LEVERS / f"resolution-{match[3]}.json"
@@ -91,6 +97,32 @@ def with_results(text: str) -> str:
         at = Path(os.path.relpath(folder, DOCS[0].parent)).as_posix() + "/"
         return match[1] + (render[match[2]](metrics, at) if metrics else "(no metrics.json)\n") + match[5]
     return RESULTS_BLOCK.sub(block, text)
+
+
+def lever_sections(doc: Path) -> list[tuple[str, str, list[dict], str]]:
+    """Each levers and resolution table of `doc` whose rows are in results/ablation/, in order: the
+    `## ` heading it sits under (less "(measured, not shipped)"), a link to that heading, its rows and
+    its reference row's name (the row `against` names, the first, or the chosen answer size)."""
+    sections, heading = [], ""
+    for m in re.finditer(r"^## (.+)$|^<!-- (levers|resolution): (\S+) -->$", doc.read_text(), re.M):
+        path = LEVERS / f"{m[2]}-{m[3]}.json"
+        if m[1] or not path.is_file():
+            heading = m[1] or heading
+            continue
+        record = json.loads(path.read_text())
+        if m[2] == "resolution":
+            rows = record["rows"]
+            reference = next(r["lever"] for r in rows if r["size"] == record["chosen"])
+        else:
+            rows, reference = record, record[0].get("against", record[0]["lever"])
+        sections.append((heading.removesuffix(" (measured, not shipped)"), f"{doc.name}#{anchor(heading)}", rows,
+                         reference))
+    return sections
+
+
+def anchor(heading: str) -> str:
+    """The link anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
 def _pyplot():
