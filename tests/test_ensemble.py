@@ -215,6 +215,13 @@ def test_ablation_measures_every_lever_with_a_rule_fitted_on_validation(tiny_run
     assert rows[3]["val_ba_delta"] == 0 and rows[3]["val_ba_delta_interval"] == [0, 0]  # paired draws
     assert all(r["test_ba_interval"][0] <= r["test_ba"] <= r["test_ba_interval"][1] for r in rows)
     assert out.read_text().count("\n") == 2 + len(rows)
+    appended = run_train(tiny_run / "model", "--data", tiny_run.parent / "ham", "--out", out, "--names", "elsewhere",
+                         "--views", "plain", "--append", module="train.ablation")  # another data folder's model
+    assert appended.returncode == 0, appended.stderr[-3000:]
+    both = json.loads(out.with_suffix(".json").read_text())
+    assert [r["lever"] for r in both] == [r["lever"] for r in rows] + ["elsewhere"]
+    assert not any("val_ba_delta" in r or "against" in r for r in both) and both[0]["test_ba"] == rows[0]["test_ba"]
+    assert "val BA − " not in out.read_text() and out.read_text().count("\n") == 2 + len(both)
     refused = run_train(tiny_run / "model", "--data", tiny_run.parent / "ham", "--against", "nothing",
                         module="train.ablation")  # refused before any image is read
     assert refused.returncode != 0 and "--against 'nothing' is none of the rows: " in refused.stderr

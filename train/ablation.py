@@ -209,6 +209,11 @@ def render(rows: list[dict]) -> str:
                           for r in rows])
 
 
+def unpaired(row: dict) -> dict:
+    """The row without its difference from a reference row, which holds only within one data folder's draws."""
+    return {k: v for k, v in row.items() if not k.endswith(("_ba_delta", "_ba_delta_interval")) and k != "against"}
+
+
 def networks(lever: str) -> str:
     """The networks a row runs, its name before the views: 'student + soup · hflip+vflip' -> 'student + soup'."""
     return lever.split(" · ")[0]
@@ -252,14 +257,22 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the first; e.g. 'student · hflip+vflip' for what ships)")
     p.add_argument("--views", nargs="+", default=list(VIEWS_MEASURED), choices=list(VIEWS),
                    help="the views, starting with plain: each model and combination on its first 1, 2, … of them")
+    p.add_argument("--append", action="store_true", help="add the rows to --out's table instead of replacing it: "
+                   "models measured each on its own data folder (train.downscale's copies) in one table, whose "
+                   "rows then carry no paired differences (those need one data folder)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.append and not args.out:
+        p.error("--append needs --out")
     if args.names and len(args.names) != len(args.models):
         p.error("--names: one name per model folder")
     if args.views[0] != "plain" or len(set(args.views)) != len(args.views):
         p.error("--views must start with plain and name each view once")
     rows = measure(args.models, args.data, pick_device(args.device), args.names, args.against, tuple(args.views))
+    if args.append:
+        table_rows = args.out.with_suffix(".json")
+        rows = [unpaired(r) for r in (json.loads(table_rows.read_text()) if table_rows.is_file() else []) + rows]
     rendered = render(rows)
     print(rendered)
     if args.out:
